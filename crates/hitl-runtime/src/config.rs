@@ -1,0 +1,468 @@
+//! Configuration shared by every service, and the layered loader:
+//! built-in defaults → TOML file → `HITL_…` environment (`HITL_KAFKA__BOOTSTRAP_SERVERS`,
+//! `__` separates levels). Structs deny unknown fields; durations are human strings (`"250ms"`);
+//! secrets print as `***`; after loading, `Validate` lists every problem at once.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// A configuration error. `Invalid` carries every problem found, each naming its field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// A secret: kept as given, printed as `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Checks a loaded configuration; pushes one message per problem, each starting with the field path.
+pub trait Validate {
+    fn validate(&self, errors: &mut Vec<String>);
+}
+
+/// Loads `T` from its defaults, an optional TOML file and the given environment (pass
+/// `std::env::vars().collect()` in `main`; tests pass their own map), then validates it.
+pub fn load<T>(file: Option<&Path>, environment: &HashMap<String, String>) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + DeserializeOwned + Validate,
+{
+    let defaults = config::Config::try_from(&T::default())
+        .map_err(|error| ConfigError::Load(format!("defaults: {error}")))?;
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+        }
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    let hitl_environment: HashMap<String, String> = environment
+        .iter()
+        .filter(|(key, _)| key.starts_with("HITL_") && key.contains("__"))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("HITL")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(hitl_environment)),
+    );
+    let loaded: T = builder
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|error| ConfigError::Load(error.to_string()))?;
+    let mut errors = Vec::new();
+    loaded.validate(&mut errors);
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// How to reach Kafka, and the client settings the services reason about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list of brokers.
+    pub bootstrap_servers: String,
+    pub security_protocol: SecurityProtocol,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` with a `sasl_*` protocol.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    /// CA bundle to verify brokers with, for `ssl`/`sasl_ssl`.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    pub ssl_key_password: Option<Secret>,
+    /// Consumer-group session timeout. Tansu's group join waits about half of it.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// `range` or `roundrobin` (eager); `cooperative-sticky` where the broker handles it.
+    pub partition_assignment_strategy: String,
+    /// How long the broker lets a transaction stay open.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    /// Commit the open transaction at least this often…
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// …or after this many input records, whichever comes first.
+    pub commit_max_records: usize,
+    /// Deadline for a single blocking client call (init, commit, abort, admin).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Raw librdkafka settings, applied last (they win).
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            security_protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            ssl_key_password: None,
+            session_timeout: Duration::from_secs(6),
+            partition_assignment_strategy: "range".into(),
+            transaction_timeout: Duration::from_secs(60),
+            commit_interval: Duration::from_millis(100),
+            commit_max_records: 5_000,
+            request_timeout: Duration::from_secs(30),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl Validate for KafkaSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.bootstrap_servers.trim().is_empty() {
+            errors.push("kafka.bootstrap_servers: must name at least one broker".into());
+        }
+        for server in self.bootstrap_servers.split(',').filter(|s| !s.trim().is_empty()) {
+            let server = server.trim();
+            let port = server.rsplit_once(':').map(|(_, port)| port);
+            if port.and_then(|port| port.parse::<u16>().ok()).is_none() {
+                errors.push(format!("kafka.bootstrap_servers: `{server}` is not host:port"));
+            }
+        }
+        let sasl = matches!(self.security_protocol, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl);
+        if sasl {
+            match self.sasl_mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" | "OAUTHBEARER" | "GSSAPI") => {}
+                Some(other) => errors.push(format!(
+                    "kafka.sasl_mechanism: `{other}` is not PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or GSSAPI"
+                )),
+                None => errors.push("kafka.sasl_mechanism: required with a sasl_* security_protocol".into()),
+            }
+            if matches!(self.sasl_mechanism.as_deref(), Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"))
+                && (self.sasl_username.is_none() || self.sasl_password.is_none())
+            {
+                errors.push("kafka.sasl_username/sasl_password: required with this sasl_mechanism".into());
+            }
+        }
+        for (field, path) in [
+            ("ssl_ca_location", &self.ssl_ca_location),
+            ("ssl_certificate_location", &self.ssl_certificate_location),
+            ("ssl_key_location", &self.ssl_key_location),
+        ] {
+            if let Some(path) = path {
+                if !path.exists() {
+                    errors.push(format!("kafka.{field}: {} does not exist", path.display()));
+                }
+            }
+        }
+        if !matches!(
+            self.partition_assignment_strategy.as_str(),
+            "range" | "roundrobin" | "cooperative-sticky" | "range,roundrobin"
+        ) {
+            errors.push(format!(
+                "kafka.partition_assignment_strategy: `{}` is not range, roundrobin or cooperative-sticky",
+                self.partition_assignment_strategy
+            ));
+        }
+        if self.session_timeout < Duration::from_secs(1) {
+            errors.push("kafka.session_timeout: must be at least 1s".into());
+        }
+        if self.commit_interval.is_zero() {
+            errors.push("kafka.commit_interval: must be more than 0".into());
+        }
+        if self.commit_interval >= self.transaction_timeout {
+            errors.push("kafka.commit_interval: must be shorter than kafka.transaction_timeout".into());
+        }
+        if self.commit_max_records == 0 {
+            errors.push("kafka.commit_max_records: must be at least 1".into());
+        }
+    }
+}
+
+/// Topic names (every one configurable) and how `hitl-admin topics create` makes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub decisions: String,
+    pub decisions_dlq: String,
+    pub review_requests: String,
+    pub assignments: String,
+    pub verdicts: String,
+    pub reviewers: String,
+    pub outcomes: String,
+    pub lifecycle: String,
+    pub audit: String,
+    pub audit_checkpoints: String,
+    pub feedback: String,
+    pub assignment_state: String,
+    /// Partitions of each topic when created (review-requests and verdicts must match).
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            decisions: "hitl.decisions".into(),
+            decisions_dlq: "hitl.decisions.dlq".into(),
+            review_requests: "hitl.review-requests".into(),
+            assignments: "hitl.assignments".into(),
+            verdicts: "hitl.verdicts".into(),
+            reviewers: "hitl.reviewers".into(),
+            outcomes: "hitl.outcomes".into(),
+            lifecycle: "hitl.lifecycle".into(),
+            audit: "hitl.audit".into(),
+            audit_checkpoints: "hitl.audit.checkpoints".into(),
+            feedback: "hitl.feedback".into(),
+            assignment_state: "hitl.assignment.state".into(),
+            partitions: 4,
+            replication_factor: 1,
+        }
+    }
+}
+
+impl Topics {
+    /// Every topic with the configs it is created with.
+    pub fn specs(&self) -> Vec<TopicSpec> {
+        let compacted = |name: &str, retention: &'static str| TopicSpec {
+            name: name.to_owned(),
+            partitions: self.partitions,
+            configs: vec![("cleanup.policy", "compact"), ("retention.ms", retention)],
+        };
+        let deleted = |name: &str, retention: &'static str| TopicSpec {
+            name: name.to_owned(),
+            partitions: self.partitions,
+            configs: vec![("cleanup.policy", "delete"), ("retention.ms", retention)],
+        };
+        const WEEK: &str = "604800000";
+        const MONTH: &str = "2592000000";
+        const FOREVER: &str = "-1";
+        vec![
+            deleted(&self.decisions, WEEK),
+            deleted(&self.decisions_dlq, MONTH),
+            deleted(&self.review_requests, WEEK),
+            deleted(&self.assignments, WEEK),
+            deleted(&self.verdicts, WEEK),
+            compacted(&self.reviewers, FOREVER),
+            deleted(&self.outcomes, MONTH),
+            deleted(&self.lifecycle, MONTH),
+            compacted(&self.audit, FOREVER),
+            deleted(&self.audit_checkpoints, FOREVER),
+            deleted(&self.feedback, FOREVER),
+            compacted(&self.assignment_state, FOREVER),
+        ]
+    }
+}
+
+/// A topic to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub configs: Vec<(&'static str, &'static str)>,
+}
+
+impl Validate for Topics {
+    fn validate(&self, errors: &mut Vec<String>) {
+        let names = [
+            ("decisions", &self.decisions),
+            ("decisions_dlq", &self.decisions_dlq),
+            ("review_requests", &self.review_requests),
+            ("assignments", &self.assignments),
+            ("verdicts", &self.verdicts),
+            ("reviewers", &self.reviewers),
+            ("outcomes", &self.outcomes),
+            ("lifecycle", &self.lifecycle),
+            ("audit", &self.audit),
+            ("audit_checkpoints", &self.audit_checkpoints),
+            ("feedback", &self.feedback),
+            ("assignment_state", &self.assignment_state),
+        ];
+        for (field, name) in names {
+            let legal = !name.is_empty()
+                && name.len() <= 249
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !legal {
+                errors.push(format!("topics.{field}: `{name}` is not a legal Kafka topic name"));
+            }
+        }
+        if self.partitions < 1 {
+            errors.push("topics.partitions: must be at least 1".into());
+        }
+        if self.replication_factor < 1 {
+            errors.push("topics.replication_factor: must be at least 1".into());
+        }
+    }
+}
+
+/// The HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Logging and tracing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// An `EnvFilter` directive, e.g. `info,hitl_router=debug`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { log_level: "info".into(), log_format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CodecFormat {
+    #[default]
+    SingleObject,
+    Confluent,
+}
+
+/// How records are framed on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodecSettings {
+    pub format: CodecFormat,
+    /// Base URL of a Confluent-compatible schema registry; required with `format = "confluent"`.
+    pub registry_url: Option<String>,
+    /// Extra writer schemas (other versions of the contract's), so their records can be read.
+    pub writer_schema_dir: Option<PathBuf>,
+}
+
+impl Default for CodecSettings {
+    fn default() -> Self {
+        Self { format: CodecFormat::SingleObject, registry_url: None, writer_schema_dir: None }
+    }
+}
+
+impl Validate for CodecSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.format == CodecFormat::Confluent && self.registry_url.is_none() {
+            errors.push("codec.registry_url: required with codec.format = \"confluent\"".into());
+        }
+        if let Some(dir) = &self.writer_schema_dir {
+            if !dir.is_dir() {
+                errors.push(format!("codec.writer_schema_dir: {} is not a directory", dir.display()));
+            }
+        }
+    }
+}
+
+impl CodecSettings {
+    /// Builds the codec these settings describe.
+    pub fn build(&self, request_timeout: Duration) -> Result<hitl_schema::Codec, hitl_schema::CodecError> {
+        let mut codec = match (&self.format, &self.registry_url) {
+            (CodecFormat::Confluent, Some(url)) => hitl_schema::Codec::confluent(std::sync::Arc::new(
+                hitl_schema::RegistryClient::new(url.clone(), request_timeout),
+            )),
+            _ => hitl_schema::Codec::single_object(),
+        };
+        if let Some(dir) = &self.writer_schema_dir {
+            codec = codec.with_writer_schema_dir(dir)?;
+        }
+        Ok(codec)
+    }
+}
+
+/// A service's whole configuration: the sections every service has, plus its own `[service]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings<S> {
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub http: HttpSettings,
+    pub telemetry: TelemetrySettings,
+    pub codec: CodecSettings,
+    /// The service's own settings.
+    pub service: S,
+}
+
+impl<S: Validate> Validate for Settings<S> {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.kafka.validate(errors);
+        self.topics.validate(errors);
+        self.codec.validate(errors);
+        self.service.validate(errors);
+    }
+}
+
+/// For services (and tools) with nothing of their own to configure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NoServiceSettings {}
+
+impl Validate for NoServiceSettings {
+    fn validate(&self, _errors: &mut Vec<String>) {}
+}

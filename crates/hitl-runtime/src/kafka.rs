@@ -1,0 +1,141 @@
+//! Kafka client setup: one place that turns `KafkaSettings` into librdkafka configs, and topic
+//! bootstrap.
+
+use std::time::Duration;
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::KafkaError,
+    types::RDKafkaErrorCode,
+    ClientConfig,
+};
+
+use crate::config::{KafkaSettings, TopicSpec};
+
+/// Settings common to every client: brokers, security, then the raw overrides.
+pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("security.protocol", settings.security_protocol.as_librdkafka());
+    if let Some(mechanism) = &settings.sasl_mechanism {
+        config.set("sasl.mechanisms", mechanism);
+    }
+    if let Some(username) = &settings.sasl_username {
+        config.set("sasl.username", username);
+    }
+    if let Some(password) = &settings.sasl_password {
+        config.set("sasl.password", password.expose());
+    }
+    for (key, path) in [
+        ("ssl.ca.location", &settings.ssl_ca_location),
+        ("ssl.certificate.location", &settings.ssl_certificate_location),
+        ("ssl.key.location", &settings.ssl_key_location),
+    ] {
+        if let Some(path) = path {
+            config.set(key, path.to_string_lossy());
+        }
+    }
+    if let Some(password) = &settings.ssl_key_password {
+        config.set("ssl.key.password", password.expose());
+    }
+    config
+}
+
+fn apply_overrides(config: &mut ClientConfig, settings: &KafkaSettings) {
+    for (key, value) in &settings.librdkafka {
+        config.set(key, value);
+    }
+}
+
+/// A consumer for a transactional loop: manual offsets (they travel in the transaction),
+/// `read_committed`, the configured session timeout and assignor.
+pub fn transactional_consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", millis(settings.session_timeout))
+        .set("heartbeat.interval.ms", millis(settings.session_timeout / 3))
+        .set("partition.assignment.strategy", &settings.partition_assignment_strategy);
+    apply_overrides(&mut config, settings);
+    config
+}
+
+/// A transactional producer with a stable `transactional.id`.
+pub fn transactional_producer_config(settings: &KafkaSettings, transactional_id: &str) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
+        .set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("transaction.timeout.ms", millis(settings.transaction_timeout))
+        .set("linger.ms", "5")
+        .set("compression.type", "none");
+    apply_overrides(&mut config, settings);
+    config
+}
+
+/// A plain (idempotent, non-transactional) producer, for tools and load generators.
+pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(settings);
+    config.set("enable.idempotence", "true").set("linger.ms", "5");
+    apply_overrides(&mut config, settings);
+    config
+}
+
+/// A consumer that reads topics without a group (manual assignment), for tools and tests.
+pub fn reader_config(settings: &KafkaSettings, isolation_read_committed: bool) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
+        .set("group.id", "hitl-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if isolation_read_committed { "read_committed" } else { "read_uncommitted" },
+        );
+    apply_overrides(&mut config, settings);
+    config
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+/// Returns the names it created.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    specs: &[TopicSpec],
+    replication_factor: i32,
+) -> Result<Vec<String>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings).create()?;
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|spec| {
+            spec.configs.iter().fold(
+                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication_factor)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(settings.request_timeout));
+    let results = admin.create_topics(new_topics.iter(), &options).await?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = %name, error = %code, "cannot create topic");
+                })
+            }
+        }
+    }
+    Ok(created)
+}
