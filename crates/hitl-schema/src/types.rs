@@ -368,3 +368,37 @@ pub struct FeedbackRecord {
     pub created_at: TimestampMillis,
     pub labeled_at: TimestampMillis,
 }
+
+impl LifecycleEvent {
+    /// An event with only the required fields set.
+    pub fn new(
+        event_id: impl Into<String>,
+        decision_id: impl Into<String>,
+        kind: LifecycleKind,
+        service: impl Into<String>,
+        event_time: TimestampMillis,
+    ) -> Self {
+        Self {
+            event_id: event_id.into(),
+            decision_id: decision_id.into(),
+            kind,
+            service: service.into(),
+            event_time,
+            sequence: 0,
+            reviewer_id: None,
+            assignment_id: None,
+            policy_rule: None,
+            policy_version: None,
+            reason: None,
+            attributes: BTreeMap::new(),
+            decision: None,
+            outcome: None,
+            traceparent: None,
+        }
+    }
+
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}

@@ -1,0 +1,85 @@
+//! The hitl router: decodes and validates decisions, evaluates the routing policy, and emits an
+//! automatic outcome, a review request for people, or a dead letter — exactly once per decision.
+//!
+//! `policy`, `core`, `validate` and `dedup` are pure (no Kafka, no clock); `service` is the shell.
+
+pub mod core;
+pub mod dedup;
+mod metrics;
+pub mod policy;
+pub mod service;
+pub mod validate;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+use hitl_runtime::{config::Settings, http, kafka, pipeline, Health, LoopMetrics, LoopSettings};
+use tokio_util::sync::CancellationToken;
+
+pub use service::RouterSettings;
+
+/// Runs the router until `shutdown` is cancelled or its loop fails fatally.
+pub async fn run(settings: Settings<RouterSettings>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let loop_metrics = LoopMetrics::register(&mut registry);
+    let router_metrics = Arc::new(metrics::RouterMetrics::register(&mut registry));
+    let health = Health::default();
+
+    let codec = settings.codec.build(settings.kafka.request_timeout)?;
+    let reload_requested = Arc::new(AtomicBool::new(false));
+    let processor = service::RouterProcessor::new(
+        &settings.service,
+        codec,
+        settings.topics.clone(),
+        router_metrics,
+        reload_requested.clone(),
+    )?;
+    spawn_sighup_listener(reload_requested, shutdown.clone());
+    if settings.service.create_topics {
+        let created =
+            kafka::ensure_topics(&settings.kafka, &settings.topics.specs(), settings.topics.replication_factor).await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created topics");
+        }
+    }
+
+    let (address, http_task) =
+        http::serve(settings.http.listen, Arc::new(registry), health.clone(), shutdown.clone()).await?;
+    tracing::info!(%address, "router http endpoint");
+
+    let loop_settings = LoopSettings {
+        service: "router".into(),
+        group_id: settings.service.group_id.clone(),
+        transactional_id: settings.service.transactional_id(),
+        input_topics: vec![settings.topics.decisions.clone()],
+        tick_interval: Some(std::time::Duration::from_millis(200)),
+        max_records_per_second: settings.service.rate_limit(),
+    };
+    let handle = pipeline::spawn(settings.kafka.clone(), loop_settings, processor, shutdown.clone(), health, loop_metrics);
+    let result = tokio::task::spawn_blocking(move || handle.join()).await?;
+    shutdown.cancel();
+    let _ = http_task.await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => anyhow::bail!("router loop thread panicked"),
+    }
+}
+
+fn spawn_sighup_listener(reload_requested: Arc<AtomicBool>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading policies");
+                    reload_requested.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+}

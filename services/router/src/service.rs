@@ -1,0 +1,381 @@
+//! The router's I/O shell: Kafka records in, the pure core in the middle, Kafka records out.
+
+use std::{
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hitl_runtime::{
+    config::Topics, telemetry::child_traceparent, InputRecord, OutputRecord, Processor,
+    Validate,
+};
+use hitl_schema::{Codec, Decision, LifecycleEvent, LifecycleKind, Record};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    core::{self, Routed},
+    dedup::RecentIds,
+    metrics::RouterMetrics,
+    policy::{Policy, PolicyError},
+    validate,
+};
+
+/// The router's `[service]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// The active routing policy (YAML).
+    pub policy_path: PathBuf,
+    /// A candidate policy evaluated beside the active one; never changes an outcome.
+    pub shadow_policy_path: Option<PathBuf>,
+    /// Names this instance: its `transactional.id` is `hitl-router-<instance_id>`, stable across restarts.
+    pub instance_id: String,
+    pub group_id: String,
+    /// Larger records go to the DLQ unread.
+    pub max_record_bytes: usize,
+    /// Ingest rate limit (decisions per second); 0: unlimited.
+    pub max_decisions_per_second: u32,
+    /// How many recent decision ids are remembered to drop duplicates.
+    pub dedup_window: usize,
+    /// How often the policy files are checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub policy_check_interval: Duration,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            policy_path: PathBuf::from("config/policy.yaml"),
+            shadow_policy_path: None,
+            instance_id: "0".into(),
+            group_id: "hitl-router".into(),
+            max_record_bytes: 1024 * 1024,
+            max_decisions_per_second: 0,
+            dedup_window: 100_000,
+            policy_check_interval: Duration::from_secs(2),
+            create_topics: true,
+        }
+    }
+}
+
+impl Validate for RouterSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if !self.policy_path.is_file() {
+            errors.push(format!("service.policy_path: {} is not a file", self.policy_path.display()));
+        }
+        if let Some(path) = &self.shadow_policy_path {
+            if !path.is_file() {
+                errors.push(format!("service.shadow_policy_path: {} is not a file", path.display()));
+            }
+        }
+        if self.instance_id.is_empty() || !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            errors.push(format!("service.instance_id: `{}` must be letters, digits, - _ .", self.instance_id));
+        }
+        if self.group_id.is_empty() {
+            errors.push("service.group_id: must not be empty".into());
+        }
+        if self.max_record_bytes < 64 {
+            errors.push("service.max_record_bytes: must be at least 64".into());
+        }
+        if self.policy_check_interval.is_zero() {
+            errors.push("service.policy_check_interval: must be more than 0".into());
+        }
+    }
+}
+
+impl RouterSettings {
+    pub fn transactional_id(&self) -> String {
+        format!("hitl-router-{}", self.instance_id)
+    }
+    pub fn rate_limit(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new(self.max_decisions_per_second)
+    }
+}
+
+/// A policy file and what was last loaded from it.
+struct PolicySource {
+    path: PathBuf,
+    text: String,
+    policy: Policy,
+}
+
+impl PolicySource {
+    fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io(path.to_owned(), error))?;
+        let policy = Policy::from_yaml(&text).map_err(|error| LoadError::Policy(path.to_owned(), error))?;
+        Ok(Self { path: path.to_owned(), text, policy })
+    }
+
+    /// Reloads if the file changed. `Ok(true)`: a new policy is active. A bad file keeps the old one.
+    fn reload_if_changed(&mut self) -> Result<bool, LoadError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|error| LoadError::Io(self.path.clone(), error))?;
+        if text == self.text {
+            return Ok(false);
+        }
+        let policy = Policy::from_yaml(&text).map_err(|error| LoadError::Policy(self.path.clone(), error));
+        // Remember the text either way, so a bad file is reported once, not every check.
+        self.text = text;
+        self.policy = policy?;
+        Ok(true)
+    }
+}
+
+/// Why a policy file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("{0}: {1}")]
+    Policy(PathBuf, #[source] PolicyError),
+}
+
+/// Where a record went wrong, for the DLQ's `hitl.error.stage`.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Decode,
+    Validate,
+    Route,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Validate => "validate",
+            Self::Route => "route",
+        }
+    }
+}
+
+struct Rejection {
+    stage: Stage,
+    class: String,
+    message: String,
+    decision_id: Option<String>,
+}
+
+/// The router as a `Processor` of the transactional loop.
+pub struct RouterProcessor {
+    codec: Codec,
+    topics: Topics,
+    max_record_bytes: usize,
+    active: PolicySource,
+    shadow: Option<PolicySource>,
+    recent: RecentIds,
+    metrics: Arc<RouterMetrics>,
+    reload_requested: Arc<AtomicBool>,
+    check_interval: Duration,
+    last_check: Instant,
+    encode_buffer: Vec<u8>,
+}
+
+impl RouterProcessor {
+    pub(crate) fn new(
+        settings: &RouterSettings,
+        codec: Codec,
+        topics: Topics,
+        metrics: Arc<RouterMetrics>,
+        reload_requested: Arc<AtomicBool>,
+    ) -> Result<Self, LoadError> {
+        let active = PolicySource::load(&settings.policy_path)?;
+        let shadow = settings.shadow_policy_path.as_deref().map(PolicySource::load).transpose()?;
+        metrics.policies_loaded(&active.policy.version, shadow.as_ref().map(|s| s.policy.version.as_str()));
+        tracing::info!(version = %active.policy.version, rules = active.policy.rules.len(), shadow = ?shadow.as_ref().map(|s| &s.policy.version), "policy loaded");
+        Ok(Self {
+            codec,
+            topics,
+            max_record_bytes: settings.max_record_bytes,
+            active,
+            shadow,
+            recent: RecentIds::new(settings.dedup_window),
+            metrics,
+            reload_requested,
+            check_interval: settings.policy_check_interval,
+            last_check: Instant::now(),
+            encode_buffer: Vec::with_capacity(1024),
+        })
+    }
+
+    fn reload_policies(&mut self) {
+        let sources = std::iter::once(&mut self.active).chain(self.shadow.as_mut());
+        let mut changed = false;
+        for source in sources {
+            match source.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    changed = true;
+                    self.metrics.reload(true);
+                    tracing::info!(path = %source.path.display(), version = %source.policy.version, "policy reloaded");
+                }
+                Err(error) => {
+                    self.metrics.reload(false);
+                    tracing::error!(%error, version = %source.policy.version, "new policy refused; the old one keeps running");
+                }
+            }
+        }
+        if changed {
+            self.metrics.policies_loaded(
+                &self.active.policy.version,
+                self.shadow.as_ref().map(|s| s.policy.version.as_str()),
+            );
+        }
+    }
+
+    fn decode(&self, input: &InputRecord<'_>) -> Result<Decision, Rejection> {
+        let reject = |class: String, message: String| Rejection { stage: Stage::Decode, class, message, decision_id: None };
+        let payload = input
+            .payload()
+            .ok_or_else(|| reject("empty".into(), "record has no value".into()))?;
+        if payload.len() > self.max_record_bytes {
+            return Err(reject(
+                "oversize".into(),
+                format!("record of {} bytes exceeds max_record_bytes {}", payload.len(), self.max_record_bytes),
+            ));
+        }
+        let is_json = input
+            .header("content-type")
+            .is_some_and(|value| value.starts_with(b"application/json"));
+        let decoded = if is_json { self.codec.decode_json(payload) } else { self.codec.decode(payload) };
+        decoded.map_err(|error| reject(format!("decode.{}", error.class()), error.to_string()))
+    }
+
+    fn encode<T: Record>(&mut self, topic: &str, key: &str, value: &T, traceparent: &str) -> Result<OutputRecord, Rejection> {
+        self.encode_buffer.clear();
+        self.codec.encode(topic, value, &mut self.encode_buffer).map_err(|error| Rejection {
+            stage: Stage::Route,
+            class: format!("encode.{}", error.class()),
+            message: error.to_string(),
+            decision_id: None,
+        })?;
+        Ok(OutputRecord::new(topic, key.as_bytes(), self.encode_buffer.clone()).with_header("traceparent", traceparent))
+    }
+
+    fn route_outputs(&mut self, routed: &Routed, traceparent: &str) -> Result<Vec<OutputRecord>, Rejection> {
+        let decision_id = routed.lifecycle.decision_id.clone();
+        let mut records = Vec::with_capacity(3);
+        if let Some(outcome) = &routed.outcome {
+            let topic = self.topics.outcomes.clone();
+            records.push(self.encode(&topic, &decision_id, outcome, traceparent)?);
+        }
+        if let Some(review) = &routed.review {
+            let topic = self.topics.review_requests.clone();
+            records.push(self.encode(&topic, &review.pool, review, traceparent)?);
+        }
+        let topic = self.topics.lifecycle.clone();
+        records.push(self.encode(&topic, &decision_id, &routed.lifecycle, traceparent)?);
+        Ok(records)
+    }
+
+    fn dead_letter(&mut self, input: &InputRecord<'_>, rejection: Rejection, output: &mut Vec<OutputRecord>) {
+        self.metrics.dead_lettered(&rejection.class);
+        tracing::warn!(
+            topic = input.topic(), partition = input.partition(), offset = input.offset(),
+            class = %rejection.class, error = %rejection.message, "dead-lettered"
+        );
+        let mut record = OutputRecord {
+            topic: self.topics.decisions_dlq.clone(),
+            key: input.key().unwrap_or_default().to_vec(),
+            payload: input.payload().map(<[u8]>::to_vec),
+            headers: Vec::new(),
+            partition: None,
+        }
+        .with_header("hitl.error.class", rejection.class.as_str())
+        .with_header("hitl.error.message", rejection.message.as_str())
+        .with_header("hitl.error.stage", rejection.stage.as_str())
+        .with_header("hitl.source.topic", input.topic())
+        .with_header("hitl.source.partition", input.partition().to_string())
+        .with_header("hitl.source.offset", input.offset().to_string());
+        if let Some(content_type) = input.header("content-type") {
+            record = record.with_header("content-type", content_type);
+        }
+        output.push(record);
+        // The audit trail hears of it too, when there is an id to file it under.
+        if let Some(decision_id) = rejection.decision_id.filter(|id| !id.trim().is_empty()) {
+            let event = LifecycleEvent::new(
+                format!("{decision_id}:router:dead-lettered"),
+                decision_id.clone(),
+                LifecycleKind::DeadLettered,
+                core::SERVICE,
+                hitl_runtime::now_millis(),
+            )
+            .with_reason(format!("{}: {}", rejection.class, rejection.message));
+            let traceparent = child_traceparent(input.header("traceparent"), decision_id.as_bytes());
+            let topic = self.topics.lifecycle.clone();
+            if let Ok(record) = self.encode(&topic, &decision_id, &event, &traceparent) {
+                output.push(record);
+            }
+        }
+    }
+}
+
+impl Processor for RouterProcessor {
+    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+        let decision = match self.decode(input) {
+            Ok(decision) => decision,
+            Err(rejection) => return self.dead_letter(input, rejection, output),
+        };
+        let problems = validate::problems(&decision);
+        if !problems.is_empty() {
+            let rejection = Rejection {
+                stage: Stage::Validate,
+                class: "validation".into(),
+                message: problems.join("; "),
+                decision_id: Some(decision.decision_id),
+            };
+            return self.dead_letter(input, rejection, output);
+        }
+        if !self.recent.insert(&decision.decision_id) {
+            self.metrics.duplicate();
+            tracing::debug!(decision_id = %decision.decision_id, "duplicate decision dropped");
+            return;
+        }
+
+        let now = hitl_runtime::now_millis();
+        let traceparent = child_traceparent(input.header("traceparent"), decision.decision_id.as_bytes());
+        let workflow = decision.workflow.clone();
+        let age = now - decision.created_at;
+        let started = Instant::now();
+        let routed = core::route(
+            &self.active.policy,
+            self.shadow.as_ref().map(|source| &source.policy),
+            decision,
+            now,
+            Some(traceparent.clone()),
+        );
+        self.metrics.evaluated(started.elapsed(), age);
+        match self.route_outputs(&routed, &traceparent) {
+            Ok(records) => output.extend(records),
+            Err(rejection) => return self.dead_letter(input, rejection, output),
+        }
+        self.metrics.routed(routed.route, &workflow);
+        if routed.review.as_ref().is_some_and(|review| review.kind == hitl_schema::ReviewKind::QaSample) {
+            self.metrics.qa_sampled();
+        }
+        if let Some(agrees) = routed.shadow_agrees {
+            self.metrics.shadow(agrees);
+        }
+    }
+
+    fn tick(&mut self, _now_millis: i64, _output: &mut Vec<OutputRecord>) {
+        let requested = self.reload_requested.swap(false, Ordering::Relaxed);
+        if requested || self.last_check.elapsed() >= self.check_interval {
+            self.last_check = Instant::now();
+            self.reload_policies();
+        }
+    }
+
+    fn committed(&mut self) {
+        self.recent.commit();
+    }
+
+    fn aborted(&mut self) {
+        self.recent.abort();
+    }
+}

@@ -1,0 +1,57 @@
+//! Checks a decoded decision against the contract's rules before it is routed.
+
+use hitl_schema::Decision;
+
+use crate::policy::Tier;
+
+/// Longest accepted decision id, in bytes.
+pub const MAX_DECISION_ID_BYTES: usize = 256;
+
+/// Every problem with a decision, each naming its field. Empty: valid.
+pub fn problems(decision: &Decision) -> Vec<String> {
+    let mut problems = Vec::new();
+    if decision.decision_id.trim().is_empty() {
+        problems.push("decision_id: must not be empty".to_owned());
+    } else if decision.decision_id.len() > MAX_DECISION_ID_BYTES {
+        problems.push(format!("decision_id: longer than {MAX_DECISION_ID_BYTES} bytes"));
+    }
+    for (field, value) in [
+        ("workflow", &decision.workflow),
+        ("action", &decision.action),
+        ("producer", &decision.producer),
+    ] {
+        if value.trim().is_empty() {
+            problems.push(format!("{field}: must not be empty"));
+        }
+    }
+    if !(0.0..=1.0).contains(&decision.confidence) {
+        problems.push(format!("confidence: {} is not a number within 0..1", decision.confidence));
+    }
+    if let Some(risk) = decision.risk_score {
+        if !(0.0..=1.0).contains(&risk) {
+            problems.push(format!("risk_score: {risk} is not a number within 0..1"));
+        }
+    }
+    if let Some(amount) = decision.amount {
+        if !amount.is_finite() {
+            problems.push(format!("amount: {amount} is not a finite number"));
+        }
+    }
+    if let Some(priority) = &decision.priority {
+        if Tier::parse(priority).is_none() {
+            problems.push(format!("priority: `{priority}` is not low, normal, high or urgent"));
+        }
+    }
+    if let Some(sla) = decision.sla_ms {
+        if sla <= 0 {
+            problems.push(format!("sla_ms: {sla} must be positive"));
+        }
+    }
+    if decision.created_at <= 0 {
+        problems.push(format!("created_at: {} is not a time after 1970", decision.created_at));
+    }
+    if let Some((name, value)) = decision.features.iter().find(|(_, value)| !value.is_finite()) {
+        problems.push(format!("features.{name}: {value} is not a finite number"));
+    }
+    problems
+}
