@@ -1,0 +1,388 @@
+//! Integration-test harness: a real broker, real service processes, unique names per test.
+//!
+//! - `broker()` starts one Tansu 0.6.0 (memory engine) on a free loopback port for the whole test
+//!   binary, watched by a shell loop that kills it when the test process exits; or uses
+//!   `HITL_BOOTSTRAP_SERVERS` (an external Kafka).
+//! - `Service` runs a built service binary (`target/<profile>/hitl-*`) with a generated config file,
+//!   and can SIGTERM or SIGKILL it.
+//! - `read_topic` reads a topic from the beginning until a condition holds or a deadline passes.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use hitl_runtime::config::{KafkaSettings, Topics};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    message::{Header, Headers, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, Producer},
+    ClientConfig, Message, Offset, TopicPartitionList,
+};
+
+pub use hitl_schema;
+
+/// The broker the tests talk to.
+#[derive(Debug)]
+pub struct Broker {
+    pub bootstrap: String,
+}
+
+/// Starts (once) or finds the broker.
+pub fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        if let Ok(bootstrap) = std::env::var("HITL_BOOTSTRAP_SERVERS") {
+            return Broker { bootstrap };
+        }
+        let port = free_port();
+        let tansu = tansu_binary();
+        let log = std::env::temp_dir().join(format!("hitl-test-tansu-{port}.log"));
+        // The watchdog kills the broker when this test process goes away, however it ends.
+        let script = format!(
+            "{tansu} broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} \
+             --storage-engine memory://tansu/ >{log} 2>&1 & broker=$!; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done; kill -9 $broker 2>/dev/null",
+            tansu = tansu.display(),
+            log = log.display(),
+            parent = std::process::id(),
+        );
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu watchdog");
+        wait_for(Duration::from_secs(30), "tansu to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        Broker { bootstrap: format!("127.0.0.1:{port}") }
+    })
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("HITL_TANSU_BIN") {
+        return PathBuf::from(path);
+    }
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let candidate = cargo_home.join("bin/tansu");
+    if candidate.exists() {
+        return candidate;
+    }
+    panic!(
+        "tansu not found (looked at $HITL_TANSU_BIN and {}): run `scripts/broker.sh install`, \
+         or set HITL_BOOTSTRAP_SERVERS to an external Kafka",
+        candidate.display()
+    );
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(name: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{name}-{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The contract topics, all prefixed with a unique name.
+pub fn unique_topics(test: &str) -> Topics {
+    let prefix = unique(test);
+    let defaults = Topics::default();
+    let named = |name: &str| format!("{prefix}.{name}");
+    Topics {
+        decisions: named(&defaults.decisions),
+        decisions_dlq: named(&defaults.decisions_dlq),
+        review_requests: named(&defaults.review_requests),
+        assignments: named(&defaults.assignments),
+        verdicts: named(&defaults.verdicts),
+        reviewers: named(&defaults.reviewers),
+        outcomes: named(&defaults.outcomes),
+        lifecycle: named(&defaults.lifecycle),
+        audit: named(&defaults.audit),
+        audit_checkpoints: named(&defaults.audit_checkpoints),
+        feedback: named(&defaults.feedback),
+        assignment_state: named(&defaults.assignment_state),
+        partitions: 4,
+        replication_factor: 1,
+    }
+}
+
+/// Kafka settings for clients in tests.
+pub fn kafka_settings() -> KafkaSettings {
+    KafkaSettings { bootstrap_servers: broker().bootstrap.clone(), ..KafkaSettings::default() }
+}
+
+/// Creates the topics (idempotent).
+pub fn create_topics(topics: &Topics) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime
+        .block_on(hitl_runtime::kafka::ensure_topics(&kafka_settings(), &topics.specs(), 1))
+        .expect("create topics");
+}
+
+/// Renders `topics` as a TOML `[topics]` table.
+pub fn topics_toml(topics: &Topics) -> String {
+    format!(
+        "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
+         verdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
+         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\npartitions = {}\n",
+        topics.decisions,
+        topics.decisions_dlq,
+        topics.review_requests,
+        topics.assignments,
+        topics.verdicts,
+        topics.reviewers,
+        topics.outcomes,
+        topics.lifecycle,
+        topics.audit,
+        topics.audit_checkpoints,
+        topics.feedback,
+        topics.assignment_state,
+        topics.partitions,
+    )
+}
+
+/// A built binary of the workspace, next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` before the tests (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running service process.
+pub struct Service {
+    child: Child,
+    pub http: String,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Service {
+    /// Starts `binary` with `config_toml` (whose `[http]` table this adds) and waits for `/readyz`.
+    pub fn start(binary_name: &str, dir: &Path, config_toml: &str) -> Self {
+        let service = Self::spawn(binary_name, dir, config_toml);
+        service.wait_ready(Duration::from_secs(60));
+        service
+    }
+
+    /// Starts without waiting.
+    pub fn spawn(binary_name: &str, dir: &Path, config_toml: &str) -> Self {
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = dir.join(format!("{}.toml", unique(binary_name)));
+        std::fs::write(&config, format!("{config_toml}\n[http]\nlisten = \"{http}\"\n")).unwrap();
+        let log = config.with_extension("log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary(binary_name))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn service");
+        Self { child, http, log, config }
+    }
+
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if http_get(&self.http, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("service on {} not ready within {within:?}; log:\n{}", self.http, self.log_tail());
+    }
+
+    /// The value of a metric line (`name{labels}` exactly as exposed), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(&self.http, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to commit or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        None
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name (`HUP`, `TERM`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `check` until it returns `Some` or `within` passes (then panics naming `what`).
+pub fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A plain producer.
+pub fn producer() -> BaseProducer {
+    hitl_runtime::kafka::producer_config(&kafka_settings()).create().expect("producer")
+}
+
+/// Produces one record and waits for it to be acknowledged.
+pub fn produce(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(Header { key: name, value: Some(*value) });
+    }
+    let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(owned);
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((_, returned)) => {
+                producer.poll(Duration::from_millis(10));
+                record = returned;
+            }
+        }
+    }
+}
+
+pub fn flush(producer: &BaseProducer) {
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A record as read back.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning (read_committed) until `done(records)` or `within` passes.
+pub fn read_topic(topic: &str, within: Duration, mut done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
+    let consumer: BaseConsumer = hitl_runtime::kafka::reader_config(&kafka_settings(), true).create().expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + within;
+    let mut records = Vec::new();
+    while !done(&records) && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Received {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+    records
+}
+
+/// Reads until at least `count` records arrived, or `within` passes.
+pub fn read_at_least(topic: &str, count: usize, within: Duration) -> Vec<Received> {
+    read_topic(topic, within, |records| records.len() >= count)
+}
+
+/// Reads everything currently in `topic`: stops after `quiet` without a new record.
+pub fn read_all(topic: &str, quiet: Duration) -> Vec<Received> {
+    let mut last_len = 0;
+    let mut last_change = Instant::now();
+    read_topic(topic, Duration::from_secs(120), |records| {
+        if records.len() != last_len {
+            last_len = records.len();
+            last_change = Instant::now();
+        }
+        last_change.elapsed() >= quiet
+    })
+}
+
+/// A client config for ad-hoc needs.
+pub fn client_config() -> ClientConfig {
+    hitl_runtime::kafka::client_config(&kafka_settings())
+}

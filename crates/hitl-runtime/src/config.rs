@@ -108,6 +108,19 @@ impl SecurityProtocol {
     }
 }
 
+/// How a service makes its outputs and its input progress durable together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Kafka transactions: outputs and input offsets commit atomically (Apache Kafka).
+    #[default]
+    Transactional,
+    /// Idempotent producer; outputs are flushed (acknowledged) before input offsets are committed.
+    /// A crash in between re-emits outputs, which every hitl consumer de-duplicates by key. For
+    /// brokers without transaction support, such as Tansu 0.6.0 (no EndTxn).
+    Idempotent,
+}
+
 /// How to reach Kafka, and the client settings the services reason about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -130,6 +143,8 @@ pub struct KafkaSettings {
     pub session_timeout: Duration,
     /// `range` or `roundrobin` (eager); `cooperative-sticky` where the broker handles it.
     pub partition_assignment_strategy: String,
+    /// Transactions, or idempotent produce-then-commit (see `Delivery`).
+    pub delivery: Delivery,
     /// How long the broker lets a transaction stay open.
     #[serde(with = "humantime_serde")]
     pub transaction_timeout: Duration,
@@ -159,6 +174,7 @@ impl Default for KafkaSettings {
             ssl_key_password: None,
             session_timeout: Duration::from_secs(6),
             partition_assignment_strategy: "range".into(),
+            delivery: Delivery::Transactional,
             transaction_timeout: Duration::from_secs(60),
             commit_interval: Duration::from_millis(100),
             commit_max_records: 5_000,

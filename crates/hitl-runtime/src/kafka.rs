@@ -11,7 +11,7 @@ use rdkafka::{
     ClientConfig,
 };
 
-use crate::config::{KafkaSettings, TopicSpec};
+use crate::config::{Delivery, KafkaSettings, TopicSpec};
 
 /// Settings common to every client: brokers, security, then the raw overrides.
 pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
@@ -66,15 +66,15 @@ pub fn transactional_consumer_config(settings: &KafkaSettings, group_id: &str) -
     config
 }
 
-/// A transactional producer with a stable `transactional.id`.
-pub fn transactional_producer_config(settings: &KafkaSettings, transactional_id: &str) -> ClientConfig {
+/// The producer of a service loop: transactional with a stable `transactional.id`, or idempotent.
+pub fn loop_producer_config(settings: &KafkaSettings, transactional_id: &str) -> ClientConfig {
     let mut config = client_config(settings);
-    config
-        .set("transactional.id", transactional_id)
-        .set("enable.idempotence", "true")
-        .set("transaction.timeout.ms", millis(settings.transaction_timeout))
-        .set("linger.ms", "5")
-        .set("compression.type", "none");
+    config.set("enable.idempotence", "true").set("linger.ms", "5").set("compression.type", "none");
+    if settings.delivery == Delivery::Transactional {
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", millis(settings.transaction_timeout));
+    }
     apply_overrides(&mut config, settings);
     config
 }

@@ -1,4 +1,7 @@
-//! The transactional consume → process → produce loop every service runs.
+//! The consume → process → produce loop every service runs, transactional or idempotent.
+//!
+//! With `Delivery::Idempotent` (brokers without transactions) the same loop flushes its outputs
+//! (every one acknowledged) before it commits the input offsets; "abort" then only rewinds.
 //!
 //! It runs on a dedicated OS thread (librdkafka's transactional calls block; they must never run on
 //! an async worker). Each transaction holds the outputs of up to `commit_max_records` inputs or
@@ -24,22 +27,42 @@ use std::{
 };
 
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rdkafka::{
-    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
-    producer::{BaseProducer, BaseRecord, Producer},
+    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
     types::RDKafkaErrorCode,
     ClientContext, Message, Offset, TopicPartitionList,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::KafkaSettings,
+    config::{Delivery, KafkaSettings},
     health::Health,
-    kafka::{transactional_consumer_config, transactional_producer_config},
+    kafka::{loop_producer_config, transactional_consumer_config},
     metrics::LoopMetrics,
 };
+
+/// Counts failed deliveries, so a commit never covers an output the broker did not take.
+#[derive(Default)]
+struct OutputContext {
+    failed_deliveries: AtomicU64,
+}
+
+impl ClientContext for OutputContext {}
+
+impl ProducerContext for OutputContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            tracing::warn!(%error, "delivery failed");
+            self.failed_deliveries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// One input record, borrowed from the consumer.
 pub struct InputRecord<'a> {
@@ -130,6 +153,11 @@ pub enum LoopError {
     Client(#[source] KafkaError),
     #[error("fatal Kafka error: {0}")]
     Fatal(#[source] KafkaError),
+    #[error(
+        "the broker does not support Kafka transactions ({0}); set kafka.delivery = \"idempotent\" \
+         (HITL_KAFKA__DELIVERY=idempotent) for brokers such as Tansu 0.6.0"
+    )]
+    TransactionsUnsupported(#[source] KafkaError),
 }
 
 type PartitionKey = (String, i32);
@@ -156,7 +184,8 @@ struct Pending {
 }
 
 struct Shared {
-    producer: BaseProducer,
+    producer: BaseProducer<OutputContext>,
+    delivery: Delivery,
     txn: Mutex<Txn>,
     pending: Mutex<Pending>,
     request_timeout: Duration,
@@ -211,7 +240,14 @@ enum CommitFailure {
     Fatal(KafkaError),
 }
 
+fn is_unsupported(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnsupportedFeature)
+}
+
 fn is_fatal(error: &KafkaError) -> bool {
+    if is_unsupported(error) {
+        return true;
+    }
     match error {
         KafkaError::Transaction(rd) => rd.is_fatal(),
         other => matches!(other.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)),
@@ -219,6 +255,9 @@ fn is_fatal(error: &KafkaError) -> bool {
 }
 
 fn is_retriable(error: &KafkaError) -> bool {
+    if is_unsupported(error) {
+        return false;
+    }
     match error {
         KafkaError::Transaction(rd) => rd.is_retriable() && !rd.txn_requires_abort(),
         _ => false,
@@ -247,7 +286,9 @@ impl Shared {
 
     fn begin_if_needed(&self, txn: &mut Txn) -> Result<(), KafkaError> {
         if !txn.open {
-            self.producer.begin_transaction()?;
+            if self.delivery == Delivery::Transactional {
+                self.producer.begin_transaction()?;
+            }
             txn.open = true;
             txn.started = Some(Instant::now());
         }
@@ -263,23 +304,35 @@ impl Shared {
                 CommitFailure::Abortable(error)
             }
         };
-        if !txn.next_offsets.is_empty() {
-            let mut offsets = TopicPartitionList::new();
-            for ((topic, partition), next) in &txn.next_offsets {
-                offsets
-                    .add_partition_offset(topic, *partition, Offset::Offset(*next))
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &txn.next_offsets {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)).map_err(classify)?;
+        }
+        match self.delivery {
+            Delivery::Transactional => {
+                if offsets.count() > 0 {
+                    let group = consumer.group_metadata().ok_or(CommitFailure::Abortable(
+                        KafkaError::MessageConsumption(RDKafkaErrorCode::State),
+                    ))?;
+                    self.retrying("send_offsets_to_transaction", || {
+                        self.producer.send_offsets_to_transaction(&offsets, &group, self.request_timeout)
+                    })
+                    .map_err(classify)?;
+                }
+                self.retrying("commit_transaction", || self.producer.commit_transaction(self.request_timeout))
                     .map_err(classify)?;
             }
-            let group = consumer.group_metadata().ok_or_else(|| {
-                CommitFailure::Abortable(KafkaError::MessageConsumption(RDKafkaErrorCode::State))
-            })?;
-            self.retrying("send_offsets_to_transaction", || {
-                self.producer.send_offsets_to_transaction(&offsets, &group, self.request_timeout)
-            })
-            .map_err(classify)?;
+            Delivery::Idempotent => {
+                // Every output acknowledged before the input counts as done.
+                self.producer.flush(self.request_timeout).map_err(classify)?;
+                if self.producer.context().failed_deliveries.swap(0, Ordering::Relaxed) > 0 {
+                    return Err(CommitFailure::Abortable(KafkaError::MessageProduction(RDKafkaErrorCode::Fail)));
+                }
+                if offsets.count() > 0 {
+                    consumer.commit(&offsets, CommitMode::Sync).map_err(classify)?;
+                }
+            }
         }
-        self.retrying("commit_transaction", || self.producer.commit_transaction(self.request_timeout))
-            .map_err(classify)?;
         self.metrics.observe_commit(started.elapsed(), txn.records);
         *txn = Txn::default();
         Ok(())
@@ -287,7 +340,9 @@ impl Shared {
 
     fn abort(&self, txn: &mut Txn) -> Result<(), KafkaError> {
         self.metrics.aborted();
-        self.retrying("abort_transaction", || self.producer.abort_transaction(self.request_timeout))?;
+        if self.delivery == Delivery::Transactional {
+            self.retrying("abort_transaction", || self.producer.abort_transaction(self.request_timeout))?;
+        }
         *txn = Txn::default();
         Ok(())
     }
@@ -363,11 +418,12 @@ fn run<P: Processor>(
     health: &Health,
     metrics: LoopMetrics,
 ) -> Result<(), LoopError> {
-    let producer: BaseProducer = transactional_producer_config(kafka, &settings.transactional_id)
-        .create()
+    let producer: BaseProducer<OutputContext> = loop_producer_config(kafka, &settings.transactional_id)
+        .create_with_context(OutputContext::default())
         .map_err(LoopError::Client)?;
     let shared = Arc::new(Shared {
         producer,
+        delivery: kafka.delivery,
         txn: Mutex::default(),
         pending: Mutex::default(),
         request_timeout: kafka.request_timeout,
@@ -379,7 +435,7 @@ fn run<P: Processor>(
 
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
-    loop {
+    while kafka.delivery == Delivery::Transactional {
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -439,7 +495,10 @@ fn run<P: Processor>(
     health.set_ready(false);
     drop(consumer);
     tracing::info!(service = %settings.service, "loop stopped");
-    result
+    result.map_err(|error| match error {
+        LoopError::Fatal(error) if is_unsupported(&error) => LoopError::TransactionsUnsupported(error),
+        other => other,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,448 @@
+//! The router, as a real process, against a real broker.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
+    time::Duration,
+};
+
+use hitl_schema::*;
+use hitl_tests::*;
+
+const ALL_HUMAN: &str = "version: all-human\ndefault: { review: { pool: general, sla: 1h } }\n";
+const ALL_AUTO: &str = "version: all-auto\ndefault: auto_approve\n";
+
+const THREE_WAYS: &str = r#"
+version: three-ways
+rules:
+  - { name: reject-certain, when: { confidence: { gte: 0.99 } }, then: auto_reject }
+  - { name: approve-confident, when: { confidence: { gte: 0.8 } }, then: auto_approve }
+default: { review: { pool: general, roles: [analyst], tier: normal, sla: 1h } }
+"#;
+
+struct Run {
+    dir: tempfile::TempDir,
+    topics: hitl_runtime::config::Topics,
+    instance: String,
+}
+
+impl Run {
+    fn new(test: &str) -> Self {
+        let topics = unique_topics(test);
+        create_topics(&topics);
+        Self { dir: tempfile::tempdir().unwrap(), topics, instance: unique("router") }
+    }
+
+    fn write_policy(&self, name: &str, yaml: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    fn config(&self, policy: &Path, extra_service: &str) -> String {
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout = \"6s\"\ncommit_interval = \"100ms\"\n\
+             delivery = \"{}\"\n\n{}\n\
+             [service]\npolicy_path = \"{}\"\ninstance_id = \"{}\"\ngroup_id = \"{}-group\"\n\
+             policy_check_interval = \"200ms\"\n{extra_service}\n",
+            broker().bootstrap,
+            delivery(),
+            topics_toml(&self.topics),
+            policy.display(),
+            self.instance,
+            self.instance,
+        )
+    }
+
+    fn start(&self, policy_yaml: &str, extra_service: &str) -> Service {
+        let policy = self.write_policy("policy.yaml", policy_yaml);
+        Service::start("hitl-router", self.dir.path(), &self.config(&policy, extra_service))
+    }
+}
+
+/// `idempotent` on Tansu 0.6.0 (no EndTxn); `HITL_TEST_DELIVERY=transactional` on Apache Kafka.
+fn delivery() -> String {
+    std::env::var("HITL_TEST_DELIVERY").unwrap_or_else(|_| "idempotent".into())
+}
+
+fn decision(id: &str, confidence: f64) -> Decision {
+    Decision {
+        decision_id: id.into(),
+        workflow: "payments.fraud".into(),
+        subject: format!("txn-{id}"),
+        action: "block".into(),
+        confidence,
+        risk_score: Some(0.4),
+        amount: Some(120.0),
+        priority: None,
+        producer: "fraud-model".into(),
+        model_name: "gbm".into(),
+        model_version: Some("7".into()),
+        features: BTreeMap::from([("velocity".into(), 2.5)]),
+        context: BTreeMap::from([("card".into(), "4111-xxxx".into())]),
+        sensitive_fields: vec!["card".into()],
+        created_at: now_millis(),
+        sla_ms: None,
+    }
+}
+
+fn now_millis() -> i64 {
+    hitl_runtime::now_millis()
+}
+
+fn avro(decision: &Decision) -> Vec<u8> {
+    Codec::single_object().encode_to_vec("", decision).unwrap()
+}
+
+fn publish(topic: &str, decisions: &[Decision]) {
+    let producer = producer();
+    for decision in decisions {
+        produce(&producer, topic, &decision.decision_id, &avro(decision), &[]);
+    }
+    flush(&producer);
+}
+
+fn decode<T: Record>(records: &[Received]) -> Vec<T> {
+    let codec = Codec::single_object();
+    records.iter().map(|r| codec.decode(r.payload.as_deref().unwrap()).expect("decodes")).collect()
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+const QUIET: Duration = Duration::from_secs(3);
+
+#[test]
+fn routes_auto_approve_auto_reject_and_human() {
+    let run = Run::new("three-ways");
+    let router = run.start(THREE_WAYS, "");
+    publish(
+        &run.topics.decisions,
+        &[decision("rej", 0.995), decision("app", 0.85), decision("hum", 0.3)],
+    );
+
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 2, WAIT));
+    let by_id: HashMap<_, _> = outcomes.iter().map(|o| (o.decision_id.as_str(), o)).collect();
+    assert_eq!(by_id["rej"].status, OutcomeStatus::Rejected);
+    assert_eq!(by_id["rej"].policy_rule, "reject-certain");
+    assert_eq!(by_id["app"].status, OutcomeStatus::Approved);
+    assert_eq!(by_id["app"].decided_by, DecidedBy::Auto);
+    assert_eq!(by_id["app"].policy_version, "three-ways");
+    assert!(!by_id.contains_key("hum"));
+
+    let requests = read_at_least(&run.topics.review_requests, 1, WAIT);
+    assert_eq!(requests[0].key.as_deref(), Some("general"), "review requests are keyed by pool");
+    let request: ReviewRequest = decode(&requests).remove(0);
+    assert_eq!(request.decision, decision("hum", 0.3).with_created_at(request.decision.created_at));
+    assert_eq!((request.kind, request.required_roles.clone()), (ReviewKind::Review, vec!["analyst".to_owned()]));
+    assert_eq!(request.sla_deadline, request.decision.created_at + 3_600_000);
+
+    let lifecycle: Vec<LifecycleEvent> = decode(&read_at_least(&run.topics.lifecycle, 3, WAIT));
+    let routes: BTreeMap<_, _> =
+        lifecycle.iter().map(|e| (e.decision_id.clone(), e.attributes["route"].clone())).collect();
+    assert_eq!(
+        routes,
+        BTreeMap::from([
+            ("app".into(), "auto_approve".into()),
+            ("hum".into(), "human".into()),
+            ("rej".into(), "auto_reject".into())
+        ])
+    );
+    let outcomes_header = read_at_least(&run.topics.outcomes, 1, WAIT);
+    assert!(outcomes_header[0].headers["traceparent"].starts_with("00-"), "trace context travels");
+    wait_for(WAIT, "metrics", || {
+        (router.metric("hitl_router_decisions_total{route=\"human\",workflow=\"payments.fraud\"}") == Some(1.0))
+            .then_some(())
+    });
+    assert_eq!(router.terminate(), Some(0), "SIGTERM exits cleanly");
+}
+
+trait WithCreatedAt {
+    fn with_created_at(self, created_at: i64) -> Self;
+}
+impl WithCreatedAt for Decision {
+    fn with_created_at(mut self, created_at: i64) -> Self {
+        self.created_at = created_at;
+        self
+    }
+}
+
+#[test]
+fn json_decisions_are_accepted() {
+    let run = Run::new("json");
+    let _router = run.start(ALL_AUTO, "");
+    let producer = producer();
+    let json = serde_json::to_vec(&decision("json-1", 0.5)).unwrap();
+    produce(&producer, &run.topics.decisions, "json-1", &json, &[("content-type", "application/json")]);
+    flush(&producer);
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
+    assert_eq!(outcomes[0].decision_id, "json-1");
+}
+
+#[test]
+fn invalid_input_goes_to_the_dlq_with_reasons_and_routing_continues() {
+    let run = Run::new("dlq");
+    let router = run.start(ALL_AUTO, "max_record_bytes = 4096");
+    let producer = producer();
+    let topic = &run.topics.decisions;
+    let verdict = Verdict {
+        decision_id: "v".into(),
+        assignment_id: "a".into(),
+        reviewer_id: "r".into(),
+        verdict: VerdictKind::Approve,
+        amended_action: None,
+        rationale: String::new(),
+        decided_at: 1,
+        pool: String::new(),
+    };
+    let mut nan = decision("bad-nan", 0.5);
+    nan.confidence = f64::NAN;
+    let mut negative_sla = decision("bad-sla", 0.5);
+    negative_sla.sla_ms = Some(-1);
+    let mut oversize = decision("bad-big", 0.5);
+    oversize.context.insert("blob".into(), "x".repeat(8000));
+    let mut truncated = avro(&decision("bad-cut", 0.5));
+    truncated.truncate(truncated.len() - 8);
+    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, &str, &str)> = vec![
+        ("garbage", b"\x07not a record".to_vec(), vec![], "decode.framing", "decode"),
+        ("unknown-schema", Codec::single_object().encode_to_vec("", &verdict).unwrap(), vec![], "decode.unknown_schema", "decode"),
+        ("cut", truncated, vec![], "decode.avro", "decode"),
+        (
+            "missing-field",
+            br#"{"decision_id":"m","workflow":"w","subject":"s","action":"a","producer":"p","created_at":1}"#.to_vec(),
+            vec![("content-type", "application/json")],
+            "decode.json",
+            "decode",
+        ),
+        ("empty-id", avro(&decision("", 0.5)), vec![], "validation", "validate"),
+        ("over-one", avro(&decision("bad-conf", 1.5)), vec![], "validation", "validate"),
+        ("nan", avro(&nan), vec![], "validation", "validate"),
+        ("neg-sla", avro(&negative_sla), vec![], "validation", "validate"),
+        ("oversize", avro(&oversize), vec![], "oversize", "decode"),
+    ];
+    for (key, payload, headers, _, _) in &cases {
+        produce(&producer, topic, key, payload, headers);
+    }
+    publish(topic, &[decision("good-after", 0.5)]);
+    flush(&producer);
+
+    let dead = read_at_least(&run.topics.decisions_dlq, cases.len(), WAIT);
+    assert_eq!(dead.len(), cases.len());
+    let by_key: HashMap<_, _> = dead.iter().map(|r| (r.key.clone().unwrap(), r)).collect();
+    for (key, payload, _, class, stage) in &cases {
+        let record = by_key.get(*key).unwrap_or_else(|| panic!("{key} not in the DLQ"));
+        assert_eq!(record.headers["hitl.error.class"], *class, "{key}");
+        assert_eq!(record.headers["hitl.error.stage"], *stage, "{key}");
+        assert_eq!(record.headers["hitl.source.topic"], *topic);
+        assert!(record.headers["hitl.source.offset"].parse::<i64>().is_ok());
+        assert!(record.headers["hitl.source.partition"].parse::<i32>().is_ok());
+        assert!(!record.headers["hitl.error.message"].is_empty());
+        assert_eq!(record.payload.as_deref(), Some(&payload[..]), "{key}: original bytes kept");
+    }
+    assert!(by_key["nan"].headers["hitl.error.message"].contains("confidence"));
+    assert!(by_key["neg-sla"].headers["hitl.error.message"].contains("sla_ms"));
+
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].decision_id, "good-after", "the service keeps routing");
+    wait_for(WAIT, "dlq metric", || {
+        (router.metric("hitl_router_dead_letters_total{class=\"validation\"}") == Some(4.0)).then_some(())
+    });
+}
+
+#[test]
+fn qa_sampling_is_deterministic_and_non_blocking() {
+    let run = Run::new("qa");
+    let policy = "version: qa\nqa_seed: 11\nqa_review: { pool: qa-pool, sla: 2h }\ndefault: auto_approve\ndefault_qa_sample_rate: 0.3\n";
+    let _router = run.start(policy, "");
+    let decisions: Vec<Decision> = (0..60).map(|i| decision(&format!("qa-{i}"), 0.7)).collect();
+    publish(&run.topics.decisions, &decisions);
+
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 60, WAIT));
+    assert_eq!(outcomes.len(), 60, "every decision gets its auto outcome, sampled or not");
+    let expected: BTreeSet<String> = decisions
+        .iter()
+        .filter(|d| hitl_router::policy::sampled(&d.decision_id, 0.3, 11))
+        .map(|d| d.decision_id.clone())
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < 60);
+    let samples: Vec<ReviewRequest> = decode(&read_all(&run.topics.review_requests, QUIET));
+    let sampled: BTreeSet<String> = samples.iter().map(|r| r.decision.decision_id.clone()).collect();
+    assert_eq!(sampled, expected, "the sample is exactly the deterministic choice");
+    assert!(samples.iter().all(|r| r.kind == ReviewKind::QaSample && r.pool == "qa-pool"));
+    assert!(samples.iter().all(|r| r.auto_status.as_deref() == Some("APPROVED")));
+}
+
+#[test]
+fn shadow_policy_never_changes_outcomes() {
+    let run = Run::new("shadow");
+    let shadow = run.write_policy("shadow.yaml", "version: candidate\ndefault: auto_approve\n");
+    let policy = run.write_policy("policy.yaml", THREE_WAYS);
+    let router = Service::start(
+        "hitl-router",
+        run.dir.path(),
+        &run.config(&policy, &format!("shadow_policy_path = \"{}\"", shadow.display())),
+    );
+    let decisions: Vec<Decision> = (0..20).map(|i| decision(&format!("sh-{i}"), (i as f64) / 20.0)).collect();
+    publish(&run.topics.decisions, &decisions);
+    let lifecycle: Vec<LifecycleEvent> = decode(&read_at_least(&run.topics.lifecycle, 20, WAIT));
+    let outcomes: Vec<Outcome> = decode(&read_all(&run.topics.outcomes, QUIET));
+    let reviews: Vec<ReviewRequest> = decode(&read_all(&run.topics.review_requests, QUIET));
+    // Active policy alone decides: confidence < 0.8 goes to people although the shadow approves all.
+    assert_eq!(reviews.len(), decisions.iter().filter(|d| d.confidence < 0.8).count());
+    assert_eq!(outcomes.len(), decisions.iter().filter(|d| d.confidence >= 0.8).count());
+    assert!(outcomes.iter().all(|o| o.policy_version == "three-ways"));
+    for event in &lifecycle {
+        let agrees = event.attributes["route"] == "auto_approve";
+        assert_eq!(event.attributes["shadow_agrees"], agrees.to_string());
+        assert_eq!(event.attributes["shadow_version"], "candidate");
+    }
+    wait_for(WAIT, "shadow metrics", || {
+        let disagreements = router.metric("hitl_router_shadow_evaluations_total{agrees=\"false\"}")?;
+        (disagreements as usize == reviews.len() + outcomes.iter().filter(|o| o.status == OutcomeStatus::Rejected).count())
+            .then_some(())
+    });
+}
+
+/// Every decision id maps to the set of routes its records show; exactly one route each.
+fn routes_by_decision(run: &Run) -> BTreeMap<String, BTreeSet<String>> {
+    let lifecycle: Vec<LifecycleEvent> = decode(&read_all(&run.topics.lifecycle, QUIET));
+    let mut routes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for event in lifecycle {
+        routes.entry(event.decision_id.clone()).or_default().insert(format!(
+            "{}@{}",
+            event.attributes["route"],
+            event.policy_version.unwrap_or_default()
+        ));
+    }
+    routes
+}
+
+#[test]
+fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
+    let run = Run::new("reload");
+    let router = run.start(ALL_AUTO, "");
+    let policy_path = run.dir.path().join("policy.yaml");
+    let total = 600;
+    let decisions: Vec<Decision> = (0..total).map(|i| decision(&format!("rl-{i}"), 0.5)).collect();
+    let producer = producer();
+    for (i, d) in decisions.iter().enumerate() {
+        produce(&producer, &run.topics.decisions, &d.decision_id, &avro(d), &[]);
+        if i == total / 3 {
+            flush(&producer);
+            // A broken policy is refused; the running one stays.
+            std::fs::write(&policy_path, "version: broken\ndefault: { review: { pool: \"\", sla: 0s } }\n").unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        if i == total / 2 {
+            flush(&producer);
+            std::fs::write(&policy_path, ALL_HUMAN).unwrap();
+            signal(router.pid(), "HUP");
+            std::thread::sleep(Duration::from_millis(600));
+        }
+    }
+    flush(&producer);
+    let outcomes = read_at_least(&run.topics.outcomes, 1, WAIT);
+    assert!(!outcomes.is_empty());
+    wait_for(WAIT, "all decisions routed", || {
+        (routes_by_decision(&run).len() == total).then_some(())
+    });
+    let routes = routes_by_decision(&run);
+    let versions: BTreeSet<&str> =
+        routes.values().flatten().map(|route| route.split('@').nth(1).unwrap()).collect();
+    assert_eq!(versions, BTreeSet::from(["all-auto", "all-human"]), "the broken policy never ran");
+    for (id, set) in &routes {
+        assert_eq!(set.len(), 1, "{id} routed more than one way: {set:?}");
+    }
+    let outcome_count = read_all(&run.topics.outcomes, QUIET).len();
+    let review_count = read_all(&run.topics.review_requests, QUIET).len();
+    assert_eq!(outcome_count + review_count, total, "one route record per decision, none lost, none doubled");
+    assert_eq!(router.metric("hitl_router_policy_reloads_total{result=\"refused\"}"), Some(1.0));
+    assert!(router.metric("hitl_router_policy_reloads_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
+    let run = Run::new("kill9");
+    let total = 4000;
+    let decisions: Vec<Decision> = (0..total)
+        .map(|i| decision(&format!("k9-{i}"), if i % 3 == 0 { 0.3 } else { 0.9 }))
+        .collect();
+    publish(&run.topics.decisions, &decisions);
+    let policy = "version: k9\nrules:\n  - { name: conf, when: { confidence: { gte: 0.8 } }, then: auto_approve }\ndefault: { review: { pool: general, sla: 1h } }\n";
+    let router = run.start(policy, "");
+    wait_for(WAIT, "some progress", || {
+        let done = router.metric("hitl_loop_records_in_total")?;
+        (done >= 300.0).then_some(())
+    });
+    router.kill9();
+    let _restarted = run.start(policy, "");
+    wait_for(Duration::from_secs(120), "every decision routed after restart", || {
+        (routes_by_decision(&run).len() == total).then_some(())
+    });
+    let routes = routes_by_decision(&run);
+    for decision in &decisions {
+        let set = &routes[&decision.decision_id];
+        let expected = if decision.confidence >= 0.8 { "auto_approve@k9" } else { "human@k9" };
+        assert_eq!(set, &BTreeSet::from([expected.to_owned()]), "{}", decision.decision_id);
+    }
+    // Downstream view: distinct decision ids with an outcome or a review request.
+    let outcome_ids: BTreeSet<String> = decode::<Outcome>(&read_all(&run.topics.outcomes, QUIET))
+        .into_iter()
+        .map(|o| o.decision_id)
+        .collect();
+    let review_ids: BTreeSet<String> = decode::<ReviewRequest>(&read_all(&run.topics.review_requests, QUIET))
+        .into_iter()
+        .map(|r| r.decision.decision_id)
+        .collect();
+    assert!(outcome_ids.is_disjoint(&review_ids));
+    assert_eq!(outcome_ids.len() + review_ids.len(), total);
+}
+
+#[test]
+fn a_bad_config_refuses_to_start_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\nbootstrap_servers = \"nohost\"\ncommit_interval = \"0s\"\n[service]\npolicy_path = \"/nope.yaml\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(binary("hitl-router")).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for field in ["kafka.bootstrap_servers", "kafka.commit_interval", "service.policy_path"] {
+        assert!(stderr.contains(field), "{field} not named in: {stderr}");
+    }
+    std::fs::write(&config, "[kafka]\nbootstrap_server = \"x:1\"\n").unwrap();
+    let output = std::process::Command::new(binary("hitl-router")).arg("--config").arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("bootstrap_server"), "unknown field named");
+}
+
+#[test]
+fn a_bad_policy_at_start_refuses_to_start() {
+    let run = Run::new("badpolicy");
+    let policy = run.write_policy("policy.yaml", "version: x\ndefault: maybe\n");
+    let config = run.dir.path().join("router.toml");
+    std::fs::write(&config, run.config(&policy, "")).unwrap();
+    let output = std::process::Command::new(binary("hitl-router")).arg("--config").arg(&config).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown action `maybe`"));
+}
+
+#[test]
+fn transactional_mode_on_a_broker_without_transactions_stops_with_a_clear_error() {
+    if std::env::var("HITL_BOOTSTRAP_SERVERS").is_ok() {
+        return; // only meaningful on the bundled Tansu, which lacks EndTxn
+    }
+    let run = Run::new("txn-unsupported");
+    let policy = run.write_policy("policy.yaml", ALL_AUTO);
+    let config = run.config(&policy, "").replace("delivery = \"idempotent\"", "delivery = \"transactional\"");
+    let router = Service::spawn("hitl-router", run.dir.path(), &config);
+    publish(&run.topics.decisions, &[decision("tx-1", 0.5)]);
+    let log = wait_for(Duration::from_secs(90), "the router to stop", || {
+        let log = std::fs::read_to_string(&router.log).unwrap_or_default();
+        log.contains("does not support Kafka transactions").then_some(log)
+    });
+    assert!(log.contains("kafka.delivery"), "the error says what to change: {log}");
+    assert!(read_all(&run.topics.outcomes, Duration::from_secs(2)).is_empty() || delivery() == "transactional");
+}
