@@ -34,6 +34,8 @@ pub use hitl_schema;
 #[derive(Debug)]
 pub struct Broker {
     pub bootstrap: String,
+    /// The watchdog shell that owns the broker process; it exits with this test process.
+    _watchdog: Option<std::sync::Mutex<Child>>,
 }
 
 /// Starts (once) or finds the broker.
@@ -41,7 +43,7 @@ pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
         if let Ok(bootstrap) = std::env::var("HITL_BOOTSTRAP_SERVERS") {
-            return Broker { bootstrap };
+            return Broker { bootstrap, _watchdog: None };
         }
         let port = free_port();
         let tansu = tansu_binary();
@@ -55,7 +57,7 @@ pub fn broker() -> &'static Broker {
             log = log.display(),
             parent = std::process::id(),
         );
-        Command::new("bash")
+        let watchdog = Command::new("bash")
             .arg("-c")
             .arg(script)
             .stdin(Stdio::null())
@@ -66,7 +68,7 @@ pub fn broker() -> &'static Broker {
         wait_for(Duration::from_secs(30), "tansu to listen", || {
             TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         });
-        Broker { bootstrap: format!("127.0.0.1:{port}") }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), _watchdog: Some(std::sync::Mutex::new(watchdog)) }
     })
 }
 
@@ -76,7 +78,9 @@ fn tansu_binary() -> PathBuf {
     }
     let cargo_home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
     let candidate = cargo_home.join("bin/tansu");
     if candidate.exists() {
         return candidate;
@@ -90,14 +94,25 @@ fn tansu_binary() -> PathBuf {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A name no other test (or earlier run against the same broker) uses.
 pub fn unique(name: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{name}-{}-{}-{nanos:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{name}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The contract topics, all prefixed with a unique name.
@@ -125,14 +140,24 @@ pub fn unique_topics(test: &str) -> Topics {
 
 /// Kafka settings for clients in tests.
 pub fn kafka_settings() -> KafkaSettings {
-    KafkaSettings { bootstrap_servers: broker().bootstrap.clone(), ..KafkaSettings::default() }
+    KafkaSettings {
+        bootstrap_servers: broker().bootstrap.clone(),
+        ..KafkaSettings::default()
+    }
 }
 
 /// Creates the topics (idempotent).
 pub fn create_topics(topics: &Topics) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime
-        .block_on(hitl_runtime::kafka::ensure_topics(&kafka_settings(), &topics.specs(), 1))
+        .block_on(hitl_runtime::kafka::ensure_topics(
+            &kafka_settings(),
+            &topics.specs(),
+            1,
+        ))
         .expect("create topics");
 }
 
@@ -161,7 +186,10 @@ pub fn topics_toml(topics: &Topics) -> String {
 /// A built binary of the workspace, next to the test executable's directory.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -191,7 +219,11 @@ impl Service {
     pub fn spawn(binary_name: &str, dir: &Path, config_toml: &str) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.join(format!("{}.toml", unique(binary_name)));
-        std::fs::write(&config, format!("{config_toml}\n[http]\nlisten = \"{http}\"\n")).unwrap();
+        std::fs::write(
+            &config,
+            format!("{config_toml}\n[http]\nlisten = \"{http}\"\n"),
+        )
+        .unwrap();
         let log = config.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary(binary_name))
@@ -204,7 +236,12 @@ impl Service {
             .stderr(log_file)
             .spawn()
             .expect("spawn service");
-        Self { child, http, log, config }
+        Self {
+            child,
+            http,
+            log,
+            config,
+        }
     }
 
     pub fn wait_ready(&self, within: Duration) {
@@ -215,14 +252,23 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("service on {} not ready within {within:?}; log:\n{}", self.http, self.log_tail());
+        panic!(
+            "service on {} not ready within {within:?}; log:\n{}",
+            self.http,
+            self.log_tail()
+        );
     }
 
     /// The value of a metric line (`name{labels}` exactly as exposed), if present.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = http_get(&self.http, "/metrics")?;
-        body.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        body.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     pub fn log_tail(&self) -> String {
@@ -265,7 +311,10 @@ impl Drop for Service {
 
 /// Sends a signal by name (`HUP`, `TERM`) to a process.
 pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// A minimal HTTP/1.0 GET: (status, body).
@@ -276,7 +325,10 @@ pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -287,23 +339,40 @@ pub fn wait_for<T>(within: Duration, what: &str, mut check: impl FnMut() -> Opti
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// A plain producer.
 pub fn producer() -> BaseProducer {
-    hitl_runtime::kafka::producer_config(&kafka_settings()).create().expect("producer")
+    hitl_runtime::kafka::producer_config(&kafka_settings())
+        .create()
+        .expect("producer")
 }
 
 /// Produces one record and waits for it to be acknowledged.
-pub fn produce(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+pub fn produce(
+    producer: &BaseProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
     let mut owned = OwnedHeaders::new();
     for (name, value) in headers {
-        owned = owned.insert(Header { key: name, value: Some(*value) });
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
     }
-    let mut record = BaseRecord::to(topic).key(key).payload(payload).headers(owned);
+    let mut record = BaseRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .headers(owned);
     loop {
         match producer.send(record) {
             Ok(()) => break,
@@ -330,13 +399,27 @@ pub struct Received {
 }
 
 /// Reads `topic` from the beginning (read_committed) until `done(records)` or `within` passes.
-pub fn read_topic(topic: &str, within: Duration, mut done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
-    let consumer: BaseConsumer = hitl_runtime::kafka::reader_config(&kafka_settings(), true).create().expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+pub fn read_topic(
+    topic: &str,
+    within: Duration,
+    mut done: impl FnMut(&[Received]) -> bool,
+) -> Vec<Received> {
+    let consumer: BaseConsumer = hitl_runtime::kafka::reader_config(&kafka_settings(), true)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions as i32 {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).expect("assign");
     let deadline = Instant::now() + within;
@@ -348,14 +431,21 @@ pub fn read_topic(topic: &str, within: Duration, mut done: impl FnMut(&[Received
                 .map(|headers| {
                     headers
                         .iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
             records.push(Received {
                 partition: message.partition(),
                 offset: message.offset(),
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
                 payload: message.payload().map(<[u8]>::to_vec),
                 headers,
             });

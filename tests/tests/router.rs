@@ -30,7 +30,11 @@ impl Run {
     fn new(test: &str) -> Self {
         let topics = unique_topics(test);
         create_topics(&topics);
-        Self { dir: tempfile::tempdir().unwrap(), topics, instance: unique("router") }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            topics,
+            instance: unique("router"),
+        }
     }
 
     fn write_policy(&self, name: &str, yaml: &str) -> std::path::PathBuf {
@@ -56,7 +60,11 @@ impl Run {
 
     fn start(&self, policy_yaml: &str, extra_service: &str) -> Service {
         let policy = self.write_policy("policy.yaml", policy_yaml);
-        Service::start("hitl-router", self.dir.path(), &self.config(&policy, extra_service))
+        Service::start(
+            "hitl-router",
+            self.dir.path(),
+            &self.config(&policy, extra_service),
+        )
     }
 }
 
@@ -97,14 +105,27 @@ fn avro(decision: &Decision) -> Vec<u8> {
 fn publish(topic: &str, decisions: &[Decision]) {
     let producer = producer();
     for decision in decisions {
-        produce(&producer, topic, &decision.decision_id, &avro(decision), &[]);
+        produce(
+            &producer,
+            topic,
+            &decision.decision_id,
+            &avro(decision),
+            &[],
+        );
     }
     flush(&producer);
 }
 
 fn decode<T: Record>(records: &[Received]) -> Vec<T> {
     let codec = Codec::single_object();
-    records.iter().map(|r| codec.decode(r.payload.as_deref().unwrap()).expect("decodes")).collect()
+    records
+        .iter()
+        .map(|r| {
+            codec
+                .decode(r.payload.as_deref().unwrap())
+                .expect("decodes")
+        })
+        .collect()
 }
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -116,11 +137,18 @@ fn routes_auto_approve_auto_reject_and_human() {
     let router = run.start(THREE_WAYS, "");
     publish(
         &run.topics.decisions,
-        &[decision("rej", 0.995), decision("app", 0.85), decision("hum", 0.3)],
+        &[
+            decision("rej", 0.995),
+            decision("app", 0.85),
+            decision("hum", 0.3),
+        ],
     );
 
     let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 2, WAIT));
-    let by_id: HashMap<_, _> = outcomes.iter().map(|o| (o.decision_id.as_str(), o)).collect();
+    let by_id: HashMap<_, _> = outcomes
+        .iter()
+        .map(|o| (o.decision_id.as_str(), o))
+        .collect();
     assert_eq!(by_id["rej"].status, OutcomeStatus::Rejected);
     assert_eq!(by_id["rej"].policy_rule, "reject-certain");
     assert_eq!(by_id["app"].status, OutcomeStatus::Approved);
@@ -129,15 +157,30 @@ fn routes_auto_approve_auto_reject_and_human() {
     assert!(!by_id.contains_key("hum"));
 
     let requests = read_at_least(&run.topics.review_requests, 1, WAIT);
-    assert_eq!(requests[0].key.as_deref(), Some("general"), "review requests are keyed by pool");
+    assert_eq!(
+        requests[0].key.as_deref(),
+        Some("general"),
+        "review requests are keyed by pool"
+    );
     let request: ReviewRequest = decode(&requests).remove(0);
-    assert_eq!(request.decision, decision("hum", 0.3).with_created_at(request.decision.created_at));
-    assert_eq!((request.kind, request.required_roles.clone()), (ReviewKind::Review, vec!["analyst".to_owned()]));
-    assert_eq!(request.sla_deadline, request.decision.created_at + 3_600_000);
+    assert_eq!(
+        request.decision,
+        decision("hum", 0.3).with_created_at(request.decision.created_at)
+    );
+    assert_eq!(
+        (request.kind, request.required_roles.clone()),
+        (ReviewKind::Review, vec!["analyst".to_owned()])
+    );
+    assert_eq!(
+        request.sla_deadline,
+        request.decision.created_at + 3_600_000
+    );
 
     let lifecycle: Vec<LifecycleEvent> = decode(&read_at_least(&run.topics.lifecycle, 3, WAIT));
-    let routes: BTreeMap<_, _> =
-        lifecycle.iter().map(|e| (e.decision_id.clone(), e.attributes["route"].clone())).collect();
+    let routes: BTreeMap<_, _> = lifecycle
+        .iter()
+        .map(|e| (e.decision_id.clone(), e.attributes["route"].clone()))
+        .collect();
     assert_eq!(
         routes,
         BTreeMap::from([
@@ -147,10 +190,14 @@ fn routes_auto_approve_auto_reject_and_human() {
         ])
     );
     let outcomes_header = read_at_least(&run.topics.outcomes, 1, WAIT);
-    assert!(outcomes_header[0].headers["traceparent"].starts_with("00-"), "trace context travels");
+    assert!(
+        outcomes_header[0].headers["traceparent"].starts_with("00-"),
+        "trace context travels"
+    );
     wait_for(WAIT, "metrics", || {
-        (router.metric("hitl_router_decisions_total{route=\"human\",workflow=\"payments.fraud\"}") == Some(1.0))
-            .then_some(())
+        (router.metric("hitl_router_decisions_total{route=\"human\",workflow=\"payments.fraud\"}")
+            == Some(1.0))
+        .then_some(())
     });
     assert_eq!(router.terminate(), Some(0), "SIGTERM exits cleanly");
 }
@@ -171,7 +218,13 @@ fn json_decisions_are_accepted() {
     let _router = run.start(ALL_AUTO, "");
     let producer = producer();
     let json = serde_json::to_vec(&decision("json-1", 0.5)).unwrap();
-    produce(&producer, &run.topics.decisions, "json-1", &json, &[("content-type", "application/json")]);
+    produce(
+        &producer,
+        &run.topics.decisions,
+        "json-1",
+        &json,
+        &[("content-type", "application/json")],
+    );
     flush(&producer);
     let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
     assert_eq!(outcomes[0].decision_id, "json-1");
@@ -201,7 +254,9 @@ fn invalid_input_goes_to_the_dlq_with_reasons_and_routing_continues() {
     oversize.context.insert("blob".into(), "x".repeat(8000));
     let mut truncated = avro(&decision("bad-cut", 0.5));
     truncated.truncate(truncated.len() - 8);
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, &str, &str)> = vec![
+    // (key, bytes, headers, expected error class, expected stage)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("garbage", b"\x07not a record".to_vec(), vec![], "decode.framing", "decode"),
         ("unknown-schema", Codec::single_object().encode_to_vec("", &verdict).unwrap(), vec![], "decode.unknown_schema", "decode"),
         ("cut", truncated, vec![], "decode.avro", "decode"),
@@ -228,23 +283,35 @@ fn invalid_input_goes_to_the_dlq_with_reasons_and_routing_continues() {
     assert_eq!(dead.len(), cases.len());
     let by_key: HashMap<_, _> = dead.iter().map(|r| (r.key.clone().unwrap(), r)).collect();
     for (key, payload, _, class, stage) in &cases {
-        let record = by_key.get(*key).unwrap_or_else(|| panic!("{key} not in the DLQ"));
+        let record = by_key
+            .get(*key)
+            .unwrap_or_else(|| panic!("{key} not in the DLQ"));
         assert_eq!(record.headers["hitl.error.class"], *class, "{key}");
         assert_eq!(record.headers["hitl.error.stage"], *stage, "{key}");
         assert_eq!(record.headers["hitl.source.topic"], *topic);
         assert!(record.headers["hitl.source.offset"].parse::<i64>().is_ok());
-        assert!(record.headers["hitl.source.partition"].parse::<i32>().is_ok());
+        assert!(record.headers["hitl.source.partition"]
+            .parse::<i32>()
+            .is_ok());
         assert!(!record.headers["hitl.error.message"].is_empty());
-        assert_eq!(record.payload.as_deref(), Some(&payload[..]), "{key}: original bytes kept");
+        assert_eq!(
+            record.payload.as_deref(),
+            Some(&payload[..]),
+            "{key}: original bytes kept"
+        );
     }
     assert!(by_key["nan"].headers["hitl.error.message"].contains("confidence"));
     assert!(by_key["neg-sla"].headers["hitl.error.message"].contains("sla_ms"));
 
     let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
     assert_eq!(outcomes.len(), 1);
-    assert_eq!(outcomes[0].decision_id, "good-after", "the service keeps routing");
+    assert_eq!(
+        outcomes[0].decision_id, "good-after",
+        "the service keeps routing"
+    );
     wait_for(WAIT, "dlq metric", || {
-        (router.metric("hitl_router_dead_letters_total{class=\"validation\"}") == Some(4.0)).then_some(())
+        (router.metric("hitl_router_dead_letters_total{class=\"validation\"}") == Some(4.0))
+            .then_some(())
     });
 }
 
@@ -257,7 +324,11 @@ fn qa_sampling_is_deterministic_and_non_blocking() {
     publish(&run.topics.decisions, &decisions);
 
     let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 60, WAIT));
-    assert_eq!(outcomes.len(), 60, "every decision gets its auto outcome, sampled or not");
+    assert_eq!(
+        outcomes.len(),
+        60,
+        "every decision gets its auto outcome, sampled or not"
+    );
     let expected: BTreeSet<String> = decisions
         .iter()
         .filter(|d| hitl_router::policy::sampled(&d.decision_id, 0.3, 11))
@@ -265,10 +336,20 @@ fn qa_sampling_is_deterministic_and_non_blocking() {
         .collect();
     assert!(!expected.is_empty() && expected.len() < 60);
     let samples: Vec<ReviewRequest> = decode(&read_all(&run.topics.review_requests, QUIET));
-    let sampled: BTreeSet<String> = samples.iter().map(|r| r.decision.decision_id.clone()).collect();
-    assert_eq!(sampled, expected, "the sample is exactly the deterministic choice");
-    assert!(samples.iter().all(|r| r.kind == ReviewKind::QaSample && r.pool == "qa-pool"));
-    assert!(samples.iter().all(|r| r.auto_status.as_deref() == Some("APPROVED")));
+    let sampled: BTreeSet<String> = samples
+        .iter()
+        .map(|r| r.decision.decision_id.clone())
+        .collect();
+    assert_eq!(
+        sampled, expected,
+        "the sample is exactly the deterministic choice"
+    );
+    assert!(samples
+        .iter()
+        .all(|r| r.kind == ReviewKind::QaSample && r.pool == "qa-pool"));
+    assert!(samples
+        .iter()
+        .all(|r| r.auto_status.as_deref() == Some("APPROVED")));
 }
 
 #[test]
@@ -279,16 +360,27 @@ fn shadow_policy_never_changes_outcomes() {
     let router = Service::start(
         "hitl-router",
         run.dir.path(),
-        &run.config(&policy, &format!("shadow_policy_path = \"{}\"", shadow.display())),
+        &run.config(
+            &policy,
+            &format!("shadow_policy_path = \"{}\"", shadow.display()),
+        ),
     );
-    let decisions: Vec<Decision> = (0..20).map(|i| decision(&format!("sh-{i}"), (i as f64) / 20.0)).collect();
+    let decisions: Vec<Decision> = (0..20)
+        .map(|i| decision(&format!("sh-{i}"), (i as f64) / 20.0))
+        .collect();
     publish(&run.topics.decisions, &decisions);
     let lifecycle: Vec<LifecycleEvent> = decode(&read_at_least(&run.topics.lifecycle, 20, WAIT));
     let outcomes: Vec<Outcome> = decode(&read_all(&run.topics.outcomes, QUIET));
     let reviews: Vec<ReviewRequest> = decode(&read_all(&run.topics.review_requests, QUIET));
     // Active policy alone decides: confidence < 0.8 goes to people although the shadow approves all.
-    assert_eq!(reviews.len(), decisions.iter().filter(|d| d.confidence < 0.8).count());
-    assert_eq!(outcomes.len(), decisions.iter().filter(|d| d.confidence >= 0.8).count());
+    assert_eq!(
+        reviews.len(),
+        decisions.iter().filter(|d| d.confidence < 0.8).count()
+    );
+    assert_eq!(
+        outcomes.len(),
+        decisions.iter().filter(|d| d.confidence >= 0.8).count()
+    );
     assert!(outcomes.iter().all(|o| o.policy_version == "three-ways"));
     for event in &lifecycle {
         let agrees = event.attributes["route"] == "auto_approve";
@@ -296,9 +388,15 @@ fn shadow_policy_never_changes_outcomes() {
         assert_eq!(event.attributes["shadow_version"], "candidate");
     }
     wait_for(WAIT, "shadow metrics", || {
-        let disagreements = router.metric("hitl_router_shadow_evaluations_total{agrees=\"false\"}")?;
-        (disagreements as usize == reviews.len() + outcomes.iter().filter(|o| o.status == OutcomeStatus::Rejected).count())
-            .then_some(())
+        let disagreements =
+            router.metric("hitl_router_shadow_evaluations_total{agrees=\"false\"}")?;
+        (disagreements as usize
+            == reviews.len()
+                + outcomes
+                    .iter()
+                    .filter(|o| o.status == OutcomeStatus::Rejected)
+                    .count())
+        .then_some(())
     });
 }
 
@@ -307,11 +405,14 @@ fn routes_by_decision(run: &Run) -> BTreeMap<String, BTreeSet<String>> {
     let lifecycle: Vec<LifecycleEvent> = decode(&read_all(&run.topics.lifecycle, QUIET));
     let mut routes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for event in lifecycle {
-        routes.entry(event.decision_id.clone()).or_default().insert(format!(
-            "{}@{}",
-            event.attributes["route"],
-            event.policy_version.unwrap_or_default()
-        ));
+        routes
+            .entry(event.decision_id.clone())
+            .or_default()
+            .insert(format!(
+                "{}@{}",
+                event.attributes["route"],
+                event.policy_version.unwrap_or_default()
+            ));
     }
     routes
 }
@@ -322,14 +423,26 @@ fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
     let router = run.start(ALL_AUTO, "");
     let policy_path = run.dir.path().join("policy.yaml");
     let total = 600;
-    let decisions: Vec<Decision> = (0..total).map(|i| decision(&format!("rl-{i}"), 0.5)).collect();
+    let decisions: Vec<Decision> = (0..total)
+        .map(|i| decision(&format!("rl-{i}"), 0.5))
+        .collect();
     let producer = producer();
     for (i, d) in decisions.iter().enumerate() {
-        produce(&producer, &run.topics.decisions, &d.decision_id, &avro(d), &[]);
+        produce(
+            &producer,
+            &run.topics.decisions,
+            &d.decision_id,
+            &avro(d),
+            &[],
+        );
         if i == total / 3 {
             flush(&producer);
             // A broken policy is refused; the running one stays.
-            std::fs::write(&policy_path, "version: broken\ndefault: { review: { pool: \"\", sla: 0s } }\n").unwrap();
+            std::fs::write(
+                &policy_path,
+                "version: broken\ndefault: { review: { pool: \"\", sla: 0s } }\n",
+            )
+            .unwrap();
             std::thread::sleep(Duration::from_millis(600));
         }
         if i == total / 2 {
@@ -346,17 +459,36 @@ fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
         (routes_by_decision(&run).len() == total).then_some(())
     });
     let routes = routes_by_decision(&run);
-    let versions: BTreeSet<&str> =
-        routes.values().flatten().map(|route| route.split('@').nth(1).unwrap()).collect();
-    assert_eq!(versions, BTreeSet::from(["all-auto", "all-human"]), "the broken policy never ran");
+    let versions: BTreeSet<&str> = routes
+        .values()
+        .flatten()
+        .map(|route| route.split('@').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        BTreeSet::from(["all-auto", "all-human"]),
+        "the broken policy never ran"
+    );
     for (id, set) in &routes {
         assert_eq!(set.len(), 1, "{id} routed more than one way: {set:?}");
     }
     let outcome_count = read_all(&run.topics.outcomes, QUIET).len();
     let review_count = read_all(&run.topics.review_requests, QUIET).len();
-    assert_eq!(outcome_count + review_count, total, "one route record per decision, none lost, none doubled");
-    assert_eq!(router.metric("hitl_router_policy_reloads_total{result=\"refused\"}"), Some(1.0));
-    assert!(router.metric("hitl_router_policy_reloads_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        outcome_count + review_count,
+        total,
+        "one route record per decision, none lost, none doubled"
+    );
+    assert_eq!(
+        router.metric("hitl_router_policy_reloads_total{result=\"refused\"}"),
+        Some(1.0)
+    );
+    assert!(
+        router
+            .metric("hitl_router_policy_reloads_total{result=\"ok\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 }
 
 #[test]
@@ -375,24 +507,36 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
     });
     router.kill9();
     let _restarted = run.start(policy, "");
-    wait_for(Duration::from_secs(120), "every decision routed after restart", || {
-        (routes_by_decision(&run).len() == total).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(120),
+        "every decision routed after restart",
+        || (routes_by_decision(&run).len() == total).then_some(()),
+    );
     let routes = routes_by_decision(&run);
     for decision in &decisions {
         let set = &routes[&decision.decision_id];
-        let expected = if decision.confidence >= 0.8 { "auto_approve@k9" } else { "human@k9" };
-        assert_eq!(set, &BTreeSet::from([expected.to_owned()]), "{}", decision.decision_id);
+        let expected = if decision.confidence >= 0.8 {
+            "auto_approve@k9"
+        } else {
+            "human@k9"
+        };
+        assert_eq!(
+            set,
+            &BTreeSet::from([expected.to_owned()]),
+            "{}",
+            decision.decision_id
+        );
     }
     // Downstream view: distinct decision ids with an outcome or a review request.
     let outcome_ids: BTreeSet<String> = decode::<Outcome>(&read_all(&run.topics.outcomes, QUIET))
         .into_iter()
         .map(|o| o.decision_id)
         .collect();
-    let review_ids: BTreeSet<String> = decode::<ReviewRequest>(&read_all(&run.topics.review_requests, QUIET))
-        .into_iter()
-        .map(|r| r.decision.decision_id)
-        .collect();
+    let review_ids: BTreeSet<String> =
+        decode::<ReviewRequest>(&read_all(&run.topics.review_requests, QUIET))
+            .into_iter()
+            .map(|r| r.decision.decision_id)
+            .collect();
     assert!(outcome_ids.is_disjoint(&review_ids));
     assert_eq!(outcome_ids.len() + review_ids.len(), total);
 }
@@ -406,16 +550,31 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
         "[kafka]\nbootstrap_servers = \"nohost\"\ncommit_interval = \"0s\"\n[service]\npolicy_path = \"/nope.yaml\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(binary("hitl-router")).arg("--config").arg(&config).output().unwrap();
+    let output = std::process::Command::new(binary("hitl-router"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for field in ["kafka.bootstrap_servers", "kafka.commit_interval", "service.policy_path"] {
+    for field in [
+        "kafka.bootstrap_servers",
+        "kafka.commit_interval",
+        "service.policy_path",
+    ] {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
     }
     std::fs::write(&config, "[kafka]\nbootstrap_server = \"x:1\"\n").unwrap();
-    let output = std::process::Command::new(binary("hitl-router")).arg("--config").arg(&config).output().unwrap();
+    let output = std::process::Command::new(binary("hitl-router"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("bootstrap_server"), "unknown field named");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("bootstrap_server"),
+        "unknown field named"
+    );
 }
 
 #[test]
@@ -424,7 +583,11 @@ fn a_bad_policy_at_start_refuses_to_start() {
     let policy = run.write_policy("policy.yaml", "version: x\ndefault: maybe\n");
     let config = run.dir.path().join("router.toml");
     std::fs::write(&config, run.config(&policy, "")).unwrap();
-    let output = std::process::Command::new(binary("hitl-router")).arg("--config").arg(&config).output().unwrap();
+    let output = std::process::Command::new(binary("hitl-router"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown action `maybe`"));
 }
@@ -436,13 +599,22 @@ fn transactional_mode_on_a_broker_without_transactions_stops_with_a_clear_error(
     }
     let run = Run::new("txn-unsupported");
     let policy = run.write_policy("policy.yaml", ALL_AUTO);
-    let config = run.config(&policy, "").replace("delivery = \"idempotent\"", "delivery = \"transactional\"");
+    let config = run
+        .config(&policy, "")
+        .replace("delivery = \"idempotent\"", "delivery = \"transactional\"");
     let router = Service::spawn("hitl-router", run.dir.path(), &config);
     publish(&run.topics.decisions, &[decision("tx-1", 0.5)]);
     let log = wait_for(Duration::from_secs(90), "the router to stop", || {
         let log = std::fs::read_to_string(&router.log).unwrap_or_default();
-        log.contains("does not support Kafka transactions").then_some(log)
+        log.contains("does not support Kafka transactions")
+            .then_some(log)
     });
-    assert!(log.contains("kafka.delivery"), "the error says what to change: {log}");
-    assert!(read_all(&run.topics.outcomes, Duration::from_secs(2)).is_empty() || delivery() == "transactional");
+    assert!(
+        log.contains("kafka.delivery"),
+        "the error says what to change: {log}"
+    );
+    assert!(
+        read_all(&run.topics.outcomes, Duration::from_secs(2)).is_empty()
+            || delivery() == "transactional"
+    );
 }

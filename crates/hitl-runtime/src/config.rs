@@ -58,7 +58,10 @@ where
     let mut builder = config::Config::builder().add_source(defaults);
     if let Some(path) = file {
         if !path.exists() {
-            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
     }
@@ -189,14 +192,23 @@ impl Validate for KafkaSettings {
         if self.bootstrap_servers.trim().is_empty() {
             errors.push("kafka.bootstrap_servers: must name at least one broker".into());
         }
-        for server in self.bootstrap_servers.split(',').filter(|s| !s.trim().is_empty()) {
+        for server in self
+            .bootstrap_servers
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+        {
             let server = server.trim();
             let port = server.rsplit_once(':').map(|(_, port)| port);
             if port.and_then(|port| port.parse::<u16>().ok()).is_none() {
-                errors.push(format!("kafka.bootstrap_servers: `{server}` is not host:port"));
+                errors.push(format!(
+                    "kafka.bootstrap_servers: `{server}` is not host:port"
+                ));
             }
         }
-        let sasl = matches!(self.security_protocol, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl);
+        let sasl = matches!(
+            self.security_protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
         if sasl {
             match self.sasl_mechanism.as_deref() {
                 Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" | "OAUTHBEARER" | "GSSAPI") => {}
@@ -205,10 +217,14 @@ impl Validate for KafkaSettings {
                 )),
                 None => errors.push("kafka.sasl_mechanism: required with a sasl_* security_protocol".into()),
             }
-            if matches!(self.sasl_mechanism.as_deref(), Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"))
-                && (self.sasl_username.is_none() || self.sasl_password.is_none())
+            if matches!(
+                self.sasl_mechanism.as_deref(),
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512")
+            ) && (self.sasl_username.is_none() || self.sasl_password.is_none())
             {
-                errors.push("kafka.sasl_username/sasl_password: required with this sasl_mechanism".into());
+                errors.push(
+                    "kafka.sasl_username/sasl_password: required with this sasl_mechanism".into(),
+                );
             }
         }
         for (field, path) in [
@@ -238,7 +254,9 @@ impl Validate for KafkaSettings {
             errors.push("kafka.commit_interval: must be more than 0".into());
         }
         if self.commit_interval >= self.transaction_timeout {
-            errors.push("kafka.commit_interval: must be shorter than kafka.transaction_timeout".into());
+            errors.push(
+                "kafka.commit_interval: must be shorter than kafka.transaction_timeout".into(),
+            );
         }
         if self.commit_max_records == 0 {
             errors.push("kafka.commit_max_records: must be at least 1".into());
@@ -348,9 +366,13 @@ impl Validate for Topics {
         for (field, name) in names {
             let legal = !name.is_empty()
                 && name.len() <= 249
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !legal {
-                errors.push(format!("topics.{field}: `{name}` is not a legal Kafka topic name"));
+                errors.push(format!(
+                    "topics.{field}: `{name}` is not a legal Kafka topic name"
+                ));
             }
         }
         if self.partitions < 1 {
@@ -371,7 +393,9 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 }
 
@@ -394,7 +418,10 @@ pub struct TelemetrySettings {
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { log_level: "info".into(), log_format: LogFormat::Text }
+        Self {
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -419,7 +446,11 @@ pub struct CodecSettings {
 
 impl Default for CodecSettings {
     fn default() -> Self {
-        Self { format: CodecFormat::SingleObject, registry_url: None, writer_schema_dir: None }
+        Self {
+            format: CodecFormat::SingleObject,
+            registry_url: None,
+            writer_schema_dir: None,
+        }
     }
 }
 
@@ -430,7 +461,10 @@ impl Validate for CodecSettings {
         }
         if let Some(dir) = &self.writer_schema_dir {
             if !dir.is_dir() {
-                errors.push(format!("codec.writer_schema_dir: {} is not a directory", dir.display()));
+                errors.push(format!(
+                    "codec.writer_schema_dir: {} is not a directory",
+                    dir.display()
+                ));
             }
         }
     }
@@ -438,11 +472,16 @@ impl Validate for CodecSettings {
 
 impl CodecSettings {
     /// Builds the codec these settings describe.
-    pub fn build(&self, request_timeout: Duration) -> Result<hitl_schema::Codec, hitl_schema::CodecError> {
+    pub fn build(
+        &self,
+        request_timeout: Duration,
+    ) -> Result<hitl_schema::Codec, hitl_schema::CodecError> {
         let mut codec = match (&self.format, &self.registry_url) {
-            (CodecFormat::Confluent, Some(url)) => hitl_schema::Codec::confluent(std::sync::Arc::new(
-                hitl_schema::RegistryClient::new(url.clone(), request_timeout),
-            )),
+            (CodecFormat::Confluent, Some(url)) => {
+                hitl_schema::Codec::confluent(std::sync::Arc::new(
+                    hitl_schema::RegistryClient::new(url.clone(), request_timeout),
+                ))
+            }
             _ => hitl_schema::Codec::single_object(),
         };
         if let Some(dir) = &self.writer_schema_dir {

@@ -38,7 +38,9 @@ impl Default for Health {
 impl Health {
     /// The loop is running its iterations.
     pub fn heartbeat(&self) {
-        self.inner.last_heartbeat_millis.store(now_millis(), Ordering::Relaxed);
+        self.inner
+            .last_heartbeat_millis
+            .store(now_millis(), Ordering::Relaxed);
     }
     pub fn set_alive(&self, alive: bool) {
         self.inner.alive.store(alive, Ordering::Relaxed);

@@ -18,7 +18,10 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("security.protocol", settings.security_protocol.as_librdkafka());
+        .set(
+            "security.protocol",
+            settings.security_protocol.as_librdkafka(),
+        );
     if let Some(mechanism) = &settings.sasl_mechanism {
         config.set("sasl.mechanisms", mechanism);
     }
@@ -30,7 +33,10 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     }
     for (key, path) in [
         ("ssl.ca.location", &settings.ssl_ca_location),
-        ("ssl.certificate.location", &settings.ssl_certificate_location),
+        (
+            "ssl.certificate.location",
+            &settings.ssl_certificate_location,
+        ),
         ("ssl.key.location", &settings.ssl_key_location),
     ] {
         if let Some(path) = path {
@@ -60,8 +66,14 @@ pub fn transactional_consumer_config(settings: &KafkaSettings, group_id: &str) -
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", millis(settings.session_timeout))
-        .set("heartbeat.interval.ms", millis(settings.session_timeout / 3))
-        .set("partition.assignment.strategy", &settings.partition_assignment_strategy);
+        .set(
+            "heartbeat.interval.ms",
+            millis(settings.session_timeout / 3),
+        )
+        .set(
+            "partition.assignment.strategy",
+            &settings.partition_assignment_strategy,
+        );
     apply_overrides(&mut config, settings);
     config
 }
@@ -69,11 +81,15 @@ pub fn transactional_consumer_config(settings: &KafkaSettings, group_id: &str) -
 /// The producer of a service loop: transactional with a stable `transactional.id`, or idempotent.
 pub fn loop_producer_config(settings: &KafkaSettings, transactional_id: &str) -> ClientConfig {
     let mut config = client_config(settings);
-    config.set("enable.idempotence", "true").set("linger.ms", "5").set("compression.type", "none");
+    config
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "none");
     if settings.delivery == Delivery::Transactional {
-        config
-            .set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", millis(settings.transaction_timeout));
+        config.set("transactional.id", transactional_id).set(
+            "transaction.timeout.ms",
+            millis(settings.transaction_timeout),
+        );
     }
     apply_overrides(&mut config, settings);
     config
@@ -82,7 +98,9 @@ pub fn loop_producer_config(settings: &KafkaSettings, transactional_id: &str) ->
 /// A plain (idempotent, non-transactional) producer, for tools and load generators.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = client_config(settings);
-    config.set("enable.idempotence", "true").set("linger.ms", "5");
+    config
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
     apply_overrides(&mut config, settings);
     config
 }
@@ -96,7 +114,11 @@ pub fn reader_config(settings: &KafkaSettings, isolation_read_committed: bool) -
         .set("auto.offset.reset", "earliest")
         .set(
             "isolation.level",
-            if isolation_read_committed { "read_committed" } else { "read_uncommitted" },
+            if isolation_read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
         );
     apply_overrides(&mut config, settings);
     config
@@ -118,7 +140,11 @@ pub async fn ensure_topics(
         .iter()
         .map(|spec| {
             spec.configs.iter().fold(
-                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(replication_factor)),
+                NewTopic::new(
+                    &spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(replication_factor),
+                ),
                 |topic, (key, value)| topic.set(key, value),
             )
         })

@@ -40,8 +40,16 @@ impl LoopMetrics {
             producer_queue_full: Counter::default(),
         };
         let loop_registry = registry.sub_registry_with_prefix("hitl_loop");
-        loop_registry.register("records_in", "Input records processed", metrics.records_in.clone());
-        loop_registry.register("records_out", "Records produced", metrics.records_out.clone());
+        loop_registry.register(
+            "records_in",
+            "Input records processed",
+            metrics.records_in.clone(),
+        );
+        loop_registry.register(
+            "records_out",
+            "Records produced",
+            metrics.records_out.clone(),
+        );
         loop_registry.register(
             "transactions_committed",
             "Transactions committed",
@@ -62,7 +70,11 @@ impl LoopMetrics {
             "Input records per committed transaction",
             metrics.records_per_transaction.clone(),
         );
-        loop_registry.register("consume_errors", "Errors returned by the consumer", metrics.consume_errors.clone());
+        loop_registry.register(
+            "consume_errors",
+            "Errors returned by the consumer",
+            metrics.consume_errors.clone(),
+        );
         loop_registry.register(
             "producer_queue_full",
             "Times the producer queue was full and the loop waited",

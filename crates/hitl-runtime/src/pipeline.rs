@@ -91,7 +91,10 @@ impl<'a> InputRecord<'a> {
     /// The value of the first header with this name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         let headers = self.message.headers()?;
-        headers.iter().find(|header| header.key == name).and_then(|header| header.value)
+        headers
+            .iter()
+            .find(|header| header.key == name)
+            .and_then(|header| header.value)
     }
 }
 
@@ -108,7 +111,13 @@ pub struct OutputRecord {
 
 impl OutputRecord {
     pub fn new(topic: impl Into<String>, key: impl Into<Vec<u8>>, payload: Vec<u8>) -> Self {
-        Self { topic: topic.into(), key: key.into(), payload: Some(payload), headers: Vec::new(), partition: None }
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            payload: Some(payload),
+            headers: Vec::new(),
+            partition: None,
+        }
     }
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -201,7 +210,10 @@ impl ClientContext for LoopContext {}
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(partitions = partitions.count(), "partitions revoked; committing open transaction");
+            tracing::info!(
+                partitions = partitions.count(),
+                "partitions revoked; committing open transaction"
+            );
             let mut txn = self.shared.txn.lock().expect("txn lock");
             if !txn.open {
                 return;
@@ -268,7 +280,11 @@ const MAX_RETRIES: u32 = 8;
 
 impl Shared {
     /// Retries a transactional call while librdkafka says the error is retriable.
-    fn retrying(&self, what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaError> {
+    fn retrying(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> Result<(), KafkaError>,
+    ) -> Result<(), KafkaError> {
         let mut backoff = Duration::from_millis(50);
         for attempt in 1.. {
             match call() {
@@ -295,7 +311,11 @@ impl Shared {
         Ok(())
     }
 
-    fn commit(&self, consumer: &BaseConsumer<LoopContext>, txn: &mut Txn) -> Result<(), CommitFailure> {
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<LoopContext>,
+        txn: &mut Txn,
+    ) -> Result<(), CommitFailure> {
         let started = Instant::now();
         let classify = |error: KafkaError| {
             if is_fatal(&error) {
@@ -306,7 +326,9 @@ impl Shared {
         };
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &txn.next_offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)).map_err(classify)?;
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(classify)?;
         }
         match self.delivery {
             Delivery::Transactional => {
@@ -315,21 +337,39 @@ impl Shared {
                         KafkaError::MessageConsumption(RDKafkaErrorCode::State),
                     ))?;
                     self.retrying("send_offsets_to_transaction", || {
-                        self.producer.send_offsets_to_transaction(&offsets, &group, self.request_timeout)
+                        self.producer.send_offsets_to_transaction(
+                            &offsets,
+                            &group,
+                            self.request_timeout,
+                        )
                     })
                     .map_err(classify)?;
                 }
-                self.retrying("commit_transaction", || self.producer.commit_transaction(self.request_timeout))
-                    .map_err(classify)?;
+                self.retrying("commit_transaction", || {
+                    self.producer.commit_transaction(self.request_timeout)
+                })
+                .map_err(classify)?;
             }
             Delivery::Idempotent => {
                 // Every output acknowledged before the input counts as done.
-                self.producer.flush(self.request_timeout).map_err(classify)?;
-                if self.producer.context().failed_deliveries.swap(0, Ordering::Relaxed) > 0 {
-                    return Err(CommitFailure::Abortable(KafkaError::MessageProduction(RDKafkaErrorCode::Fail)));
+                self.producer
+                    .flush(self.request_timeout)
+                    .map_err(classify)?;
+                if self
+                    .producer
+                    .context()
+                    .failed_deliveries
+                    .swap(0, Ordering::Relaxed)
+                    > 0
+                {
+                    return Err(CommitFailure::Abortable(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::Fail,
+                    )));
                 }
                 if offsets.count() > 0 {
-                    consumer.commit(&offsets, CommitMode::Sync).map_err(classify)?;
+                    consumer
+                        .commit(&offsets, CommitMode::Sync)
+                        .map_err(classify)?;
                 }
             }
         }
@@ -341,18 +381,29 @@ impl Shared {
     fn abort(&self, txn: &mut Txn) -> Result<(), KafkaError> {
         self.metrics.aborted();
         if self.delivery == Delivery::Transactional {
-            self.retrying("abort_transaction", || self.producer.abort_transaction(self.request_timeout))?;
+            self.retrying("abort_transaction", || {
+                self.producer.abort_transaction(self.request_timeout)
+            })?;
         }
         *txn = Txn::default();
         Ok(())
     }
 
     /// Aborts, then seeks each partition back to the first offset the transaction read.
-    fn abort_and_rewind(&self, consumer: &BaseConsumer<LoopContext>, txn: &mut Txn) -> Result<(), KafkaError> {
+    fn abort_and_rewind(
+        &self,
+        consumer: &BaseConsumer<LoopContext>,
+        txn: &mut Txn,
+    ) -> Result<(), KafkaError> {
         let rewind = std::mem::take(&mut txn.rewind_offsets);
         self.abort(txn)?;
         for ((topic, partition), offset) in rewind {
-            if let Err(error) = consumer.seek(&topic, partition, Offset::Offset(offset), self.request_timeout) {
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                self.request_timeout,
+            ) {
                 // Not ours any more (rebalanced away): its next owner reads from the committed offset.
                 tracing::warn!(%topic, partition, offset, %error, "cannot rewind partition");
             }
@@ -364,9 +415,14 @@ impl Shared {
     fn send(&self, record: &OutputRecord) -> Result<(), KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
-            headers = headers.insert(Header { key: name, value: Some(value) });
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
         }
-        let mut base = BaseRecord::to(&record.topic).key(&record.key[..]).headers(headers);
+        let mut base = BaseRecord::to(&record.topic)
+            .key(&record.key[..])
+            .headers(headers);
         if let Some(payload) = &record.payload {
             base = base.payload(&payload[..]);
         }
@@ -418,9 +474,10 @@ fn run<P: Processor>(
     health: &Health,
     metrics: LoopMetrics,
 ) -> Result<(), LoopError> {
-    let producer: BaseProducer<OutputContext> = loop_producer_config(kafka, &settings.transactional_id)
-        .create_with_context(OutputContext::default())
-        .map_err(LoopError::Client)?;
+    let producer: BaseProducer<OutputContext> =
+        loop_producer_config(kafka, &settings.transactional_id)
+            .create_with_context(OutputContext::default())
+            .map_err(LoopError::Client)?;
     let shared = Arc::new(Shared {
         producer,
         delivery: kafka.delivery,
@@ -429,32 +486,26 @@ fn run<P: Processor>(
         request_timeout: kafka.request_timeout,
         metrics,
     });
-    let consumer: BaseConsumer<LoopContext> = transactional_consumer_config(kafka, &settings.group_id)
-        .create_with_context(LoopContext { shared: shared.clone() })
-        .map_err(LoopError::Client)?;
+    let consumer: BaseConsumer<LoopContext> =
+        transactional_consumer_config(kafka, &settings.group_id)
+            .create_with_context(LoopContext {
+                shared: shared.clone(),
+            })
+            .map_err(LoopError::Client)?;
 
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
-    while kafka.delivery == Delivery::Transactional {
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-        match shared.producer.init_transactions(kafka.request_timeout) {
-            Ok(()) => break,
-            Err(error) if is_fatal(&error) => return Err(LoopError::Fatal(error)),
-            Err(error) => {
-                tracing::warn!(%error, "init_transactions failed; retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
+    if kafka.delivery == Delivery::Transactional {
+        init_transactions(&shared.producer, kafka.request_timeout, shutdown)?;
     }
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(LoopError::Client)?;
     tracing::info!(service = %settings.service, group = %settings.group_id, transactional_id = %settings.transactional_id, topics = ?topics, "loop started");
     health.set_ready(true);
 
-    let limiter: Option<DefaultDirectRateLimiter> =
-        settings.max_records_per_second.map(|rate| governor::RateLimiter::direct(Quota::per_second(rate)));
+    let limiter: Option<DefaultDirectRateLimiter> = settings
+        .max_records_per_second
+        .map(|rate| governor::RateLimiter::direct(Quota::per_second(rate)));
     let clock = governor::clock::DefaultClock::default();
     let mut output = Vec::new();
     let mut last_tick = Instant::now();
@@ -496,7 +547,9 @@ fn run<P: Processor>(
     drop(consumer);
     tracing::info!(service = %settings.service, "loop stopped");
     result.map_err(|error| match error {
-        LoopError::Fatal(error) if is_unsupported(&error) => LoopError::TransactionsUnsupported(error),
+        LoopError::Fatal(error) if is_unsupported(&error) => {
+            LoopError::TransactionsUnsupported(error)
+        }
         other => other,
     })
 }
@@ -518,7 +571,9 @@ fn step<P: Processor>(
         let mut txn = shared.txn.lock().expect("txn lock");
         let due = txn.open
             && (txn.records >= kafka.commit_max_records
-                || txn.started.is_some_and(|started| started.elapsed() >= kafka.commit_interval));
+                || txn
+                    .started
+                    .is_some_and(|started| started.elapsed() >= kafka.commit_interval));
         if due {
             commit_or_abort(shared, consumer, &mut txn, processor)?;
         }
@@ -593,7 +648,9 @@ fn produce_outputs<P: Processor>(
         Err(error) if is_fatal(&error) => Err(LoopError::Fatal(error)),
         Err(error) => {
             tracing::warn!(%error, "produce failed; aborting transaction");
-            shared.abort_and_rewind(consumer, &mut txn).map_err(LoopError::Fatal)?;
+            shared
+                .abort_and_rewind(consumer, &mut txn)
+                .map_err(LoopError::Fatal)?;
             processor.aborted();
             Ok(())
         }
@@ -614,7 +671,9 @@ fn commit_or_abort<P: Processor>(
         Err(CommitFailure::Fatal(error)) => Err(LoopError::Fatal(error)),
         Err(CommitFailure::Abortable(error)) => {
             tracing::warn!(%error, "commit failed; aborting and rewinding");
-            shared.abort_and_rewind(consumer, txn).map_err(LoopError::Fatal)?;
+            shared
+                .abort_and_rewind(consumer, txn)
+                .map_err(LoopError::Fatal)?;
             processor.aborted();
             Ok(())
         }
@@ -644,4 +703,24 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or_default()
+}
+
+/// init_transactions fences older instances with our transactional.id and aborts their open
+/// transaction. Retries until the broker answers or we are told to stop.
+fn init_transactions(
+    producer: &BaseProducer<OutputContext>,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), LoopError> {
+    while !shutdown.is_cancelled() {
+        match producer.init_transactions(timeout) {
+            Ok(()) => return Ok(()),
+            Err(error) if is_fatal(&error) => return Err(LoopError::Fatal(error)),
+            Err(error) => {
+                tracing::warn!(%error, "init_transactions failed; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,7 +8,8 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = terminate.recv() => {}
@@ -21,7 +22,9 @@ pub async fn shutdown_signal() {
 }
 
 /// A token cancelled when `signal` resolves.
-pub fn cancel_on(signal: impl std::future::Future<Output = ()> + Send + 'static) -> CancellationToken {
+pub fn cancel_on(
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {

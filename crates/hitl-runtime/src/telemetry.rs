@@ -6,7 +6,8 @@ use crate::config::{LogFormat, TelemetrySettings};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.
 pub fn init(settings: &TelemetrySettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
     let builder = fmt().with_env_filter(filter).with_target(false);
     let _ = match settings.log_format {
         LogFormat::Json => builder.json().try_init(),
@@ -34,10 +35,15 @@ pub fn child_traceparent(parent: Option<&[u8]>, salt: &[u8]) -> String {
 
 fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.split('-');
-    let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (version == "00" && hex(trace_id, 32) && hex(span_id, 16) && hex(flags, 2) && trace_id != "0".repeat(32))
-        .then_some((trace_id, flags))
+    (version == "00"
+        && hex(trace_id, 32)
+        && hex(span_id, 16)
+        && hex(flags, 2)
+        && trace_id != "0".repeat(32))
+    .then_some((trace_id, flags))
 }
 
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {

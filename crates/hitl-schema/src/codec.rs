@@ -61,9 +61,12 @@ impl Codec {
     /// Makes another version of a schema known as a writer schema, so records framed with its
     /// fingerprint can be read.
     pub fn with_writer_schema(mut self, schema_json: &str) -> Result<Self, CodecError> {
-        let schema: Schema = schema_json
-            .parse()
-            .map_err(|error: serde_avro_fast::schema::SchemaError| CodecError::Schema(error.to_string()))?;
+        let schema: Schema =
+            schema_json
+                .parse()
+                .map_err(|error: serde_avro_fast::schema::SchemaError| {
+                    CodecError::Schema(error.to_string())
+                })?;
         let mut schemas = (*self.extra_writer_schemas).clone();
         schemas.insert(*schema.rabin_fingerprint(), Arc::new(schema));
         self.extra_writer_schemas = Arc::new(schemas);
@@ -92,7 +95,12 @@ impl Codec {
 
     /// Appends the framed encoding of `value` to `out`. `topic` names the registry subject
     /// (`<topic>-value`) in Confluent mode.
-    pub fn encode<T: Record>(&self, topic: &str, value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    pub fn encode<T: Record>(
+        &self,
+        topic: &str,
+        value: &T,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         match self.format {
             WireFormat::SingleObject => {
                 out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
@@ -148,7 +156,9 @@ impl Codec {
         }
         Err(CodecError::Framing(match bytes.first() {
             None => "empty record".into(),
-            Some(byte) => format!("unknown framing: first byte 0x{byte:02x} (expected C3 01 or 00)"),
+            Some(byte) => {
+                format!("unknown framing: first byte 0x{byte:02x} (expected C3 01 or 00)")
+            }
         }))
     }
 

@@ -29,9 +29,11 @@ macro_rules! record {
             fn schema() -> &'static Schema {
                 static SCHEMA: OnceLock<Schema> = OnceLock::new();
                 SCHEMA.get_or_init(|| {
-                    Self::SCHEMA_JSON
-                        .parse()
-                        .expect(concat!("schemas/", $file, " is a valid Avro schema"))
+                    Self::SCHEMA_JSON.parse().expect(concat!(
+                        "schemas/",
+                        $file,
+                        " is a valid Avro schema"
+                    ))
                 })
             }
         }

@@ -48,7 +48,12 @@ impl RegistryClient {
     /// Registers `schema_json` under `subject` (idempotent on the registry side) and returns its id.
     pub fn register(&self, subject: &str, schema_json: &str) -> Result<u32, CodecError> {
         let cache_key = (subject.to_owned(), schema_json.to_owned());
-        if let Some(id) = self.ids_by_subject_schema.read().expect("lock").get(&cache_key) {
+        if let Some(id) = self
+            .ids_by_subject_schema
+            .read()
+            .expect("lock")
+            .get(&cache_key)
+        {
             return Ok(*id);
         }
         let url = format!("{}/subjects/{subject}/versions", self.base_url);
@@ -79,12 +84,13 @@ impl RegistryClient {
             .call()
             .and_then(|mut r| r.body_mut().read_json())
             .map_err(|error| CodecError::Registry(format!("GET {url}: {error}")))?;
-        let schema: Schema = response
-            .schema
-            .parse()
-            .map_err(|error: serde_avro_fast::schema::SchemaError| {
-                CodecError::Registry(format!("schema id {id} does not parse: {error}"))
-            })?;
+        let schema: Schema =
+            response
+                .schema
+                .parse()
+                .map_err(|error: serde_avro_fast::schema::SchemaError| {
+                    CodecError::Registry(format!("schema id {id} does not parse: {error}"))
+                })?;
         let schema = Arc::new(schema);
         self.schemas_by_id
             .write()

@@ -41,7 +41,8 @@ fn decision() -> Decision {
     }
 }
 
-const VERDICT_GOLDEN: &str = "c301bd86db7ef6bcfb9406642d3106612d3106722d31040208686f6c64046f6b80a0abfef9620a6672617564";
+const VERDICT_GOLDEN: &str =
+    "c301bd86db7ef6bcfb9406642d3106612d3106722d31040208686f6c64046f6b80a0abfef9620a6672617564";
 const DECISION_GOLDEN: &str = "c301f86f8f44902b804f08642d34321c7061796d656e74732e66726175640a74786e2d390a626c6f636b000000000000e03f02000000000000d03f000208686967681666726175642d6d6f64656c1266726175642d67626d00020266000000000000f83f000208636172640834313131000208636172640080a0abfef96200";
 
 #[test]
@@ -55,8 +56,14 @@ fn fingerprints_match_an_independent_implementation() {
 #[test]
 fn golden_bytes_encode() {
     let codec = Codec::single_object();
-    assert_eq!(hex::encode(codec.encode_to_vec("t", &verdict()).unwrap()), VERDICT_GOLDEN);
-    assert_eq!(hex::encode(codec.encode_to_vec("t", &decision()).unwrap()), DECISION_GOLDEN);
+    assert_eq!(
+        hex::encode(codec.encode_to_vec("t", &verdict()).unwrap()),
+        VERDICT_GOLDEN
+    );
+    assert_eq!(
+        hex::encode(codec.encode_to_vec("t", &decision()).unwrap()),
+        DECISION_GOLDEN
+    );
 }
 
 #[test]
@@ -64,7 +71,9 @@ fn golden_bytes_decode() {
     let codec = Codec::single_object();
     let decoded: Verdict = codec.decode(&hex::decode(VERDICT_GOLDEN).unwrap()).unwrap();
     assert_eq!(decoded, verdict());
-    let decoded: Decision = codec.decode(&hex::decode(DECISION_GOLDEN).unwrap()).unwrap();
+    let decoded: Decision = codec
+        .decode(&hex::decode(DECISION_GOLDEN).unwrap())
+        .unwrap();
     assert_eq!(decoded, decision());
 }
 
@@ -218,9 +227,12 @@ fn every_record_type_round_trips() {
 /// `decision.avsc` with one more field that has a default: what a future producer would write.
 fn decision_schema_v2() -> String {
     let mut schema: serde_json::Value = serde_json::from_str(Decision::SCHEMA_JSON).unwrap();
-    schema["fields"].as_array_mut().unwrap().push(serde_json::json!({
-        "name": "tenant", "type": "string", "default": "default-tenant"
-    }));
+    schema["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "tenant", "type": "string", "default": "default-tenant"
+        }));
     schema.to_string()
 }
 
@@ -236,7 +248,10 @@ fn old_reader_reads_a_record_from_a_newer_writer() {
     let v2: serde_avro_fast::Schema = decision_schema_v2().parse().unwrap();
     let mut bytes = vec![0xC3, 0x01];
     bytes.extend_from_slice(v2.rabin_fingerprint());
-    let value = DecisionV2 { base: decision(), tenant: "acme".into() };
+    let value = DecisionV2 {
+        base: decision(),
+        tenant: "acme".into(),
+    };
     let mut config = serde_avro_fast::ser::SerializerConfig::new(&v2);
     serde_avro_fast::to_datum(&value, &mut bytes, &mut config).unwrap();
 
@@ -245,7 +260,9 @@ fn old_reader_reads_a_record_from_a_newer_writer() {
     let error = unaware.decode::<Decision>(&bytes).unwrap_err();
     assert_eq!(error.class(), "unknown_schema");
     // ...and one that was given the v2 writer schema reads it, ignoring the new field.
-    let aware = Codec::single_object().with_writer_schema(&decision_schema_v2()).unwrap();
+    let aware = Codec::single_object()
+        .with_writer_schema(&decision_schema_v2())
+        .unwrap();
     assert_eq!(aware.decode::<Decision>(&bytes).unwrap(), decision());
 }
 
@@ -261,7 +278,9 @@ fn newer_reader_reads_a_record_from_an_older_writer() {
     fn default_tenant() -> String {
         "default-tenant".into()
     }
-    let bytes = Codec::single_object().encode_to_vec("t", &decision()).unwrap();
+    let bytes = Codec::single_object()
+        .encode_to_vec("t", &decision())
+        .unwrap();
     let v1 = Decision::schema();
     let read: DecisionV2 = serde_avro_fast::from_datum_slice(&bytes[10..], v1).unwrap();
     assert_eq!(read.decision_id, "d-42");
@@ -271,18 +290,48 @@ fn newer_reader_reads_a_record_from_an_older_writer() {
 #[test]
 fn framing_errors_are_classified() {
     let codec = Codec::single_object();
-    assert_eq!(codec.decode::<Decision>(&[]).unwrap_err().class(), "framing");
-    assert_eq!(codec.decode::<Decision>(b"{\"json\": 1}").unwrap_err().class(), "framing");
-    assert_eq!(codec.decode::<Decision>(&[0xC3, 0x01, 1]).unwrap_err().class(), "framing");
+    assert_eq!(
+        codec.decode::<Decision>(&[]).unwrap_err().class(),
+        "framing"
+    );
+    assert_eq!(
+        codec
+            .decode::<Decision>(b"{\"json\": 1}")
+            .unwrap_err()
+            .class(),
+        "framing"
+    );
+    assert_eq!(
+        codec
+            .decode::<Decision>(&[0xC3, 0x01, 1])
+            .unwrap_err()
+            .class(),
+        "framing"
+    );
     // Confluent framing without a registry.
-    assert_eq!(codec.decode::<Decision>(&[0, 0, 0, 0, 1, 2]).unwrap_err().class(), "registry");
+    assert_eq!(
+        codec
+            .decode::<Decision>(&[0, 0, 0, 0, 1, 2])
+            .unwrap_err()
+            .class(),
+        "registry"
+    );
     // A verdict is not a decision.
     let verdict_bytes = codec.encode_to_vec("t", &verdict()).unwrap();
-    assert_eq!(codec.decode::<Decision>(&verdict_bytes).unwrap_err().class(), "unknown_schema");
+    assert_eq!(
+        codec
+            .decode::<Decision>(&verdict_bytes)
+            .unwrap_err()
+            .class(),
+        "unknown_schema"
+    );
     // Right header, truncated datum.
     let mut bytes = codec.encode_to_vec("t", &decision()).unwrap();
     bytes.truncate(bytes.len() - 5);
-    assert_eq!(codec.decode::<Decision>(&bytes).unwrap_err().class(), "avro");
+    assert_eq!(
+        codec.decode::<Decision>(&bytes).unwrap_err().class(),
+        "avro"
+    );
 }
 
 #[test]
@@ -293,7 +342,10 @@ fn json_decisions_decode_with_defaults() {
     assert_eq!(decoded.decision_id, "j1");
     assert!(decoded.features.is_empty() && decoded.risk_score.is_none());
     assert_eq!(
-        Codec::single_object().decode_json::<Decision>(b"{\"decision_id\":1}").unwrap_err().class(),
+        Codec::single_object()
+            .decode_json::<Decision>(b"{\"decision_id\":1}")
+            .unwrap_err()
+            .class(),
         "json"
     );
 }

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use hitl_schema::{
-    DecidedBy, Decision, LifecycleEvent, LifecycleKind, Outcome, OutcomeStatus, ReviewKind, ReviewRequest,
+    DecidedBy, Decision, LifecycleEvent, LifecycleKind, Outcome, OutcomeStatus, ReviewKind,
+    ReviewRequest,
 };
 
 use crate::policy::{route_name, Action, Evaluation, Policy, Review, Tier};
@@ -45,7 +46,10 @@ pub fn route(
         let agrees = same_route(evaluation.action, candidate.action);
         attributes.insert("shadow_version".into(), shadow.version.clone());
         attributes.insert("shadow_rule".into(), candidate.rule.to_owned());
-        attributes.insert("shadow_route".into(), route_name(candidate.action).to_owned());
+        attributes.insert(
+            "shadow_route".into(),
+            route_name(candidate.action).to_owned(),
+        );
         attributes.insert("shadow_agrees".into(), agrees.to_string());
         agrees
     });
@@ -60,19 +64,37 @@ pub fn route(
             let outcome = auto_outcome(active, &evaluation, &decision, status, now_millis);
             let qa = evaluation.qa_sample.then(|| {
                 let qa_review = &active.qa_review;
-                review_request(active, &evaluation, &decision, qa_review, ReviewKind::QaSample, Some(status), now_millis)
+                review_request(
+                    active,
+                    &evaluation,
+                    &decision,
+                    qa_review,
+                    ReviewKind::QaSample,
+                    Some(status),
+                    now_millis,
+                )
             });
             (Some(outcome), qa)
         }
         Action::Review(review) => {
             attributes.insert("pool".into(), review.pool.clone());
-            let request = review_request(active, &evaluation, &decision, review, ReviewKind::Review, None, now_millis);
+            let request = review_request(
+                active,
+                &evaluation,
+                &decision,
+                review,
+                ReviewKind::Review,
+                None,
+                now_millis,
+            );
             attributes.insert("tier".into(), request.priority_tier.clone());
             (None, Some(request))
         }
     };
     if let Some(review) = &review {
-        attributes.entry("pool".into()).or_insert_with(|| review.pool.clone());
+        attributes
+            .entry("pool".into())
+            .or_insert_with(|| review.pool.clone());
     }
 
     let lifecycle = LifecycleEvent {
@@ -92,7 +114,14 @@ pub fn route(
         decision: Some(decision),
         traceparent,
     };
-    Routed { outcome, review, lifecycle, route, rule: evaluation.rule.to_owned(), shadow_agrees }
+    Routed {
+        outcome,
+        review,
+        lifecycle,
+        route,
+        rule: evaluation.rule.to_owned(),
+        shadow_agrees,
+    }
 }
 
 fn same_route(active: &Action, candidate: &Action) -> bool {

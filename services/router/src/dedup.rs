@@ -13,7 +13,12 @@ pub struct RecentIds {
 
 impl RecentIds {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, committed: HashSet::new(), order: VecDeque::new(), tentative: HashSet::new() }
+        Self {
+            capacity,
+            committed: HashSet::new(),
+            order: VecDeque::new(),
+            tentative: HashSet::new(),
+        }
     }
 
     /// Records `id`; false if it was already seen (a duplicate).
@@ -65,7 +70,10 @@ mod tests {
         assert!(ids.insert("a"));
         assert!(!ids.insert("a"));
         ids.abort();
-        assert!(ids.insert("a"), "an aborted id is read again and must route again");
+        assert!(
+            ids.insert("a"),
+            "an aborted id is read again and must route again"
+        );
         ids.commit();
         assert!(!ids.insert("a"));
         assert!(ids.insert("b"));

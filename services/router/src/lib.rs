@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 pub use service::RouterSettings;
 
 /// Runs the router until `shutdown` is cancelled or its loop fails fatally.
-pub async fn run(settings: Settings<RouterSettings>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings<RouterSettings>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let loop_metrics = LoopMetrics::register(&mut registry);
     let router_metrics = Arc::new(metrics::RouterMetrics::register(&mut registry));
@@ -35,15 +38,24 @@ pub async fn run(settings: Settings<RouterSettings>, shutdown: CancellationToken
     )?;
     spawn_sighup_listener(reload_requested, shutdown.clone());
     if settings.service.create_topics {
-        let created =
-            kafka::ensure_topics(&settings.kafka, &settings.topics.specs(), settings.topics.replication_factor).await?;
+        let created = kafka::ensure_topics(
+            &settings.kafka,
+            &settings.topics.specs(),
+            settings.topics.replication_factor,
+        )
+        .await?;
         if !created.is_empty() {
             tracing::info!(topics = ?created, "created topics");
         }
     }
 
-    let (address, http_task) =
-        http::serve(settings.http.listen, Arc::new(registry), health.clone(), shutdown.clone()).await?;
+    let (address, http_task) = http::serve(
+        settings.http.listen,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tracing::info!(%address, "router http endpoint");
 
     let loop_settings = LoopSettings {
@@ -54,7 +66,14 @@ pub async fn run(settings: Settings<RouterSettings>, shutdown: CancellationToken
         tick_interval: Some(std::time::Duration::from_millis(200)),
         max_records_per_second: settings.service.rate_limit(),
     };
-    let handle = pipeline::spawn(settings.kafka.clone(), loop_settings, processor, shutdown.clone(), health, loop_metrics);
+    let handle = pipeline::spawn(
+        settings.kafka.clone(),
+        loop_settings,
+        processor,
+        shutdown.clone(),
+        health,
+        loop_metrics,
+    );
     let result = tokio::task::spawn_blocking(move || handle.join()).await?;
     shutdown.cancel();
     let _ = http_task.await;
@@ -68,7 +87,8 @@ pub async fn run(settings: Settings<RouterSettings>, shutdown: CancellationToken
 fn spawn_sighup_listener(reload_requested: Arc<AtomicBool>, shutdown: CancellationToken) {
     #[cfg(unix)]
     tokio::spawn(async move {
-        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             return;
         };
         loop {

@@ -1,5 +1,5 @@
-use hitl_runtime::{config::Settings, shutdown, telemetry};
 use hitl_router::RouterSettings;
+use hitl_runtime::{config::Settings, shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -57,9 +57,9 @@ impl RouterMetrics {
         let metrics = Self {
             decisions: Family::default(),
             dead_letters: Family::default(),
-            evaluation_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                1e-7, 2.0, 20,
-            )),
+            evaluation_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-7, 2.0, 20),
+            ),
             decision_age_seconds: Histogram::new(hitl_runtime::metrics::latency_buckets()),
             shadow: Family::default(),
             qa_samples: Counter::default(),
@@ -69,8 +69,16 @@ impl RouterMetrics {
             workflows: Mutex::default(),
         };
         let r = registry.sub_registry_with_prefix("hitl_router");
-        r.register("decisions", "Decisions routed, by route and workflow", metrics.decisions.clone());
-        r.register("dead_letters", "Records sent to the DLQ, by error class", metrics.dead_letters.clone());
+        r.register(
+            "decisions",
+            "Decisions routed, by route and workflow",
+            metrics.decisions.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Records sent to the DLQ, by error class",
+            metrics.dead_letters.clone(),
+        );
         r.register(
             "policy_evaluation_seconds",
             "Time to evaluate the policy (and shadow) for one decision",
@@ -81,11 +89,31 @@ impl RouterMetrics {
             "Time from the decision's created_at to routing",
             metrics.decision_age_seconds.clone(),
         );
-        r.register("shadow_evaluations", "Shadow policy evaluations, by agreement", metrics.shadow.clone());
-        r.register("qa_samples", "Auto decisions copied to people as QA samples", metrics.qa_samples.clone());
-        r.register("duplicates", "Decisions dropped as duplicates of one already routed", metrics.duplicates.clone());
-        r.register("policy_reloads", "Policy reload attempts, by result", metrics.reloads.clone());
-        r.register("policy", "The loaded policy versions (value 1)", metrics.policy_info.clone());
+        r.register(
+            "shadow_evaluations",
+            "Shadow policy evaluations, by agreement",
+            metrics.shadow.clone(),
+        );
+        r.register(
+            "qa_samples",
+            "Auto decisions copied to people as QA samples",
+            metrics.qa_samples.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Decisions dropped as duplicates of one already routed",
+            metrics.duplicates.clone(),
+        );
+        r.register(
+            "policy_reloads",
+            "Policy reload attempts, by result",
+            metrics.reloads.clone(),
+        );
+        r.register(
+            "policy",
+            "The loaded policy versions (value 1)",
+            metrics.policy_info.clone(),
+        );
         metrics
     }
 
@@ -99,20 +127,31 @@ impl RouterMetrics {
                 "other".to_owned()
             }
         };
-        self.decisions.get_or_create(&RouteLabels { route, workflow }).inc();
+        self.decisions
+            .get_or_create(&RouteLabels { route, workflow })
+            .inc();
     }
 
     pub(crate) fn dead_lettered(&self, class: &str) {
-        self.dead_letters.get_or_create(&ClassLabels { class: class.to_owned() }).inc();
+        self.dead_letters
+            .get_or_create(&ClassLabels {
+                class: class.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn evaluated(&self, elapsed: Duration, decision_age_millis: i64) {
         self.evaluation_seconds.observe(elapsed.as_secs_f64());
-        self.decision_age_seconds.observe(decision_age_millis.max(0) as f64 / 1000.0);
+        self.decision_age_seconds
+            .observe(decision_age_millis.max(0) as f64 / 1000.0);
     }
 
     pub(crate) fn shadow(&self, agrees: bool) {
-        self.shadow.get_or_create(&AgreementLabels { agrees: if agrees { "true" } else { "false" } }).inc();
+        self.shadow
+            .get_or_create(&AgreementLabels {
+                agrees: if agrees { "true" } else { "false" },
+            })
+            .inc();
     }
 
     pub(crate) fn qa_sampled(&self) {
@@ -124,14 +163,28 @@ impl RouterMetrics {
     }
 
     pub(crate) fn reload(&self, ok: bool) {
-        self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "refused" } }).inc();
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "refused" },
+            })
+            .inc();
     }
 
     pub(crate) fn policies_loaded(&self, active: &str, shadow: Option<&str>) {
         self.policy_info.clear();
-        self.policy_info.get_or_create(&PolicyLabels { role: "active", version: active.to_owned() }).set(1);
+        self.policy_info
+            .get_or_create(&PolicyLabels {
+                role: "active",
+                version: active.to_owned(),
+            })
+            .set(1);
         if let Some(version) = shadow {
-            self.policy_info.get_or_create(&PolicyLabels { role: "shadow", version: version.to_owned() }).set(1);
+            self.policy_info
+                .get_or_create(&PolicyLabels {
+                    role: "shadow",
+                    version: version.to_owned(),
+                })
+                .set(1);
         }
     }
 }

@@ -106,9 +106,9 @@ impl TryFrom<ActionRepr> for Action {
         match repr {
             ActionRepr::Named(name) if name == "auto_approve" => Ok(Self::AutoApprove),
             ActionRepr::Named(name) if name == "auto_reject" => Ok(Self::AutoReject),
-            ActionRepr::Named(other) => {
-                Err(format!("unknown action `{other}`: expected auto_approve, auto_reject or {{review: {{…}}}}"))
-            }
+            ActionRepr::Named(other) => Err(format!(
+                "unknown action `{other}`: expected auto_approve, auto_reject or {{review: {{…}}}}"
+            )),
             ActionRepr::Review(ReviewRepr { review }) => Ok(Self::Review(review)),
         }
     }
@@ -192,7 +192,13 @@ struct PolicyFile {
 }
 
 fn default_qa_review() -> Review {
-    Review { pool: "qa".into(), roles: Vec::new(), tier: Tier::Low, sla: Duration::from_secs(24 * 3600), quorum: 1 }
+    Review {
+        pool: "qa".into(),
+        roles: Vec::new(),
+        tier: Tier::Low,
+        sla: Duration::from_secs(24 * 3600),
+        quorum: 1,
+    }
 }
 
 /// The result of evaluating a policy on one decision.
@@ -208,7 +214,8 @@ pub struct Evaluation<'p> {
 impl Policy {
     /// Parses and validates a YAML policy.
     pub fn from_yaml(text: &str) -> Result<Self, PolicyError> {
-        let file: PolicyFile = serde_norway::from_str(text).map_err(|error| PolicyError(vec![error.to_string()]))?;
+        let file: PolicyFile =
+            serde_norway::from_str(text).map_err(|error| PolicyError(vec![error.to_string()]))?;
         let policy = Self {
             version: file.version,
             rules: file.rules,
@@ -232,9 +239,17 @@ impl Policy {
         if self.version.trim().is_empty() {
             problems.push("version: must not be empty".into());
         }
-        check_rate("default_qa_sample_rate", self.default_qa_sample_rate, &mut problems);
+        check_rate(
+            "default_qa_sample_rate",
+            self.default_qa_sample_rate,
+            &mut problems,
+        );
         check_action("default", &self.default, &mut problems);
-        check_action("qa_review", &Action::Review(self.qa_review.clone()), &mut problems);
+        check_action(
+            "qa_review",
+            &Action::Review(self.qa_review.clone()),
+            &mut problems,
+        );
         let mut names = std::collections::BTreeSet::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let at = format!("rules[{index}] ({})", rule.name);
@@ -244,16 +259,25 @@ impl Policy {
             if !names.insert(rule.name.as_str()) {
                 problems.push(format!("{at}.name: duplicate rule name"));
             }
-            check_rate(&format!("{at}.qa_sample_rate"), rule.qa_sample_rate, &mut problems);
+            check_rate(
+                &format!("{at}.qa_sample_rate"),
+                rule.qa_sample_rate,
+                &mut problems,
+            );
             if rule.qa_sample_rate > 0.0 && matches!(rule.then, Action::Review(_)) {
-                problems.push(format!("{at}.qa_sample_rate: only automatic actions are sampled"));
+                problems.push(format!(
+                    "{at}.qa_sample_rate: only automatic actions are sampled"
+                ));
             }
             check_action(&format!("{at}.then"), &rule.then, &mut problems);
             rule.when.check(&at, &mut problems);
             if rule.when.is_empty_set() {
                 continue;
             }
-            if let Some(earlier) = self.rules[..index].iter().find(|earlier| earlier.when.subsumes(&rule.when)) {
+            if let Some(earlier) = self.rules[..index]
+                .iter()
+                .find(|earlier| earlier.when.subsumes(&rule.when))
+            {
                 problems.push(format!(
                     "{at}: unreachable, rule `{}` before it matches everything it matches",
                     earlier.name
@@ -271,8 +295,13 @@ impl Policy {
             .find(|rule| rule.when.matches(decision))
             .map(|rule| (rule.name.as_str(), &rule.then, rule.qa_sample_rate))
             .unwrap_or(("default", &self.default, self.default_qa_sample_rate));
-        let qa_sample = !matches!(action, Action::Review(_)) && sampled(&decision.decision_id, rate, self.qa_seed);
-        Evaluation { rule, action, qa_sample }
+        let qa_sample = !matches!(action, Action::Review(_))
+            && sampled(&decision.decision_id, rate, self.qa_seed);
+        Evaluation {
+            rule,
+            action,
+            qa_sample,
+        }
     }
 }
 
@@ -312,20 +341,27 @@ fn check_action(at: &str, action: &Action, problems: &mut Vec<String>) {
 }
 
 fn matches_any(patterns: &[String], value: &str) -> bool {
-    patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => value.starts_with(prefix),
-        None => pattern == value,
-    })
+    patterns
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => value.starts_with(prefix),
+            None => pattern == value,
+        })
 }
 
 /// Every value `inner` matches, `outer` matches too.
 fn patterns_cover(outer: &[String], inner: &[String]) -> bool {
     inner.iter().all(|inner_pattern| {
-        outer.iter().any(|outer_pattern| match (outer_pattern.strip_suffix('*'), inner_pattern.strip_suffix('*')) {
-            (Some(outer_prefix), Some(inner_prefix)) => inner_prefix.starts_with(outer_prefix),
-            (Some(outer_prefix), None) => inner_pattern.starts_with(outer_prefix),
-            (None, Some(_)) => false,
-            (None, None) => outer_pattern == inner_pattern,
+        outer.iter().any(|outer_pattern| {
+            match (
+                outer_pattern.strip_suffix('*'),
+                inner_pattern.strip_suffix('*'),
+            ) {
+                (Some(outer_prefix), Some(inner_prefix)) => inner_prefix.starts_with(outer_prefix),
+                (Some(outer_prefix), None) => inner_pattern.starts_with(outer_prefix),
+                (None, Some(_)) => false,
+                (None, None) => outer_pattern == inner_pattern,
+            }
         })
     })
 }
@@ -342,10 +378,14 @@ fn option_covers<T>(outer: &Option<T>, inner: &Option<T>, covers: impl Fn(&T, &T
 impl Conditions {
     pub fn matches(&self, decision: &Decision) -> bool {
         let listed = |patterns: &Option<Vec<String>>, value: &str| {
-            patterns.as_ref().is_none_or(|patterns| matches_any(patterns, value))
+            patterns
+                .as_ref()
+                .is_none_or(|patterns| matches_any(patterns, value))
         };
         let in_range = |range: &Option<Range>, value: Option<f64>| {
-            range.as_ref().is_none_or(|range| value.is_some_and(|value| range.contains(value)))
+            range
+                .as_ref()
+                .is_none_or(|range| value.is_some_and(|value| range.contains(value)))
         };
         listed(&self.workflow, &decision.workflow)
             && listed(&self.action, &decision.action)
@@ -354,12 +394,17 @@ impl Conditions {
             && in_range(&self.confidence, Some(decision.confidence))
             && in_range(&self.risk_score, decision.risk_score)
             && in_range(&self.amount, decision.amount)
-            && self
-                .features
-                .iter()
-                .all(|(name, range)| decision.features.get(name).is_some_and(|value| range.contains(*value)))
+            && self.features.iter().all(|(name, range)| {
+                decision
+                    .features
+                    .get(name)
+                    .is_some_and(|value| range.contains(*value))
+            })
             && self.context.iter().all(|(key, patterns)| {
-                decision.context.get(key).is_some_and(|value| matches_any(patterns, value))
+                decision
+                    .context
+                    .get(key)
+                    .is_some_and(|value| matches_any(patterns, value))
             })
     }
 
@@ -378,42 +423,71 @@ impl Conditions {
             && ranges(&self.confidence, &other.confidence)
             && ranges(&self.risk_score, &other.risk_score)
             && ranges(&self.amount, &other.amount)
-            && self
-                .features
-                .iter()
-                .all(|(name, outer)| other.features.get(name).is_some_and(|inner| outer.covers(inner)))
-            && self
-                .context
-                .iter()
-                .all(|(key, outer)| other.context.get(key).is_some_and(|inner| patterns_cover(outer, inner)))
+            && self.features.iter().all(|(name, outer)| {
+                other
+                    .features
+                    .get(name)
+                    .is_some_and(|inner| outer.covers(inner))
+            })
+            && self.context.iter().all(|(key, outer)| {
+                other
+                    .context
+                    .get(key)
+                    .is_some_and(|inner| patterns_cover(outer, inner))
+            })
     }
 
     /// True when no decision can match (an empty range or an empty list).
     fn is_empty_set(&self) -> bool {
         let empty_list = |list: &Option<Vec<String>>| list.as_ref().is_some_and(Vec::is_empty);
-        [&self.workflow, &self.action, &self.producer, &self.model_name].into_iter().any(empty_list)
-            || [&self.confidence, &self.risk_score, &self.amount].into_iter().flatten().any(Range::is_empty)
+        [
+            &self.workflow,
+            &self.action,
+            &self.producer,
+            &self.model_name,
+        ]
+        .into_iter()
+        .any(empty_list)
+            || [&self.confidence, &self.risk_score, &self.amount]
+                .into_iter()
+                .flatten()
+                .any(Range::is_empty)
             || self.features.values().any(Range::is_empty)
             || self.context.values().any(Vec::is_empty)
     }
 
     fn check(&self, at: &str, problems: &mut Vec<String>) {
-        for (field, range) in [("confidence", &self.confidence), ("risk_score", &self.risk_score)] {
+        for (field, range) in [
+            ("confidence", &self.confidence),
+            ("risk_score", &self.risk_score),
+        ] {
             if let Some(range) = range {
                 if range.bounds().any(|bound| !(0.0..=1.0).contains(&bound)) {
                     problems.push(format!("{at}.when.{field}: thresholds must be within 0..1"));
                 }
             }
         }
-        let all_ranges = [("confidence", &self.confidence), ("risk_score", &self.risk_score), ("amount", &self.amount)]
-            .into_iter()
-            .filter_map(|(field, range)| range.as_ref().map(|range| (field.to_owned(), range)))
-            .chain(self.features.iter().map(|(name, range)| (format!("features.{name}"), range)));
+        let all_ranges = [
+            ("confidence", &self.confidence),
+            ("risk_score", &self.risk_score),
+            ("amount", &self.amount),
+        ]
+        .into_iter()
+        .filter_map(|(field, range)| range.as_ref().map(|range| (field.to_owned(), range)))
+        .chain(
+            self.features
+                .iter()
+                .map(|(name, range)| (format!("features.{name}"), range)),
+        );
         for (field, range) in all_ranges {
             if range.bounds().any(|bound| !bound.is_finite()) {
-                problems.push(format!("{at}.when.{field}: thresholds must be finite numbers"));
+                problems.push(format!(
+                    "{at}.when.{field}: thresholds must be finite numbers"
+                ));
             } else if range.is_empty() {
-                problems.push(format!("{at}.when.{field}: empty range, the rule can never match"));
+                problems.push(format!(
+                    "{at}.when.{field}: empty range, the rule can never match"
+                ));
             }
         }
         for (field, list) in [
@@ -423,12 +497,16 @@ impl Conditions {
             ("model_name", &self.model_name),
         ] {
             if list.as_ref().is_some_and(Vec::is_empty) {
-                problems.push(format!("{at}.when.{field}: empty list, the rule can never match"));
+                problems.push(format!(
+                    "{at}.when.{field}: empty list, the rule can never match"
+                ));
             }
         }
         for (key, values) in &self.context {
             if values.is_empty() {
-                problems.push(format!("{at}.when.context.{key}: empty list, the rule can never match"));
+                problems.push(format!(
+                    "{at}.when.context.{key}: empty list, the rule can never match"
+                ));
             }
         }
     }
@@ -456,8 +534,14 @@ impl Range {
 
     /// The tightest lower bound (None: unbounded).
     fn lower(&self) -> Option<Bound> {
-        let gte = self.gte.map(|value| Bound { value, inclusive: true });
-        let gt = self.gt.map(|value| Bound { value, inclusive: false });
+        let gte = self.gte.map(|value| Bound {
+            value,
+            inclusive: true,
+        });
+        let gt = self.gt.map(|value| Bound {
+            value,
+            inclusive: false,
+        });
         match (gte, gt) {
             (Some(a), Some(b)) => Some(if b.value >= a.value { b } else { a }),
             (a, b) => a.or(b),
@@ -466,8 +550,14 @@ impl Range {
 
     /// The tightest upper bound (None: unbounded).
     fn upper(&self) -> Option<Bound> {
-        let lte = self.lte.map(|value| Bound { value, inclusive: true });
-        let lt = self.lt.map(|value| Bound { value, inclusive: false });
+        let lte = self.lte.map(|value| Bound {
+            value,
+            inclusive: true,
+        });
+        let lt = self.lt.map(|value| Bound {
+            value,
+            inclusive: false,
+        });
         match (lte, lt) {
             (Some(a), Some(b)) => Some(if b.value <= a.value { b } else { a }),
             (a, b) => a.or(b),
@@ -477,7 +567,8 @@ impl Range {
     fn is_empty(&self) -> bool {
         match (self.lower(), self.upper()) {
             (Some(low), Some(high)) => {
-                low.value > high.value || (low.value == high.value && !(low.inclusive && high.inclusive))
+                low.value > high.value
+                    || (low.value == high.value && !(low.inclusive && high.inclusive))
             }
             _ => false,
         }
@@ -492,14 +583,16 @@ impl Range {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(outer), Some(inner)) => {
-                outer.value < inner.value || (outer.value == inner.value && (outer.inclusive || !inner.inclusive))
+                outer.value < inner.value
+                    || (outer.value == inner.value && (outer.inclusive || !inner.inclusive))
             }
         };
         let upper_ok = match (self.upper(), inner.upper()) {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(outer), Some(inner)) => {
-                outer.value > inner.value || (outer.value == inner.value && (outer.inclusive || !inner.inclusive))
+                outer.value > inner.value
+                    || (outer.value == inner.value && (outer.inclusive || !inner.inclusive))
             }
         };
         lower_ok && upper_ok

@@ -11,8 +11,7 @@ use std::{
 };
 
 use hitl_runtime::{
-    config::Topics, telemetry::child_traceparent, InputRecord, OutputRecord, Processor,
-    Validate,
+    config::Topics, telemetry::child_traceparent, InputRecord, OutputRecord, Processor, Validate,
 };
 use hitl_schema::{Codec, Decision, LifecycleEvent, LifecycleKind, Record};
 use serde::{Deserialize, Serialize};
@@ -68,15 +67,29 @@ impl Default for RouterSettings {
 impl Validate for RouterSettings {
     fn validate(&self, errors: &mut Vec<String>) {
         if !self.policy_path.is_file() {
-            errors.push(format!("service.policy_path: {} is not a file", self.policy_path.display()));
+            errors.push(format!(
+                "service.policy_path: {} is not a file",
+                self.policy_path.display()
+            ));
         }
         if let Some(path) = &self.shadow_policy_path {
             if !path.is_file() {
-                errors.push(format!("service.shadow_policy_path: {} is not a file", path.display()));
+                errors.push(format!(
+                    "service.shadow_policy_path: {} is not a file",
+                    path.display()
+                ));
             }
         }
-        if self.instance_id.is_empty() || !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            errors.push(format!("service.instance_id: `{}` must be letters, digits, - _ .", self.instance_id));
+        if self.instance_id.is_empty()
+            || !self
+                .instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errors.push(format!(
+                "service.instance_id: `{}` must be letters, digits, - _ .",
+                self.instance_id
+            ));
         }
         if self.group_id.is_empty() {
             errors.push("service.group_id: must not be empty".into());
@@ -108,18 +121,26 @@ struct PolicySource {
 
 impl PolicySource {
     fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io(path.to_owned(), error))?;
-        let policy = Policy::from_yaml(&text).map_err(|error| LoadError::Policy(path.to_owned(), error))?;
-        Ok(Self { path: path.to_owned(), text, policy })
+        let text =
+            std::fs::read_to_string(path).map_err(|error| LoadError::Io(path.to_owned(), error))?;
+        let policy =
+            Policy::from_yaml(&text).map_err(|error| LoadError::Policy(path.to_owned(), error))?;
+        Ok(Self {
+            path: path.to_owned(),
+            text,
+            policy,
+        })
     }
 
     /// Reloads if the file changed. `Ok(true)`: a new policy is active. A bad file keeps the old one.
     fn reload_if_changed(&mut self) -> Result<bool, LoadError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|error| LoadError::Io(self.path.clone(), error))?;
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|error| LoadError::Io(self.path.clone(), error))?;
         if text == self.text {
             return Ok(false);
         }
-        let policy = Policy::from_yaml(&text).map_err(|error| LoadError::Policy(self.path.clone(), error));
+        let policy =
+            Policy::from_yaml(&text).map_err(|error| LoadError::Policy(self.path.clone(), error));
         // Remember the text either way, so a bad file is reported once, not every check.
         self.text = text;
         self.policy = policy?;
@@ -185,8 +206,15 @@ impl RouterProcessor {
         reload_requested: Arc<AtomicBool>,
     ) -> Result<Self, LoadError> {
         let active = PolicySource::load(&settings.policy_path)?;
-        let shadow = settings.shadow_policy_path.as_deref().map(PolicySource::load).transpose()?;
-        metrics.policies_loaded(&active.policy.version, shadow.as_ref().map(|s| s.policy.version.as_str()));
+        let shadow = settings
+            .shadow_policy_path
+            .as_deref()
+            .map(PolicySource::load)
+            .transpose()?;
+        metrics.policies_loaded(
+            &active.policy.version,
+            shadow.as_ref().map(|s| s.policy.version.as_str()),
+        );
         tracing::info!(version = %active.policy.version, rules = active.policy.rules.len(), shadow = ?shadow.as_ref().map(|s| &s.policy.version), "policy loaded");
         Ok(Self {
             codec,
@@ -229,35 +257,63 @@ impl RouterProcessor {
     }
 
     fn decode(&self, input: &InputRecord<'_>) -> Result<Decision, Rejection> {
-        let reject = |class: String, message: String| Rejection { stage: Stage::Decode, class, message, decision_id: None };
+        let reject = |class: String, message: String| Rejection {
+            stage: Stage::Decode,
+            class,
+            message,
+            decision_id: None,
+        };
         let payload = input
             .payload()
             .ok_or_else(|| reject("empty".into(), "record has no value".into()))?;
         if payload.len() > self.max_record_bytes {
             return Err(reject(
                 "oversize".into(),
-                format!("record of {} bytes exceeds max_record_bytes {}", payload.len(), self.max_record_bytes),
+                format!(
+                    "record of {} bytes exceeds max_record_bytes {}",
+                    payload.len(),
+                    self.max_record_bytes
+                ),
             ));
         }
         let is_json = input
             .header("content-type")
             .is_some_and(|value| value.starts_with(b"application/json"));
-        let decoded = if is_json { self.codec.decode_json(payload) } else { self.codec.decode(payload) };
+        let decoded = if is_json {
+            self.codec.decode_json(payload)
+        } else {
+            self.codec.decode(payload)
+        };
         decoded.map_err(|error| reject(format!("decode.{}", error.class()), error.to_string()))
     }
 
-    fn encode<T: Record>(&mut self, topic: &str, key: &str, value: &T, traceparent: &str) -> Result<OutputRecord, Rejection> {
+    fn encode<T: Record>(
+        &mut self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        traceparent: &str,
+    ) -> Result<OutputRecord, Rejection> {
         self.encode_buffer.clear();
-        self.codec.encode(topic, value, &mut self.encode_buffer).map_err(|error| Rejection {
-            stage: Stage::Route,
-            class: format!("encode.{}", error.class()),
-            message: error.to_string(),
-            decision_id: None,
-        })?;
-        Ok(OutputRecord::new(topic, key.as_bytes(), self.encode_buffer.clone()).with_header("traceparent", traceparent))
+        self.codec
+            .encode(topic, value, &mut self.encode_buffer)
+            .map_err(|error| Rejection {
+                stage: Stage::Route,
+                class: format!("encode.{}", error.class()),
+                message: error.to_string(),
+                decision_id: None,
+            })?;
+        Ok(
+            OutputRecord::new(topic, key.as_bytes(), self.encode_buffer.clone())
+                .with_header("traceparent", traceparent),
+        )
     }
 
-    fn route_outputs(&mut self, routed: &Routed, traceparent: &str) -> Result<Vec<OutputRecord>, Rejection> {
+    fn route_outputs(
+        &mut self,
+        routed: &Routed,
+        traceparent: &str,
+    ) -> Result<Vec<OutputRecord>, Rejection> {
         let decision_id = routed.lifecycle.decision_id.clone();
         let mut records = Vec::with_capacity(3);
         if let Some(outcome) = &routed.outcome {
@@ -273,7 +329,12 @@ impl RouterProcessor {
         Ok(records)
     }
 
-    fn dead_letter(&mut self, input: &InputRecord<'_>, rejection: Rejection, output: &mut Vec<OutputRecord>) {
+    fn dead_letter(
+        &mut self,
+        input: &InputRecord<'_>,
+        rejection: Rejection,
+        output: &mut Vec<OutputRecord>,
+    ) {
         self.metrics.dead_lettered(&rejection.class);
         tracing::warn!(
             topic = input.topic(), partition = input.partition(), offset = input.offset(),
@@ -306,7 +367,8 @@ impl RouterProcessor {
                 hitl_runtime::now_millis(),
             )
             .with_reason(format!("{}: {}", rejection.class, rejection.message));
-            let traceparent = child_traceparent(input.header("traceparent"), decision_id.as_bytes());
+            let traceparent =
+                child_traceparent(input.header("traceparent"), decision_id.as_bytes());
             let topic = self.topics.lifecycle.clone();
             if let Ok(record) = self.encode(&topic, &decision_id, &event, &traceparent) {
                 output.push(record);
@@ -338,7 +400,8 @@ impl Processor for RouterProcessor {
         }
 
         let now = hitl_runtime::now_millis();
-        let traceparent = child_traceparent(input.header("traceparent"), decision.decision_id.as_bytes());
+        let traceparent =
+            child_traceparent(input.header("traceparent"), decision.decision_id.as_bytes());
         let workflow = decision.workflow.clone();
         let age = now - decision.created_at;
         let started = Instant::now();
@@ -355,7 +418,11 @@ impl Processor for RouterProcessor {
             Err(rejection) => return self.dead_letter(input, rejection, output),
         }
         self.metrics.routed(routed.route, &workflow);
-        if routed.review.as_ref().is_some_and(|review| review.kind == hitl_schema::ReviewKind::QaSample) {
+        if routed
+            .review
+            .as_ref()
+            .is_some_and(|review| review.kind == hitl_schema::ReviewKind::QaSample)
+        {
             self.metrics.qa_sampled();
         }
         if let Some(agrees) = routed.shadow_agrees {

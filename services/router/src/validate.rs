@@ -13,7 +13,9 @@ pub fn problems(decision: &Decision) -> Vec<String> {
     if decision.decision_id.trim().is_empty() {
         problems.push("decision_id: must not be empty".to_owned());
     } else if decision.decision_id.len() > MAX_DECISION_ID_BYTES {
-        problems.push(format!("decision_id: longer than {MAX_DECISION_ID_BYTES} bytes"));
+        problems.push(format!(
+            "decision_id: longer than {MAX_DECISION_ID_BYTES} bytes"
+        ));
     }
     for (field, value) in [
         ("workflow", &decision.workflow),
@@ -25,7 +27,10 @@ pub fn problems(decision: &Decision) -> Vec<String> {
         }
     }
     if !(0.0..=1.0).contains(&decision.confidence) {
-        problems.push(format!("confidence: {} is not a number within 0..1", decision.confidence));
+        problems.push(format!(
+            "confidence: {} is not a number within 0..1",
+            decision.confidence
+        ));
     }
     if let Some(risk) = decision.risk_score {
         if !(0.0..=1.0).contains(&risk) {
@@ -39,7 +44,9 @@ pub fn problems(decision: &Decision) -> Vec<String> {
     }
     if let Some(priority) = &decision.priority {
         if Tier::parse(priority).is_none() {
-            problems.push(format!("priority: `{priority}` is not low, normal, high or urgent"));
+            problems.push(format!(
+                "priority: `{priority}` is not low, normal, high or urgent"
+            ));
         }
     }
     if let Some(sla) = decision.sla_ms {
@@ -48,9 +55,16 @@ pub fn problems(decision: &Decision) -> Vec<String> {
         }
     }
     if decision.created_at <= 0 {
-        problems.push(format!("created_at: {} is not a time after 1970", decision.created_at));
+        problems.push(format!(
+            "created_at: {} is not a time after 1970",
+            decision.created_at
+        ));
     }
-    if let Some((name, value)) = decision.features.iter().find(|(_, value)| !value.is_finite()) {
+    if let Some((name, value)) = decision
+        .features
+        .iter()
+        .find(|(_, value)| !value.is_finite())
+    {
         problems.push(format!("features.{name}: {value} is not a finite number"));
     }
     problems

@@ -53,11 +53,27 @@ default: { review: { pool: general, sla: 4h } }
 #[test]
 fn first_matching_rule_wins_then_default() {
     let policy = Policy::from_yaml(POLICY).unwrap();
-    assert_eq!(policy.evaluate(&decision("a", 0.99, None, Some(50_000.0))).rule, "certain-block");
-    assert_eq!(policy.evaluate(&decision("a", 0.5, None, Some(50_000.0))).rule, "large");
-    assert_eq!(policy.evaluate(&decision("a", 0.95, Some(0.1), None)).rule, "confident");
+    assert_eq!(
+        policy
+            .evaluate(&decision("a", 0.99, None, Some(50_000.0)))
+            .rule,
+        "certain-block"
+    );
+    assert_eq!(
+        policy
+            .evaluate(&decision("a", 0.5, None, Some(50_000.0)))
+            .rule,
+        "large"
+    );
+    assert_eq!(
+        policy.evaluate(&decision("a", 0.95, Some(0.1), None)).rule,
+        "confident"
+    );
     // risk_score absent: `confident` cannot match; `dutch` does.
-    assert_eq!(policy.evaluate(&decision("a", 0.95, None, None)).rule, "dutch");
+    assert_eq!(
+        policy.evaluate(&decision("a", 0.95, None, None)).rule,
+        "dutch"
+    );
     let mut other = decision("a", 0.5, None, None);
     other.context.clear();
     assert_eq!(policy.evaluate(&other).rule, "default");
@@ -68,15 +84,30 @@ fn routes_produce_the_contract_records() {
     let policy = Policy::from_yaml(POLICY).unwrap();
     let rejected = route(&policy, None, decision("r", 0.99, None, None), 5_000, None);
     let outcome = rejected.outcome.unwrap();
-    assert_eq!((outcome.status, outcome.decided_by), (OutcomeStatus::Rejected, DecidedBy::Auto));
-    assert_eq!((outcome.time_to_decision_ms, outcome.policy_version.as_str()), (4_000, "v1"));
+    assert_eq!(
+        (outcome.status, outcome.decided_by),
+        (OutcomeStatus::Rejected, DecidedBy::Auto)
+    );
+    assert_eq!(
+        (outcome.time_to_decision_ms, outcome.policy_version.as_str()),
+        (4_000, "v1")
+    );
     assert!(rejected.review.is_none());
     assert_eq!(rejected.lifecycle.event_id, "r:router:routed");
 
-    let human = route(&policy, None, decision("h", 0.5, None, Some(20_000.0)), 5_000, None);
+    let human = route(
+        &policy,
+        None,
+        decision("h", 0.5, None, Some(20_000.0)),
+        5_000,
+        None,
+    );
     assert!(human.outcome.is_none());
     let review = human.review.unwrap();
-    assert_eq!((review.kind, review.pool.as_str(), review.quorum), (ReviewKind::Review, "senior", 2));
+    assert_eq!(
+        (review.kind, review.pool.as_str(), review.quorum),
+        (ReviewKind::Review, "senior", 2)
+    );
     assert_eq!(review.sla_deadline, 1_000 + 30 * 60 * 1000);
     assert_eq!(review.required_roles, vec!["senior".to_owned()]);
     assert_eq!(human.lifecycle.attributes["route"], "human");
@@ -93,19 +124,39 @@ fn the_producer_hint_raises_the_tier_and_sla_override_applies() {
     assert_eq!(review.sla_deadline, 61_000);
     let mut low = decision("l", 0.5, None, Some(20_000.0));
     low.priority = Some("low".into());
-    assert_eq!(route(&policy, None, low, 2_000, None).review.unwrap().priority_tier, "high");
+    assert_eq!(
+        route(&policy, None, low, 2_000, None)
+            .review
+            .unwrap()
+            .priority_tier,
+        "high"
+    );
 }
 
 #[test]
 fn qa_samples_go_out_at_once_and_to_people() {
     let policy = Policy::from_yaml(POLICY).unwrap();
     let sampled_one = (0..100)
-        .map(|i| route(&policy, None, decision(&format!("qa-{i}"), 0.95, Some(0.1), None), 9, None))
+        .map(|i| {
+            route(
+                &policy,
+                None,
+                decision(&format!("qa-{i}"), 0.95, Some(0.1), None),
+                9,
+                None,
+            )
+        })
         .find(|routed| routed.review.is_some())
         .expect("half are sampled");
-    assert_eq!(sampled_one.outcome.as_ref().unwrap().status, OutcomeStatus::Approved);
+    assert_eq!(
+        sampled_one.outcome.as_ref().unwrap().status,
+        OutcomeStatus::Approved
+    );
     let review = sampled_one.review.unwrap();
-    assert_eq!((review.kind, review.pool.as_str()), (ReviewKind::QaSample, "qa"));
+    assert_eq!(
+        (review.kind, review.pool.as_str()),
+        (ReviewKind::QaSample, "qa")
+    );
     assert_eq!(review.auto_status.as_deref(), Some("APPROVED"));
 }
 
@@ -113,8 +164,20 @@ fn qa_samples_go_out_at_once_and_to_people() {
 fn shadow_policy_never_changes_the_outcome() {
     let active = Policy::from_yaml(POLICY).unwrap();
     let shadow = Policy::from_yaml("version: s1\ndefault: auto_approve\n").unwrap();
-    let with = route(&active, Some(&shadow), decision("s", 0.5, None, Some(20_000.0)), 9, None);
-    let without = route(&active, None, decision("s", 0.5, None, Some(20_000.0)), 9, None);
+    let with = route(
+        &active,
+        Some(&shadow),
+        decision("s", 0.5, None, Some(20_000.0)),
+        9,
+        None,
+    );
+    let without = route(
+        &active,
+        None,
+        decision("s", 0.5, None, Some(20_000.0)),
+        9,
+        None,
+    );
     assert_eq!(with.review, without.review);
     assert_eq!(with.outcome, without.outcome);
     assert_eq!(with.shadow_agrees, Some(false));
@@ -158,9 +221,17 @@ default: { review: { pool: "", sla: 0s, quorum: 0 } }
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
     let unknown = Policy::from_yaml("version: v\ndefault: auto_approve\nrulez: []\n").unwrap_err();
-    assert!(unknown.to_string().contains("unknown field `rulez`"), "{unknown}");
+    assert!(
+        unknown.to_string().contains("unknown field `rulez`"),
+        "{unknown}"
+    );
     let bad_action = Policy::from_yaml("version: v\ndefault: approve_all\n").unwrap_err();
-    assert!(bad_action.to_string().contains("unknown action `approve_all`"), "{bad_action}");
+    assert!(
+        bad_action
+            .to_string()
+            .contains("unknown action `approve_all`"),
+        "{bad_action}"
+    );
 }
 
 #[test]
@@ -185,7 +256,10 @@ default: auto_reject
 "#,
     )
     .unwrap_err();
-    assert!(shadowed.to_string().contains("rules[1] (b): unreachable"), "{shadowed}");
+    assert!(
+        shadowed.to_string().contains("rules[1] (b): unreachable"),
+        "{shadowed}"
+    );
 }
 
 #[test]
@@ -194,8 +268,18 @@ fn validation_names_each_bad_field() {
     bad.sla_ms = Some(-5);
     bad.priority = Some("asap".into());
     let problems = validate::problems(&bad).join("\n");
-    for field in ["decision_id", "confidence", "risk_score", "amount", "sla_ms", "priority"] {
-        assert!(problems.contains(&format!("{field}:")), "{field} not reported in {problems}");
+    for field in [
+        "decision_id",
+        "confidence",
+        "risk_score",
+        "amount",
+        "sla_ms",
+        "priority",
+    ] {
+        assert!(
+            problems.contains(&format!("{field}:")),
+            "{field} not reported in {problems}"
+        );
     }
     assert!(validate::problems(&decision("ok", 0.5, None, None)).is_empty());
 }
@@ -206,7 +290,12 @@ fn arbitrary_decision() -> impl Strategy<Value = Decision> {
         0.0f64..=1.0,
         proptest::option::of(0.0f64..=1.0),
         proptest::option::of(0.0f64..100_000.0),
-        prop::sample::select(vec!["payments.fraud", "payments.card", "moderation.text", "cicd.deploy"]),
+        prop::sample::select(vec![
+            "payments.fraud",
+            "payments.card",
+            "moderation.text",
+            "cicd.deploy",
+        ]),
         prop::sample::select(vec!["block", "allow", "remove"]),
     )
         .prop_map(|(id, confidence, risk, amount, workflow, action)| {
