@@ -1,1 +1,7 @@
+//! Load generation for demos and benchmarks: a deterministic mix of realistic decisions (and a
+//! few invalid records, so the DLQ path is exercised), a live summary read back from the output
+//! topics, and the router-vs-passthrough throughput benchmark.
 
+pub mod bench;
+pub mod demo;
+pub mod mix;

@@ -1,1 +1,82 @@
-fn main() {}
+//! hitl-loadtest: `demo` (a live mixed load with a summary) and `bench-router` (throughput ratio).
+
+use std::time::Duration;
+
+use hitl_router::RouterSettings;
+use hitl_runtime::config::Settings;
+
+const USAGE: &str = "usage:
+  hitl-loadtest demo [--config FILE] [--rate N] [--duration SECS]
+  hitl-loadtest bench-router [--config FILE] [--count N] [--rounds N]
+Settings come from the router's config file and HITL_* variables (see config/router.toml).";
+
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match args.iter().position(|arg| arg == name) {
+        None => Ok(default),
+        Some(index) => args
+            .get(index + 1)
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{name} needs a number\n{USAGE}")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let settings: Settings<RouterSettings> = hitl_runtime::cli::load_or_exit();
+    hitl_runtime::telemetry::init(&hitl_runtime::config::TelemetrySettings {
+        log_level: "warn".into(),
+        ..settings.telemetry.clone()
+    });
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(hitl_runtime::kafka::ensure_topics(
+        &settings.kafka,
+        &settings.topics.specs(),
+        settings.topics.replication_factor,
+    ))?;
+    match args.get(1).map(String::as_str) {
+        Some("demo") => {
+            let rate = flag(&args, "--rate", 200u64)?;
+            let duration = flag(&args, "--duration", 30u64)?;
+            let tally = hitl_loadtest::demo::run(
+                &settings.kafka,
+                &settings.topics,
+                rate,
+                Duration::from_secs(duration),
+            );
+            anyhow::ensure!(
+                tally.routed() > 0,
+                "nothing was routed: is the router running?"
+            );
+            Ok(())
+        }
+        Some("bench-router") => {
+            let count = flag(&args, "--count", 100_000u64)?;
+            let rounds = flag(&args, "--rounds", 3u32)?;
+            let mut bench = settings.clone();
+            let prefix = format!("bench-{:x}", hitl_runtime::now_millis());
+            bench.topics = hitl_runtime::config::Topics {
+                decisions: format!("{prefix}.decisions"),
+                decisions_dlq: format!("{prefix}.dlq"),
+                review_requests: format!("{prefix}.review-requests"),
+                outcomes: format!("{prefix}.outcomes"),
+                lifecycle: format!("{prefix}.lifecycle"),
+                ..settings.topics.clone()
+            };
+            let passthrough = hitl_runtime::config::TopicSpec {
+                name: format!("{prefix}.decisions.passthrough"),
+                partitions: bench.topics.partitions,
+                configs: vec![],
+            };
+            let mut specs = bench.topics.specs();
+            specs.retain(|spec| spec.name.starts_with(&prefix));
+            specs.push(passthrough);
+            runtime.block_on(hitl_runtime::kafka::ensure_topics(&bench.kafka, &specs, 1))?;
+            hitl_loadtest::bench::run(&bench, count, rounds);
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}

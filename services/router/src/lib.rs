@@ -15,7 +15,7 @@ use std::sync::{atomic::AtomicBool, Arc};
 use hitl_runtime::{config::Settings, http, kafka, pipeline, Health, LoopMetrics, LoopSettings};
 use tokio_util::sync::CancellationToken;
 
-pub use service::RouterSettings;
+pub use service::{RouterProcessor, RouterSettings};
 
 /// Runs the router until `shutdown` is cancelled or its loop fails fatally.
 pub async fn run(
@@ -24,18 +24,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let loop_metrics = LoopMetrics::register(&mut registry);
-    let router_metrics = Arc::new(metrics::RouterMetrics::register(&mut registry));
     let health = Health::default();
 
-    let codec = settings.codec.build(settings.kafka.request_timeout)?;
     let reload_requested = Arc::new(AtomicBool::new(false));
-    let processor = service::RouterProcessor::new(
-        &settings.service,
-        codec,
-        settings.topics.clone(),
-        router_metrics,
-        reload_requested.clone(),
-    )?;
+    let processor =
+        service::RouterProcessor::build(&settings, &mut registry, reload_requested.clone())?;
     spawn_sighup_listener(reload_requested, shutdown.clone());
     if settings.service.create_topics {
         let created = kafka::ensure_topics(
@@ -58,14 +51,7 @@ pub async fn run(
     .await?;
     tracing::info!(%address, "router http endpoint");
 
-    let loop_settings = LoopSettings {
-        service: "router".into(),
-        group_id: settings.service.group_id.clone(),
-        transactional_id: settings.service.transactional_id(),
-        input_topics: vec![settings.topics.decisions.clone()],
-        tick_interval: Some(std::time::Duration::from_millis(200)),
-        max_records_per_second: settings.service.rate_limit(),
-    };
+    let loop_settings = loop_settings(&settings);
     let handle = pipeline::spawn(
         settings.kafka.clone(),
         loop_settings,
@@ -81,6 +67,18 @@ pub async fn run(
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(error.into()),
         Err(_) => anyhow::bail!("router loop thread panicked"),
+    }
+}
+
+/// The loop settings the router runs with.
+pub fn loop_settings(settings: &Settings<RouterSettings>) -> LoopSettings {
+    LoopSettings {
+        service: "router".into(),
+        group_id: settings.service.group_id.clone(),
+        transactional_id: settings.service.transactional_id(),
+        input_topics: vec![settings.topics.decisions.clone()],
+        tick_interval: Some(std::time::Duration::from_millis(200)),
+        max_records_per_second: settings.service.rate_limit(),
     }
 }
 

@@ -157,6 +157,15 @@ pub enum LoadError {
     Policy(PathBuf, #[source] PolicyError),
 }
 
+/// Why the router processor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Policy(#[from] LoadError),
+    #[error("codec: {0}")]
+    Codec(#[from] hitl_schema::CodecError),
+}
+
 /// Where a record went wrong, for the DLQ's `hitl.error.stage`.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
@@ -198,7 +207,25 @@ pub struct RouterProcessor {
 }
 
 impl RouterProcessor {
-    pub(crate) fn new(
+    /// Builds the processor: loads the policies (failing on a bad one), builds the codec, and
+    /// registers the router's metrics. `reload_requested` is set by SIGHUP.
+    pub fn build(
+        settings: &hitl_runtime::Settings<RouterSettings>,
+        registry: &mut prometheus_client::registry::Registry,
+        reload_requested: Arc<AtomicBool>,
+    ) -> Result<Self, BuildError> {
+        let codec = settings.codec.build(settings.kafka.request_timeout)?;
+        let metrics = Arc::new(RouterMetrics::register(registry));
+        Ok(Self::new(
+            &settings.service,
+            codec,
+            settings.topics.clone(),
+            metrics,
+            reload_requested,
+        )?)
+    }
+
+    fn new(
         settings: &RouterSettings,
         codec: Codec,
         topics: Topics,

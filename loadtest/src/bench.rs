@@ -1,0 +1,211 @@
+//! `hitl-loadtest bench-router`: the router's throughput as a ratio to a raw consume→produce
+//! passthrough. Both run on the same loop (`hitl_runtime::pipeline`), with the same client
+//! settings, delivery mode and broker, over the same pre-published input, in one run, alternating
+//! which goes first each round. Time runs from the first input record processed to the commit that
+//! covers the last one, so consumer-group joins are not counted.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use hitl_router::{RouterProcessor, RouterSettings};
+use hitl_runtime::{
+    config::Settings, pipeline, Health, InputRecord, LoopMetrics, LoopSettings, OutputRecord,
+    Processor,
+};
+use hitl_schema::Codec;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tokio_util::sync::CancellationToken;
+
+use crate::mix::{generate, Generated, Rng};
+
+#[derive(Default)]
+struct Counters {
+    processed: AtomicU64,
+    uncommitted: AtomicU64,
+    committed: AtomicU64,
+    first_processed: Mutex<Option<Instant>>,
+    last_commit: Mutex<Option<Instant>>,
+}
+
+/// Wraps a processor and counts what it processed and what got committed.
+struct Counting<P> {
+    inner: P,
+    counters: Arc<Counters>,
+}
+
+impl<P: Processor> Processor for Counting<P> {
+    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+        if self.counters.processed.fetch_add(1, Ordering::Relaxed) == 0 {
+            *self.counters.first_processed.lock().unwrap() = Some(Instant::now());
+        }
+        self.counters.uncommitted.fetch_add(1, Ordering::Relaxed);
+        self.inner.process(input, output);
+    }
+    fn tick(&mut self, now: i64, output: &mut Vec<OutputRecord>) {
+        self.inner.tick(now, output);
+    }
+    fn committed(&mut self) {
+        let newly = self.counters.uncommitted.swap(0, Ordering::Relaxed);
+        self.counters.committed.fetch_add(newly, Ordering::Relaxed);
+        *self.counters.last_commit.lock().unwrap() = Some(Instant::now());
+        self.inner.committed();
+    }
+    fn aborted(&mut self) {
+        self.counters.uncommitted.store(0, Ordering::Relaxed);
+        self.inner.aborted();
+    }
+}
+
+/// Copies every input record to `topic`: the baseline.
+struct Passthrough {
+    topic: String,
+}
+
+impl Processor for Passthrough {
+    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+        output.push(OutputRecord {
+            topic: self.topic.clone(),
+            key: input.key().unwrap_or_default().to_vec(),
+            payload: input.payload().map(<[u8]>::to_vec),
+            headers: Vec::new(),
+            partition: None,
+        });
+    }
+}
+
+/// Decisions per second of one run.
+fn measure<P: Processor>(
+    settings: &Settings<RouterSettings>,
+    name: &str,
+    processor: P,
+    count: u64,
+) -> f64 {
+    let counters = Arc::new(Counters::default());
+    let shutdown = CancellationToken::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let loop_settings = LoopSettings {
+        service: name.to_owned(),
+        group_id: format!("bench-{name}-{}", hitl_runtime::now_millis()),
+        transactional_id: format!("bench-{name}-{}", hitl_runtime::now_millis()),
+        input_topics: vec![settings.topics.decisions.clone()],
+        tick_interval: Some(Duration::from_millis(200)),
+        max_records_per_second: None,
+    };
+    let handle = pipeline::spawn(
+        settings.kafka.clone(),
+        loop_settings,
+        Counting {
+            inner: processor,
+            counters: counters.clone(),
+        },
+        shutdown.clone(),
+        Health::default(),
+        LoopMetrics::register(&mut registry),
+    );
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while counters.committed.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shutdown.cancel();
+    if let Ok(Err(error)) = handle.join() {
+        eprintln!("{name}: loop error: {error}");
+    }
+    let first = counters
+        .first_processed
+        .lock()
+        .unwrap()
+        .expect("processed something");
+    let last = counters
+        .last_commit
+        .lock()
+        .unwrap()
+        .expect("committed something");
+    let committed = counters.committed.load(Ordering::Relaxed);
+    committed as f64 / last.duration_since(first).as_secs_f64()
+}
+
+/// Publishes `count` valid decisions to the input topic.
+pub fn publish(settings: &Settings<RouterSettings>, count: u64) {
+    let producer: BaseProducer = hitl_runtime::kafka::producer_config(&settings.kafka)
+        .create()
+        .expect("producer");
+    let codec = Codec::single_object();
+    let mut rng = Rng::new(42);
+    let mut index = 0u64;
+    let mut buffer = Vec::new();
+    while index < count {
+        let Generated::Decision(decision) =
+            generate(&mut rng, "bench", index, hitl_runtime::now_millis(), 0)
+        else {
+            unreachable!("no invalid records requested")
+        };
+        buffer.clear();
+        codec
+            .encode(&settings.topics.decisions, decision.as_ref(), &mut buffer)
+            .expect("encodes");
+        let mut record = BaseRecord::<str, [u8]>::to(&settings.topics.decisions)
+            .key(decision.decision_id.as_str())
+            .payload(&buffer[..]);
+        while let Err((_, returned)) = producer.send(record) {
+            producer.poll(Duration::from_millis(5));
+            record = returned;
+        }
+        index += 1;
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Runs `rounds` alternating rounds and prints each rate and the median ratio.
+pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 {
+    println!(
+        "publishing {count} decisions to {} ...",
+        settings.topics.decisions
+    );
+    let published = Instant::now();
+    publish(settings, count);
+    println!(
+        "published in {:.1}s ({:.0}/s)",
+        published.elapsed().as_secs_f64(),
+        count as f64 / published.elapsed().as_secs_f64()
+    );
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let mut rates = [0.0f64; 2];
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            rates[which] = if which == 0 {
+                let topic = format!("{}.passthrough", settings.topics.decisions);
+                measure(settings, "passthrough", Passthrough { topic }, count)
+            } else {
+                let processor = RouterProcessor::build(
+                    settings,
+                    &mut prometheus_client::registry::Registry::default(),
+                    Arc::new(AtomicBool::new(false)),
+                )
+                .expect("router builds");
+                measure(settings, "router", processor, count)
+            };
+        }
+        let ratio = rates[1] / rates[0];
+        println!(
+            "round {}: passthrough {:>8.0}/s   router {:>8.0}/s   ratio {:.3}",
+            round + 1,
+            rates[0],
+            rates[1],
+            ratio
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!(
+        "median ratio router/passthrough: {median:.3} (delivery = {:?})",
+        settings.kafka.delivery
+    );
+    median
+}
