@@ -1,1 +1,148 @@
-fn main() {}
+//! hitl-admin: operator commands.
+//!
+//!   hitl-admin topics create [--config FILE]    create every contract topic (idempotent)
+//!   hitl-admin topics list   [--config FILE]    the contract topics and their creation configs
+//!   hitl-admin dlq tail [--count N] [--config FILE]
+//!                                               print dead letters with their error headers
+//!
+//! Settings: the `[kafka]`, `[topics]` and `[codec]` tables of any service's config file, and
+//! `HITL_*` variables. Other tables are ignored by this tool.
+
+use std::{collections::HashMap, time::Duration};
+
+use hitl_runtime::config::{KafkaSettings, Topics};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    Message, Offset, TopicPartitionList,
+};
+
+const USAGE: &str = "usage: hitl-admin topics create|list [--config FILE]
+       hitl-admin dlq tail [--count N] [--config FILE]";
+
+/// The tables this tool reads; any others in the file are accepted and ignored.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+struct AdminSettings {
+    kafka: KafkaSettings,
+    topics: Topics,
+}
+
+impl hitl_runtime::Validate for AdminSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.kafka.validate(errors);
+        self.topics.validate(errors);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let environment: HashMap<String, String> = std::env::vars().collect();
+    let path = hitl_runtime::cli::config_path(&args, &environment);
+    let settings: AdminSettings = match hitl_runtime::load(path.as_deref(), &environment) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("hitl-admin: {error}");
+            std::process::exit(2);
+        }
+    };
+    let words: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .take_while(|a| !a.starts_with("--"))
+        .collect();
+    match words.as_slice() {
+        ["topics", "create"] => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let created = runtime.block_on(hitl_runtime::kafka::ensure_topics(
+                &settings.kafka,
+                &settings.topics.specs(),
+                settings.topics.replication_factor,
+            ))?;
+            for spec in settings.topics.specs() {
+                let state = if created.contains(&spec.name) {
+                    "created"
+                } else {
+                    "exists"
+                };
+                println!("{state:<8} {}", spec.name);
+            }
+            Ok(())
+        }
+        ["topics", "list"] => {
+            for spec in settings.topics.specs() {
+                let configs: Vec<String> = spec
+                    .configs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{:<32} partitions={} {}",
+                    spec.name,
+                    spec.partitions,
+                    configs.join(" ")
+                );
+            }
+            Ok(())
+        }
+        ["dlq", "tail"] => dlq_tail(&settings, count_flag(&args)?),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn count_flag(args: &[String]) -> anyhow::Result<usize> {
+    match args.iter().position(|a| a == "--count") {
+        None => Ok(20),
+        Some(i) => Ok(args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--count needs a number"))?
+            .parse()?),
+    }
+}
+
+/// Prints the last `count` records of each DLQ partition with their error headers.
+fn dlq_tail(settings: &AdminSettings, count: usize) -> anyhow::Result<()> {
+    let topic = &settings.topics.decisions_dlq;
+    let consumer: BaseConsumer =
+        hitl_runtime::kafka::reader_config(&settings.kafka, true).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment.add_partition_offset(topic, partition.id(), Offset::OffsetTail(count as i64))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut idle = 0;
+    while idle < 20 {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+            idle += 1;
+            continue;
+        };
+        idle = 0;
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|headers| headers.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        println!(
+            "{}/{}@{} key={} class={} stage={} error={}",
+            header("hitl.source.topic"),
+            header("hitl.source.partition"),
+            header("hitl.source.offset"),
+            message
+                .key()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default(),
+            header("hitl.error.class"),
+            header("hitl.error.stage"),
+            header("hitl.error.message"),
+        );
+    }
+    Ok(())
+}
