@@ -5,6 +5,10 @@ use std::time::Duration;
 use hitl_router::RouterSettings;
 use hitl_runtime::config::Settings;
 
+/// mimalloc: the routing path is allocation-heavy (maps and strings of every record).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage:
   hitl-loadtest demo [--config FILE] [--rate N] [--duration SECS]
   hitl-loadtest bench-router [--config FILE] [--count N] [--rounds N]

@@ -73,7 +73,10 @@ pub fn transactional_consumer_config(settings: &KafkaSettings, group_id: &str) -
         .set(
             "partition.assignment.strategy",
             &settings.partition_assignment_strategy,
-        );
+        )
+        // Human review is latency-sensitive and light per partition: don't let a fetch idle for
+        // librdkafka's default 500 ms (Tansu holds a fetch for the whole wait).
+        .set("fetch.wait.max.ms", "50");
     apply_overrides(&mut config, settings);
     config
 }
@@ -110,6 +113,7 @@ pub fn reader_config(settings: &KafkaSettings, isolation_read_committed: bool) -
     let mut config = client_config(settings);
     config
         .set("group.id", "hitl-reader")
+        .set("fetch.wait.max.ms", "50")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set(

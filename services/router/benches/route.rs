@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use hitl_router::{core::route, policy::Policy, validate};
 use hitl_schema::*;
 
