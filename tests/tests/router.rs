@@ -500,12 +500,20 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
         .collect();
     publish(&run.topics.decisions, &decisions);
     let policy = "version: k9\nrules:\n  - { name: conf, when: { confidence: { gte: 0.8 } }, then: auto_approve }\ndefault: { review: { pool: general, sla: 1h } }\n";
-    let router = run.start(policy, "");
+    // Throttled (ingest rate limit), so the kill lands mid-stream.
+    let router = run.start(policy, "max_decisions_per_second = 1000");
     wait_for(WAIT, "some progress", || {
         let done = router.metric("hitl_loop_records_in_total")?;
-        (done >= 300.0).then_some(())
+        (done >= 1500.0).then_some(())
     });
+    let processed_before_kill = router
+        .metric("hitl_loop_records_in_total")
+        .unwrap_or_default();
     router.kill9();
+    assert!(
+        processed_before_kill < total as f64,
+        "the kill must land mid-stream"
+    );
     let _restarted = run.start(policy, "");
     wait_for(
         Duration::from_secs(120),
@@ -528,15 +536,25 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
         );
     }
     // Downstream view: distinct decision ids with an outcome or a review request.
-    let outcome_ids: BTreeSet<String> = decode::<Outcome>(&read_all(&run.topics.outcomes, QUIET))
-        .into_iter()
-        .map(|o| o.decision_id)
+    let outcome_records = decode::<Outcome>(&read_all(&run.topics.outcomes, QUIET));
+    let review_records = decode::<ReviewRequest>(&read_all(&run.topics.review_requests, QUIET));
+    let outcome_ids: BTreeSet<String> = outcome_records
+        .iter()
+        .map(|o| o.decision_id.clone())
         .collect();
-    let review_ids: BTreeSet<String> =
-        decode::<ReviewRequest>(&read_all(&run.topics.review_requests, QUIET))
-            .into_iter()
-            .map(|r| r.decision.decision_id)
-            .collect();
+    let review_ids: BTreeSet<String> = review_records
+        .iter()
+        .map(|r| r.decision.decision_id.clone())
+        .collect();
+    eprintln!(
+        "kill -9: {total} decisions; {} outcome + {} review records for {} + {} distinct decisions \
+         ({} re-emitted after the crash, removed by key downstream)",
+        outcome_records.len(),
+        review_records.len(),
+        outcome_ids.len(),
+        review_ids.len(),
+        outcome_records.len() + review_records.len() - outcome_ids.len() - review_ids.len(),
+    );
     assert!(outcome_ids.is_disjoint(&review_ids));
     assert_eq!(outcome_ids.len() + review_ids.len(), total);
 }
