@@ -195,6 +195,8 @@ struct Pending {
 struct Shared {
     producer: BaseProducer<OutputContext>,
     delivery: Delivery,
+    /// Set once the loop failed fatally: no more commits or aborts (they would only time out).
+    failed: std::sync::atomic::AtomicBool,
     txn: Mutex<Txn>,
     pending: Mutex<Pending>,
     request_timeout: Duration,
@@ -210,6 +212,9 @@ impl ClientContext for LoopContext {}
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            if self.shared.failed.load(Ordering::Relaxed) {
+                return;
+            }
             tracing::info!(
                 partitions = partitions.count(),
                 "partitions revoked; committing open transaction"
@@ -481,6 +486,7 @@ fn run<P: Processor>(
     let shared = Arc::new(Shared {
         producer,
         delivery: kafka.delivery,
+        failed: std::sync::atomic::AtomicBool::new(false),
         txn: Mutex::default(),
         pending: Mutex::default(),
         request_timeout: kafka.request_timeout,
@@ -495,8 +501,9 @@ fn run<P: Processor>(
 
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
-    if kafka.delivery == Delivery::Transactional {
-        init_transactions(&shared.producer, kafka.request_timeout, shutdown)?;
+    match kafka.delivery {
+        Delivery::Transactional => init_transactions(&shared.producer, kafka.request_timeout, shutdown)?,
+        Delivery::Idempotent => fence_earlier_transactions(kafka, &settings.transactional_id),
     }
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(LoopError::Client)?;
@@ -530,9 +537,11 @@ fn run<P: Processor>(
         }
     };
 
-    // Shutting down: commit what is open (or abort it), then leave the group.
+    // Shutting down: commit what is open (or abort it), then leave the group. After a fatal
+    // error there is nothing to save: the open transaction dies with the producer.
+    shared.failed.store(result.is_err(), Ordering::Relaxed);
     let mut txn = shared.txn.lock().expect("txn lock");
-    if txn.open {
+    if txn.open && result.is_ok() {
         match shared.commit(&consumer, &mut txn) {
             Ok(()) => processor.committed(),
             Err(CommitFailure::Abortable(error) | CommitFailure::Fatal(error)) => {
@@ -723,4 +732,19 @@ fn init_transactions(
         }
     }
     Ok(())
+}
+
+/// In idempotent mode, a transaction left open by an earlier transactional run of this instance
+/// (same `transactional.id`) would hold back `read_committed` readers of every partition it wrote
+/// to, for ever on a broker that never times transactions out (Tansu). Initialising a transactional
+/// producer with that id fences the old epoch and aborts its open transaction.
+fn fence_earlier_transactions(kafka: &KafkaSettings, transactional_id: &str) {
+    let transactional = KafkaSettings { delivery: Delivery::Transactional, ..kafka.clone() };
+    let fenced = loop_producer_config(&transactional, transactional_id)
+        .create::<BaseProducer>()
+        .and_then(|producer| producer.init_transactions(kafka.request_timeout));
+    match fenced {
+        Ok(()) => tracing::info!(%transactional_id, "fenced any transaction an earlier run left open"),
+        Err(error) => tracing::warn!(%transactional_id, %error, "could not fence earlier transactions"),
+    }
 }
