@@ -636,3 +636,50 @@ fn transactional_mode_on_a_broker_without_transactions_stops_with_a_clear_error(
             || delivery() == "transactional"
     );
 }
+
+#[test]
+fn a_transaction_left_open_by_an_earlier_run_does_not_hide_new_outputs() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let run = Run::new("open-txn");
+    // What a crashed or failed transactional run of this instance leaves behind: an open
+    // transaction on every outcomes partition (Tansu never times it out).
+    let settings = hitl_runtime::config::KafkaSettings {
+        delivery: hitl_runtime::config::Delivery::Transactional,
+        ..kafka_settings()
+    };
+    let stale: BaseProducer = hitl_runtime::kafka::loop_producer_config(
+        &settings,
+        &format!("hitl-router-{}", run.instance),
+    )
+    .create()
+    .unwrap();
+    stale.init_transactions(Duration::from_secs(30)).unwrap();
+    stale.begin_transaction().unwrap();
+    for partition in 0..run.topics.partitions {
+        stale
+            .send(
+                BaseRecord::to(&run.topics.outcomes)
+                    .key("stale")
+                    .payload("never committed")
+                    .partition(partition),
+            )
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+    stale.flush(Duration::from_secs(30)).unwrap();
+
+    let _router = run.start(ALL_AUTO, "");
+    publish(&run.topics.decisions, &[decision("after-stale", 0.5)]);
+    let visible = read_topic(&run.topics.outcomes, WAIT, |records| {
+        records
+            .iter()
+            .any(|r| r.key.as_deref() == Some("after-stale"))
+    });
+    assert!(
+        visible
+            .iter()
+            .any(|r| r.key.as_deref() == Some("after-stale")),
+        "the new outcome is hidden from read_committed readers behind the stale transaction"
+    );
+    drop(stale);
+}

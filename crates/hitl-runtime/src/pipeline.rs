@@ -502,7 +502,9 @@ fn run<P: Processor>(
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
     match kafka.delivery {
-        Delivery::Transactional => init_transactions(&shared.producer, kafka.request_timeout, shutdown)?,
+        Delivery::Transactional => {
+            init_transactions(&shared.producer, kafka.request_timeout, shutdown)?
+        }
         Delivery::Idempotent => fence_earlier_transactions(kafka, &settings.transactional_id),
     }
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
@@ -739,12 +741,19 @@ fn init_transactions(
 /// to, for ever on a broker that never times transactions out (Tansu). Initialising a transactional
 /// producer with that id fences the old epoch and aborts its open transaction.
 fn fence_earlier_transactions(kafka: &KafkaSettings, transactional_id: &str) {
-    let transactional = KafkaSettings { delivery: Delivery::Transactional, ..kafka.clone() };
+    let transactional = KafkaSettings {
+        delivery: Delivery::Transactional,
+        ..kafka.clone()
+    };
     let fenced = loop_producer_config(&transactional, transactional_id)
         .create::<BaseProducer>()
         .and_then(|producer| producer.init_transactions(kafka.request_timeout));
     match fenced {
-        Ok(()) => tracing::info!(%transactional_id, "fenced any transaction an earlier run left open"),
-        Err(error) => tracing::warn!(%transactional_id, %error, "could not fence earlier transactions"),
+        Ok(()) => {
+            tracing::info!(%transactional_id, "fenced any transaction an earlier run left open")
+        }
+        Err(error) => {
+            tracing::warn!(%transactional_id, %error, "could not fence earlier transactions")
+        }
     }
 }
