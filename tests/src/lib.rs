@@ -402,11 +402,23 @@ pub struct Received {
 pub fn read_topic(
     topic: &str,
     within: Duration,
+    done: impl FnMut(&[Received]) -> bool,
+) -> Vec<Received> {
+    read_topic_with(topic, true, within, done)
+}
+
+/// Like `read_topic`, choosing the isolation level (`false` also returns records of open or
+/// aborted transactions, for diagnosis).
+pub fn read_topic_with(
+    topic: &str,
+    read_committed: bool,
+    within: Duration,
     mut done: impl FnMut(&[Received]) -> bool,
 ) -> Vec<Received> {
-    let consumer: BaseConsumer = hitl_runtime::kafka::reader_config(&kafka_settings(), true)
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer =
+        hitl_runtime::kafka::reader_config(&kafka_settings(), read_committed)
+            .create()
+            .expect("consumer");
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
@@ -475,4 +487,34 @@ pub fn read_all(topic: &str, quiet: Duration) -> Vec<Received> {
 /// A client config for ad-hoc needs.
 pub fn client_config() -> ClientConfig {
     hitl_runtime::kafka::client_config(&kafka_settings())
+}
+
+/// True when the tests run on the bundled Tansu (not on `HITL_BOOTSTRAP_SERVERS`).
+pub fn on_tansu() -> bool {
+    std::env::var("HITL_BOOTSTRAP_SERVERS").is_err()
+}
+
+/// The delivery mode under test: `idempotent` on Tansu 0.6.0 (no EndTxn), else
+/// `HITL_TEST_DELIVERY` (default `transactional`).
+pub fn delivery() -> String {
+    std::env::var("HITL_TEST_DELIVERY").unwrap_or_else(|_| {
+        if on_tansu() {
+            "idempotent"
+        } else {
+            "transactional"
+        }
+        .into()
+    })
+}
+
+/// The `[kafka]` table services under test get: this broker, the delivery mode, Tansu's
+/// workarounds when on Tansu, and a short session timeout (Tansu joins in half of it).
+pub fn kafka_toml() -> String {
+    format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout = \"6s\"\ncommit_interval = \"100ms\"\n\
+         delivery = \"{}\"\nresume_from_log_start = {}\n",
+        broker().bootstrap,
+        delivery(),
+        on_tansu(),
+    )
 }

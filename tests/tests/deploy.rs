@@ -66,9 +66,9 @@ fn dashboards_and_alerts_only_use_metrics_the_router_exposes() {
     let shadow = dir.path().join("shadow.yaml");
     std::fs::copy(repo().join("config/policy.yaml"), &shadow).unwrap();
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ndelivery = \"idempotent\"\n{}\n[service]\npolicy_path = \"{}\"\n\
-         shadow_policy_path = \"{}\"\ninstance_id = \"{}\"\ngroup_id = \"{}\"\n",
-        broker().bootstrap,
+        "{}\n{}\n[service]\npolicy_path = \"{}\"\nshadow_policy_path = \"{}\"\ninstance_id = \"{}\"\n\
+         group_id = \"{}\"\n",
+        kafka_toml(),
         topics_toml(&topics),
         repo().join("config/policy.yaml").display(),
         shadow.display(),

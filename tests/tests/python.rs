@@ -41,10 +41,8 @@ fn python_client_interop() {
     )
     .unwrap();
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ndelivery = \"{}\"\n\n{}\n[service]\npolicy_path = \"{}\"\n\
-         instance_id = \"{}\"\ngroup_id = \"{}\"\n",
-        broker().bootstrap,
-        std::env::var("HITL_TEST_DELIVERY").unwrap_or_else(|_| "idempotent".into()),
+        "{}\n{}\n[service]\npolicy_path = \"{}\"\ninstance_id = \"{}\"\ngroup_id = \"{}\"\n",
+        kafka_toml(),
         topics_toml(&topics),
         policy.display(),
         unique("py"),

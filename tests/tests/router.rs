@@ -45,12 +45,9 @@ impl Run {
 
     fn config(&self, policy: &Path, extra_service: &str) -> String {
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout = \"6s\"\ncommit_interval = \"100ms\"\n\
-             delivery = \"{}\"\n\n{}\n\
-             [service]\npolicy_path = \"{}\"\ninstance_id = \"{}\"\ngroup_id = \"{}-group\"\n\
+            "{}\n{}\n[service]\npolicy_path = \"{}\"\ninstance_id = \"{}\"\ngroup_id = \"{}-group\"\n\
              policy_check_interval = \"200ms\"\n{extra_service}\n",
-            broker().bootstrap,
-            delivery(),
+            kafka_toml(),
             topics_toml(&self.topics),
             policy.display(),
             self.instance,
@@ -66,11 +63,6 @@ impl Run {
             &self.config(&policy, extra_service),
         )
     }
-}
-
-/// `idempotent` on Tansu 0.6.0 (no EndTxn); `HITL_TEST_DELIVERY=transactional` on Apache Kafka.
-fn delivery() -> String {
-    std::env::var("HITL_TEST_DELIVERY").unwrap_or_else(|_| "idempotent".into())
 }
 
 fn decision(id: &str, confidence: f64) -> Decision {
@@ -514,12 +506,59 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
         processed_before_kill < total as f64,
         "the kill must land mid-stream"
     );
-    let _restarted = run.start(policy, "");
-    wait_for(
-        Duration::from_secs(120),
-        "every decision routed after restart",
-        || (routes_by_decision(&run).len() == total).then_some(()),
-    );
+    let restarted = run.start(policy, "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while routes_by_decision(&run).len() < total {
+        if std::time::Instant::now() >= deadline {
+            let routed = routes_by_decision(&run);
+            let inputs = read_all(&run.topics.decisions, QUIET);
+            let mut missing: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+            for input in &inputs {
+                if !routed.contains_key(input.key.as_deref().unwrap_or_default()) {
+                    missing
+                        .entry(input.partition)
+                        .or_default()
+                        .push(input.offset);
+                }
+            }
+            let ranges: Vec<String> = missing
+                .iter()
+                .map(|(p, offsets)| {
+                    format!(
+                        "p{p}: {} missing, offsets {}..={}",
+                        offsets.len(),
+                        offsets[0],
+                        offsets[offsets.len() - 1]
+                    )
+                })
+                .collect();
+            let committed = {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let mut config = client_config();
+                config.set("group.id", format!("{}-group", run.instance));
+                let consumer: BaseConsumer = config.create().unwrap();
+                let mut list = rdkafka::TopicPartitionList::new();
+                for partition in 0..4 {
+                    list.add_partition(&run.topics.decisions, partition);
+                }
+                consumer
+                    .committed_offsets(list, Duration::from_secs(10))
+                    .map(|l| {
+                        l.elements()
+                            .iter()
+                            .map(|e| (e.partition(), e.offset()))
+                            .collect::<Vec<_>>()
+                    })
+            };
+            panic!(
+                "not every decision routed after restart ({} of {total}); committed {committed:?}; missing input {ranges:?}; \
+                 processed before the kill: {processed_before_kill}; restarted router:\n{}",
+                routed.len(),
+                restarted.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let routes = routes_by_decision(&run);
     for decision in &decisions {
         let set = &routes[&decision.decision_id];
@@ -612,7 +651,7 @@ fn a_bad_policy_at_start_refuses_to_start() {
 
 #[test]
 fn transactional_mode_on_a_broker_without_transactions_stops_with_a_clear_error() {
-    if std::env::var("HITL_BOOTSTRAP_SERVERS").is_ok() {
+    if !on_tansu() {
         return; // only meaningful on the bundled Tansu, which lacks EndTxn
     }
     let run = Run::new("txn-unsupported");

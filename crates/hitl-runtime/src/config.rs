@@ -159,6 +159,12 @@ pub struct KafkaSettings {
     /// Deadline for a single blocking client call (init, commit, abort, admin).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Work around brokers that cannot fetch from inside a record batch. Tansu 0.6.0 answers a
+    /// fetch at an offset in the middle of a batch with nothing, or with the next batch, silently
+    /// skipping the rest of that batch, so resuming at a committed offset can stall or lose input.
+    /// When set, an assigned (or rewound) partition is read from its beginning and records below
+    /// the committed position are skipped. Costs a re-read per assignment: for dev brokers only.
+    pub resume_from_log_start: bool,
     /// Raw librdkafka settings, applied last (they win).
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -182,6 +188,7 @@ impl Default for KafkaSettings {
             commit_interval: Duration::from_millis(100),
             commit_max_records: 5_000,
             request_timeout: Duration::from_secs(30),
+            resume_from_log_start: false,
             librdkafka: BTreeMap::new(),
         }
     }

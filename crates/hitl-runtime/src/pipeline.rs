@@ -30,11 +30,11 @@ use governor::{clock::Clock, DefaultDirectRateLimiter, Quota};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::{
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol},
     error::KafkaError,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
-    types::RDKafkaErrorCode,
+    types::{RDKafkaErrorCode, RDKafkaRespErr},
     ClientContext, Message, Offset, TopicPartitionList,
 };
 use tokio_util::sync::CancellationToken;
@@ -197,6 +197,11 @@ struct Shared {
     delivery: Delivery,
     /// Set once the loop failed fatally: no more commits or aborts (they would only time out).
     failed: std::sync::atomic::AtomicBool,
+    /// `KafkaSettings::resume_from_log_start`.
+    resume_from_log_start: bool,
+    /// With `resume_from_log_start`: per partition, the first offset still to process; records
+    /// below it were processed already and are skipped.
+    skip_below: Mutex<BTreeMap<PartitionKey, i64>>,
     txn: Mutex<Txn>,
     pending: Mutex<Pending>,
     request_timeout: Duration,
@@ -210,6 +215,49 @@ struct LoopContext {
 impl ClientContext for LoopContext {}
 
 impl ConsumerContext for LoopContext {
+    /// The default rebalance, except that with `resume_from_log_start` assigned partitions start
+    /// at their beginning and skip what was committed (see `KafkaSettings`).
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if self.shared.resume_from_log_start {
+                    self.shared.start_from_log_start(consumer, partitions);
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                };
+                self.post_rebalance(consumer, &Rebalance::Assign(partitions));
+                result
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(partitions));
+                if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "cannot apply the new assignment");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             if self.shared.failed.load(Ordering::Relaxed) {
@@ -394,6 +442,31 @@ impl Shared {
         Ok(())
     }
 
+    /// With `resume_from_log_start`: makes each partition of `partitions` start at its beginning,
+    /// skipping records below its committed offset.
+    fn start_from_log_start(
+        &self,
+        consumer: &BaseConsumer<LoopContext>,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let committed = match consumer.committed_offsets(partitions.clone(), self.request_timeout) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::error!(%error, "cannot read committed offsets; reading assigned partitions from their start");
+                partitions.clone()
+            }
+        };
+        let mut skip_below = self.skip_below.lock().expect("skip lock");
+        for element in committed.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                if offset > 0 {
+                    skip_below.insert((element.topic().to_owned(), element.partition()), offset);
+                }
+            }
+        }
+        let _ = partitions.set_all_offsets(Offset::Beginning);
+    }
+
     /// Aborts, then seeks each partition back to the first offset the transaction read.
     fn abort_and_rewind(
         &self,
@@ -403,12 +476,16 @@ impl Shared {
         let rewind = std::mem::take(&mut txn.rewind_offsets);
         self.abort(txn)?;
         for ((topic, partition), offset) in rewind {
-            if let Err(error) = consumer.seek(
-                &topic,
-                partition,
-                Offset::Offset(offset),
-                self.request_timeout,
-            ) {
+            let target = if self.resume_from_log_start {
+                self.skip_below
+                    .lock()
+                    .expect("skip lock")
+                    .insert((topic.clone(), partition), offset);
+                Offset::Beginning
+            } else {
+                Offset::Offset(offset)
+            };
+            if let Err(error) = consumer.seek(&topic, partition, target, self.request_timeout) {
                 // Not ours any more (rebalanced away): its next owner reads from the committed offset.
                 tracing::warn!(%topic, partition, offset, %error, "cannot rewind partition");
             }
@@ -487,6 +564,8 @@ fn run<P: Processor>(
         producer,
         delivery: kafka.delivery,
         failed: std::sync::atomic::AtomicBool::new(false),
+        resume_from_log_start: kafka.resume_from_log_start,
+        skip_below: Mutex::default(),
         txn: Mutex::default(),
         pending: Mutex::default(),
         request_timeout: kafka.request_timeout,
@@ -631,6 +710,16 @@ fn step<P: Processor>(
     }
     let key = (message.topic().to_owned(), message.partition());
     let offset = message.offset();
+    if shared.resume_from_log_start {
+        let mut skip_below = shared.skip_below.lock().expect("skip lock");
+        match skip_below.get(&key) {
+            Some(first) if offset < *first => return Ok(()), // processed before: skip
+            Some(_) => {
+                skip_below.remove(&key);
+            }
+            None => {}
+        }
+    }
     processor.process(&InputRecord { message: &message }, output);
     shared.metrics.record_in();
     {
