@@ -101,18 +101,7 @@ impl Codec {
         value: &T,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        match self.format {
-            WireFormat::SingleObject => {
-                out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-                out.extend_from_slice(T::schema().rabin_fingerprint());
-            }
-            WireFormat::ConfluentRegistry => {
-                let registry = self.registry.as_ref().ok_or(CodecError::NoRegistry)?;
-                let id = registry.register(&format!("{topic}-value"), T::SCHEMA_JSON)?;
-                out.push(CONFLUENT_MAGIC);
-                out.extend_from_slice(&id.to_be_bytes());
-            }
-        }
+        self.write_header::<T>(topic, out)?;
         encode_datum(value, out)
     }
 
@@ -160,6 +149,45 @@ impl Codec {
                 format!("unknown framing: first byte 0x{byte:02x} (expected C3 01 or 00)")
             }
         }))
+    }
+
+    /// The Avro datum of a single-object `Decision` written with this build's `decision.avsc`, for
+    /// copying into records that embed it (`encode_with_decision_datum`); `None` for any other
+    /// framing or writer schema.
+    pub fn decision_datum<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        let header = bytes.get(..SINGLE_OBJECT_HEADER_LEN)?;
+        (header[..2] == SINGLE_OBJECT_MAGIC && header[2..] == crate::Decision::fingerprint())
+            .then(|| &bytes[SINGLE_OBJECT_HEADER_LEN..])
+    }
+
+    /// Like `encode` for records that embed the decision being routed, copying `decision_datum`
+    /// (from `decision_datum`) instead of re-encoding `value`'s decision. The caller guarantees the
+    /// datum is that decision. Byte-identical to `encode`.
+    pub fn encode_with_decision_datum<T: crate::splice::EmbedsDecision>(
+        &self,
+        topic: &str,
+        value: &T,
+        decision_datum: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        self.write_header::<T>(topic, out)?;
+        value.datum_with_decision(decision_datum, out)
+    }
+
+    fn write_header<T: Record>(&self, topic: &str, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match self.format {
+            WireFormat::SingleObject => {
+                out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+                out.extend_from_slice(T::schema().rabin_fingerprint());
+            }
+            WireFormat::ConfluentRegistry => {
+                let registry = self.registry.as_ref().ok_or(CodecError::NoRegistry)?;
+                let id = registry.register(&format!("{topic}-value"), T::SCHEMA_JSON)?;
+                out.push(CONFLUENT_MAGIC);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+        Ok(())
     }
 
     /// Decodes a JSON record (fields by name, defaults applied).

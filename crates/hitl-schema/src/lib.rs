@@ -3,11 +3,13 @@
 mod codec;
 mod record;
 mod registry;
+mod splice;
 pub mod types;
 
 pub use codec::{Codec, WireFormat};
 pub use record::{all_schemas, Record};
 pub use registry::RegistryClient;
+pub use splice::EmbedsDecision;
 pub use types::*;
 
 /// Why a record could not be encoded or decoded. `class()` names the error for DLQ headers and

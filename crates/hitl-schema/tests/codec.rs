@@ -381,3 +381,67 @@ proptest! {
         let _ = codec.decode::<Decision>(&framed);
     }
 }
+
+proptest! {
+    /// Copying the received decision datum gives exactly the bytes of a full encode.
+    #[test]
+    fn spliced_encoding_is_byte_identical(
+        id in "[a-z0-9-]{1,24}",
+        confidence in 0.0f64..=1.0,
+        features in proptest::collection::btree_map("[a-z]{1,8}", -1e6f64..1e6, 0..5),
+        context in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,12}", 0..5),
+        attributes in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,12}", 0..4),
+        with_outcome in any::<bool>(),
+        qa in any::<bool>(),
+    ) {
+        let codec = Codec::single_object();
+        let value = Decision { decision_id: id.clone(), confidence, features, context, ..decision() };
+        let received = codec.encode_to_vec("d", &value).unwrap();
+        let datum = codec.decision_datum(&received).expect("our own single-object decision");
+
+        let request = ReviewRequest {
+            decision: value.clone(),
+            kind: if qa { ReviewKind::QaSample } else { ReviewKind::Review },
+            pool: "general".into(),
+            required_roles: vec!["senior".into()],
+            priority_tier: "high".into(),
+            sla_deadline: 99,
+            quorum: 2,
+            policy_rule: "r".into(),
+            policy_version: "v".into(),
+            auto_status: qa.then(|| "APPROVED".to_owned()),
+            routed_at: 7,
+        };
+        let mut spliced = Vec::new();
+        codec.encode_with_decision_datum("r", &request, datum, &mut spliced).unwrap();
+        prop_assert_eq!(&spliced, &codec.encode_to_vec("r", &request).unwrap());
+
+        let mut event = LifecycleEvent::new(format!("{id}:router:routed"), id, LifecycleKind::Routed, "router", 5);
+        event.attributes = attributes;
+        event.decision = Some(value);
+        event.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        if with_outcome {
+            event.outcome = Some(Outcome {
+                decision_id: "d".into(), final_action: "a".into(), status: OutcomeStatus::Rejected,
+                decided_by: DecidedBy::Auto, reviewer_ids: vec![], policy_rule: "r".into(),
+                policy_version: "v".into(), decided_at: 1, time_to_decision_ms: 1, workflow: "w".into(), rationale: None,
+            });
+        }
+        let mut spliced = Vec::new();
+        codec.encode_with_decision_datum("l", &event, datum, &mut spliced).unwrap();
+        prop_assert_eq!(&spliced, &codec.encode_to_vec("l", &event).unwrap());
+    }
+}
+
+#[test]
+fn decision_datum_only_for_our_own_single_object_decisions() {
+    let codec = Codec::single_object();
+    assert!(codec
+        .decision_datum(&codec.encode_to_vec("d", &decision()).unwrap())
+        .is_some());
+    assert!(codec
+        .decision_datum(&codec.encode_to_vec("v", &verdict()).unwrap())
+        .is_none());
+    assert!(codec.decision_datum(b"{\"json\": true}").is_none());
+    assert!(codec.decision_datum(&[0xC3, 0x01]).is_none());
+}

@@ -7,7 +7,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use hitl_router::{core::route, policy::Policy, validate};
+use hitl_router::{core::route, policy::Policy, service::encode_routed, validate};
+use hitl_runtime::{config::Topics, telemetry::child_traceparent, OutputRecord};
 use hitl_schema::*;
 
 const POLICY: &str = include_str!("../../../config/policy.yaml");
@@ -41,25 +42,37 @@ fn decision(confidence: f64, amount: f64) -> Decision {
     }
 }
 
-/// Everything the router does to one record between Kafka's bytes in and Kafka's bytes out.
-fn route_bytes(
+/// Everything the router's shell does to one valid record between Kafka's bytes in and the output
+/// records handed to the producer: decode, validate, route (policy, QA, shadow), trace context,
+/// encode every output (copying the received decision datum where it is embedded).
+fn route_record(
     codec: &Codec,
+    topics: &Topics,
     active: &Policy,
     shadow: Option<&Policy>,
     input: &[u8],
-    out: &mut Vec<u8>,
+    out: &mut Vec<OutputRecord>,
 ) -> usize {
     let decision: Decision = codec.decode(input).unwrap();
     assert!(validate::problems(&decision).is_empty());
-    let routed = route(active, shadow, decision, 1_764_000_000_050, None);
+    let traceparent = child_traceparent(None, decision.decision_id.as_bytes());
+    let routed = route(
+        active,
+        shadow,
+        decision,
+        1_764_000_000_050,
+        Some(traceparent.clone()),
+    );
     out.clear();
-    if let Some(outcome) = &routed.outcome {
-        codec.encode("o", outcome, out).unwrap();
-    }
-    if let Some(review) = &routed.review {
-        codec.encode("r", review, out).unwrap();
-    }
-    codec.encode("l", &routed.lifecycle, out).unwrap();
+    encode_routed(
+        codec,
+        topics,
+        &routed,
+        codec.decision_datum(input),
+        &traceparent,
+        out,
+    )
+    .unwrap();
     out.len()
 }
 
@@ -69,14 +82,25 @@ fn bench(c: &mut Criterion) {
     let shadow = Policy::from_yaml(&POLICY.replace("demo-2026-11-24.1", "candidate")).unwrap();
     let auto = codec.encode_to_vec("d", &decision(0.95, 120.0)).unwrap();
     let human = codec.encode_to_vec("d", &decision(0.5, 20_000.0)).unwrap();
-    let mut out = Vec::with_capacity(2048);
+    let topics = Topics::default();
+    let mut out = Vec::with_capacity(4);
     c.bench_function("route_auto_decode_policy_encode", |b| {
-        b.iter(|| route_bytes(&codec, &active, None, std::hint::black_box(&auto), &mut out))
+        b.iter(|| {
+            route_record(
+                &codec,
+                &topics,
+                &active,
+                None,
+                std::hint::black_box(&auto),
+                &mut out,
+            )
+        })
     });
     c.bench_function("route_human_decode_policy_encode", |b| {
         b.iter(|| {
-            route_bytes(
+            route_record(
                 &codec,
+                &topics,
                 &active,
                 None,
                 std::hint::black_box(&human),
@@ -86,8 +110,9 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("route_human_with_shadow", |b| {
         b.iter(|| {
-            route_bytes(
+            route_record(
                 &codec,
+                &topics,
                 &active,
                 Some(&shadow),
                 std::hint::black_box(&human),

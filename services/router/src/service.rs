@@ -157,6 +157,54 @@ pub enum LoadError {
     Policy(PathBuf, #[source] PolicyError),
 }
 
+/// Encodes what routing one decision produced into output records (outcome or review request,
+/// then the lifecycle event), each with the `traceparent` header. `decision_datum` is the decision's
+/// Avro datum as received, when it arrived single-object encoded with this build's schema: it is
+/// copied into the records that embed the decision instead of being encoded again.
+pub fn encode_routed(
+    codec: &Codec,
+    topics: &Topics,
+    routed: &Routed,
+    decision_datum: Option<&[u8]>,
+    traceparent: &str,
+    output: &mut Vec<OutputRecord>,
+) -> Result<(), hitl_schema::CodecError> {
+    let decision_id = &routed.lifecycle.decision_id;
+    let record = |topic: &str, key: &str, payload: Vec<u8>| {
+        OutputRecord::new(topic, key.as_bytes(), payload).with_header("traceparent", traceparent)
+    };
+    if let Some(outcome) = &routed.outcome {
+        let mut payload = Vec::with_capacity(256);
+        codec.encode(&topics.outcomes, outcome, &mut payload)?;
+        output.push(record(&topics.outcomes, decision_id, payload));
+    }
+    if let Some(review) = &routed.review {
+        let mut payload = Vec::with_capacity(512);
+        match decision_datum {
+            Some(datum) => codec.encode_with_decision_datum(
+                &topics.review_requests,
+                review,
+                datum,
+                &mut payload,
+            )?,
+            None => codec.encode(&topics.review_requests, review, &mut payload)?,
+        }
+        output.push(record(&topics.review_requests, &review.pool, payload));
+    }
+    let mut payload = Vec::with_capacity(768);
+    match decision_datum {
+        Some(datum) => codec.encode_with_decision_datum(
+            &topics.lifecycle,
+            &routed.lifecycle,
+            datum,
+            &mut payload,
+        )?,
+        None => codec.encode(&topics.lifecycle, &routed.lifecycle, &mut payload)?,
+    }
+    output.push(record(&topics.lifecycle, decision_id, payload));
+    Ok(())
+}
+
 /// Why the router processor could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -336,26 +384,6 @@ impl RouterProcessor {
         )
     }
 
-    fn route_outputs(
-        &mut self,
-        routed: &Routed,
-        traceparent: &str,
-    ) -> Result<Vec<OutputRecord>, Rejection> {
-        let decision_id = routed.lifecycle.decision_id.clone();
-        let mut records = Vec::with_capacity(3);
-        if let Some(outcome) = &routed.outcome {
-            let topic = self.topics.outcomes.clone();
-            records.push(self.encode(&topic, &decision_id, outcome, traceparent)?);
-        }
-        if let Some(review) = &routed.review {
-            let topic = self.topics.review_requests.clone();
-            records.push(self.encode(&topic, &review.pool, review, traceparent)?);
-        }
-        let topic = self.topics.lifecycle.clone();
-        records.push(self.encode(&topic, &decision_id, &routed.lifecycle, traceparent)?);
-        Ok(records)
-    }
-
     fn dead_letter(
         &mut self,
         input: &InputRecord<'_>,
@@ -440,9 +468,27 @@ impl Processor for RouterProcessor {
             Some(traceparent.clone()),
         );
         self.metrics.evaluated(started.elapsed(), age);
-        match self.route_outputs(&routed, &traceparent) {
-            Ok(records) => output.extend(records),
-            Err(rejection) => return self.dead_letter(input, rejection, output),
+        // JSON never starts with the single-object magic, so this is None for JSON input.
+        let decision_datum = input
+            .payload()
+            .and_then(|payload| self.codec.decision_datum(payload));
+        let produced = output.len();
+        if let Err(error) = encode_routed(
+            &self.codec,
+            &self.topics,
+            &routed,
+            decision_datum,
+            &traceparent,
+            output,
+        ) {
+            output.truncate(produced);
+            let rejection = Rejection {
+                stage: Stage::Route,
+                class: format!("encode.{}", error.class()),
+                message: error.to_string(),
+                decision_id: Some(routed.lifecycle.decision_id.clone()),
+            };
+            return self.dead_letter(input, rejection, output);
         }
         self.metrics.routed(routed.route, &workflow);
         if routed
