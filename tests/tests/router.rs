@@ -156,7 +156,7 @@ fn routes_auto_approve_auto_reject_and_human() {
     );
     let request: ReviewRequest = decode(&requests).remove(0);
     assert_eq!(
-        request.decision,
+        *request.decision,
         decision("hum", 0.3).with_created_at(request.decision.created_at)
     );
     assert_eq!(

@@ -76,7 +76,7 @@ fn codec(c: &mut Criterion) {
         })
     });
     let mut event = LifecycleEvent::new("e", "d", LifecycleKind::Routed, "router", 1);
-    event.decision = Some(decision());
+    event.decision = Some(std::sync::Arc::new(decision()));
     c.bench_function("encode_lifecycle_with_decision", |b| {
         b.iter(|| {
             buffer.clear();

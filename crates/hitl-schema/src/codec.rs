@@ -174,6 +174,31 @@ impl Codec {
         value.datum_with_decision(decision_datum, out)
     }
 
+    /// Like `encode_with_decision_datum` for a lifecycle event that also embeds an outcome already
+    /// encoded: `outcome_datum` is copied as the event's `outcome` (see `datum`).
+    pub fn encode_lifecycle_with_data(
+        &self,
+        topic: &str,
+        event: &crate::LifecycleEvent,
+        decision_datum: &[u8],
+        outcome_datum: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        self.write_header::<crate::LifecycleEvent>(topic, out)?;
+        crate::splice::lifecycle_datum(event, decision_datum, outcome_datum, out)
+    }
+
+    /// The Avro datum of a record this codec framed (its header removed).
+    pub fn datum<'a>(&self, framed: &'a [u8]) -> &'a [u8] {
+        if framed.starts_with(&SINGLE_OBJECT_MAGIC) {
+            framed.get(SINGLE_OBJECT_HEADER_LEN..).unwrap_or_default()
+        } else if framed.first() == Some(&CONFLUENT_MAGIC) {
+            framed.get(CONFLUENT_HEADER_LEN..).unwrap_or_default()
+        } else {
+            framed
+        }
+    }
+
     fn write_header<T: Record>(&self, topic: &str, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match self.format {
             WireFormat::SingleObject => {

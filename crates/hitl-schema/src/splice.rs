@@ -83,8 +83,7 @@ struct LifecycleHead<'a> {
 }
 
 #[derive(Serialize)]
-struct LifecycleTail<'a> {
-    outcome: &'a Option<Outcome>,
+struct LifecycleRest<'a> {
     traceparent: &'a Option<String>,
 }
 
@@ -117,22 +116,31 @@ pub(crate) fn review_request_datum(
     )
 }
 
-/// Appends the datum of `event` with `decision_datum` as its (present) `decision` field.
+/// Appends the datum of `event`, copying `decision_datum` as its (present) `decision` and, when
+/// given, `outcome_datum` as its (present) `outcome`.
 pub(crate) fn lifecycle_datum(
     event: &LifecycleEvent,
     decision_datum: &[u8],
+    outcome_datum: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
-    if event.decision.is_none() {
+    if event.decision.is_none() || (outcome_datum.is_some() && event.outcome.is_none()) {
         return encode_part(event, LifecycleEvent::schema(), out);
     }
-    static PARTS: OnceLock<(Schema, Schema)> = OnceLock::new();
+    static PARTS: OnceLock<(Schema, Schema, Schema)> = OnceLock::new();
     let json = LifecycleEvent::SCHEMA_JSON;
-    let (head, tail) = PARTS.get_or_init(|| {
-        let at = field_index(json, "decision");
+    let (head, outcome_field, rest) = PARTS.get_or_init(|| {
+        let decision_at = field_index(json, "decision");
+        let outcome_at = field_index(json, "outcome");
+        assert_eq!(
+            outcome_at,
+            decision_at + 1,
+            "lifecycle_event.avsc: outcome follows decision"
+        );
         (
-            sub_schema(json, "Head", 0..at),
-            sub_schema(json, "Tail", at + 1..field_count(json)),
+            sub_schema(json, "Head", 0..decision_at),
+            sub_schema(json, "OutcomePart", outcome_at..outcome_at + 1),
+            sub_schema(json, "Rest", outcome_at + 1..field_count(json)),
         )
     });
     encode_part(
@@ -153,17 +161,38 @@ pub(crate) fn lifecycle_datum(
         head,
         out,
     )?;
-    out.push(0x02); // union branch 1 (the Decision), zig-zag encoded
+    out.push(UNION_SECOND_BRANCH);
     out.extend_from_slice(decision_datum);
+    match outcome_datum {
+        Some(datum) => {
+            out.push(UNION_SECOND_BRANCH);
+            out.extend_from_slice(datum);
+        }
+        None => {
+            #[derive(Serialize)]
+            struct OutcomePart<'a> {
+                outcome: &'a Option<Outcome>,
+            }
+            encode_part(
+                &OutcomePart {
+                    outcome: &event.outcome,
+                },
+                outcome_field,
+                out,
+            )?;
+        }
+    }
     encode_part(
-        &LifecycleTail {
-            outcome: &event.outcome,
+        &LifecycleRest {
             traceparent: &event.traceparent,
         },
-        tail,
+        rest,
         out,
     )
 }
+
+/// Branch 1 of a `["null", T]` union, zig-zag encoded.
+const UNION_SECOND_BRANCH: u8 = 0x02;
 
 /// Records with a `Decision` field that `Codec::encode_with_decision_datum` can fill from the
 /// received datum.
@@ -192,6 +221,6 @@ impl EmbedsDecision for LifecycleEvent {
         decision_datum: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        lifecycle_datum(self, decision_datum, out)
+        lifecycle_datum(self, decision_datum, None, out)
     }
 }

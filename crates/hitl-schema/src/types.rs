@@ -2,7 +2,7 @@
 //! gives a default also has `#[serde(default)]`, so records written by an older or newer writer
 //! still decode (schema evolution by field name).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +51,8 @@ pub enum ReviewKind {
 /// A decision sent to people (`hitl.review-requests`, keyed by pool).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReviewRequest {
-    pub decision: Decision,
+    /// Shared with the lifecycle event of the same routing (a reference-count bump, not a copy).
+    pub decision: Arc<Decision>,
     pub kind: ReviewKind,
     pub pool: String,
     #[serde(default)]
@@ -261,7 +262,7 @@ pub struct LifecycleEvent {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
     #[serde(default)]
-    pub decision: Option<Decision>,
+    pub decision: Option<Arc<Decision>>,
     #[serde(default)]
     pub outcome: Option<Outcome>,
     #[serde(default)]

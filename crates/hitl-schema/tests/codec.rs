@@ -105,7 +105,7 @@ fn every_record_type_round_trips() {
     round_trip(&verdict());
     round_trip(&outcome);
     round_trip(&ReviewRequest {
-        decision: decision(),
+        decision: std::sync::Arc::new(decision()),
         kind: ReviewKind::QaSample,
         pool: "fraud".into(),
         required_roles: vec!["senior".into()],
@@ -158,7 +158,7 @@ fn every_record_type_round_trips() {
         policy_version: None,
         reason: None,
         attributes: BTreeMap::from([("route".into(), "human".into())]),
-        decision: Some(decision()),
+        decision: Some(std::sync::Arc::new(decision())),
         outcome: Some(outcome.clone()),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
     });
@@ -400,7 +400,7 @@ proptest! {
         let datum = codec.decision_datum(&received).expect("our own single-object decision");
 
         let request = ReviewRequest {
-            decision: value.clone(),
+            decision: std::sync::Arc::new(value.clone()),
             kind: if qa { ReviewKind::QaSample } else { ReviewKind::Review },
             pool: "general".into(),
             required_roles: vec!["senior".into()],
@@ -418,7 +418,7 @@ proptest! {
 
         let mut event = LifecycleEvent::new(format!("{id}:router:routed"), id, LifecycleKind::Routed, "router", 5);
         event.attributes = attributes;
-        event.decision = Some(value);
+        event.decision = Some(std::sync::Arc::new(value));
         event.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         if with_outcome {
             event.outcome = Some(Outcome {
@@ -429,7 +429,16 @@ proptest! {
         }
         let mut spliced = Vec::new();
         codec.encode_with_decision_datum("l", &event, datum, &mut spliced).unwrap();
-        prop_assert_eq!(&spliced, &codec.encode_to_vec("l", &event).unwrap());
+        let full = codec.encode_to_vec("l", &event).unwrap();
+        prop_assert_eq!(&spliced, &full);
+        if let Some(outcome) = &event.outcome {
+            let framed_outcome = codec.encode_to_vec("o", outcome).unwrap();
+            let mut with_outcome = Vec::new();
+            codec
+                .encode_lifecycle_with_data("l", &event, datum, Some(codec.datum(&framed_outcome)), &mut with_outcome)
+                .unwrap();
+            prop_assert_eq!(&with_outcome, &full);
+        }
     }
 }
 

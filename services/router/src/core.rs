@@ -1,6 +1,6 @@
 //! Routes one valid decision: pure, deterministic, time as a parameter.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use hitl_schema::{
     DecidedBy, Decision, LifecycleEvent, LifecycleKind, Outcome, OutcomeStatus, ReviewKind,
@@ -35,6 +35,7 @@ pub fn route(
     now_millis: i64,
     traceparent: Option<String>,
 ) -> Routed {
+    let decision = Arc::new(decision);
     let evaluation = active.evaluate(&decision);
     let route = route_name(evaluation.action);
     let mut attributes = BTreeMap::from([("route".to_owned(), route.to_owned())]);
@@ -98,7 +99,7 @@ pub fn route(
     }
 
     let lifecycle = LifecycleEvent {
-        event_id: format!("{}:router:routed", decision.decision_id),
+        event_id: [decision.decision_id.as_str(), ":router:routed"].concat(),
         decision_id: decision.decision_id.clone(),
         kind: LifecycleKind::Routed,
         service: SERVICE.to_owned(),
@@ -156,7 +157,7 @@ fn auto_outcome(
 fn review_request(
     policy: &Policy,
     evaluation: &Evaluation<'_>,
-    decision: &Decision,
+    decision: &Arc<Decision>,
     review: &Review,
     kind: ReviewKind,
     auto_status: Option<OutcomeStatus>,
@@ -170,7 +171,7 @@ fn review_request(
     };
     let sla_ms = decision.sla_ms.unwrap_or(review.sla.as_millis() as i64);
     ReviewRequest {
-        decision: decision.clone(),
+        decision: Arc::clone(decision),
         kind,
         pool: review.pool.clone(),
         required_roles: review.roles.clone(),

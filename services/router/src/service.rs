@@ -173,10 +173,11 @@ pub fn encode_routed(
     let record = |topic: &str, key: &str, payload: Vec<u8>| {
         OutputRecord::new(topic, key.as_bytes(), payload).with_header("traceparent", traceparent)
     };
+    let mut outcome_payload = None;
     if let Some(outcome) = &routed.outcome {
         let mut payload = Vec::with_capacity(256);
         codec.encode(&topics.outcomes, outcome, &mut payload)?;
-        output.push(record(&topics.outcomes, decision_id, payload));
+        outcome_payload = Some(payload);
     }
     if let Some(review) = &routed.review {
         let mut payload = Vec::with_capacity(512);
@@ -193,13 +194,20 @@ pub fn encode_routed(
     }
     let mut payload = Vec::with_capacity(768);
     match decision_datum {
-        Some(datum) => codec.encode_with_decision_datum(
-            &topics.lifecycle,
-            &routed.lifecycle,
-            datum,
-            &mut payload,
-        )?,
+        Some(datum) => {
+            let outcome_datum = outcome_payload.as_deref().map(|framed| codec.datum(framed));
+            codec.encode_lifecycle_with_data(
+                &topics.lifecycle,
+                &routed.lifecycle,
+                datum,
+                outcome_datum,
+                &mut payload,
+            )?
+        }
         None => codec.encode(&topics.lifecycle, &routed.lifecycle, &mut payload)?,
+    }
+    if let Some(outcome_payload) = outcome_payload {
+        output.push(record(&topics.outcomes, decision_id, outcome_payload));
     }
     output.push(record(&topics.lifecycle, decision_id, payload));
     Ok(())
