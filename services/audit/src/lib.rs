@@ -1,1 +1,1 @@
-
+//! The audit service: not built yet (issue #4).
