@@ -598,6 +598,15 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
     assert_eq!(outcome_ids.len() + review_ids.len(), total);
 }
 
+/// Runs the router binary on `config` to completion (for configs it must refuse).
+fn router_with_config(config: &Path) -> std::process::Output {
+    std::process::Command::new(binary("hitl-router"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_bad_config_refuses_to_start_and_names_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -607,11 +616,7 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
         "[kafka]\nbootstrap_servers = \"nohost\"\ncommit_interval = \"0s\"\n[service]\npolicy_path = \"/nope.yaml\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(binary("hitl-router"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = router_with_config(&config);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for field in [
@@ -622,11 +627,7 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
     }
     std::fs::write(&config, "[kafka]\nbootstrap_server = \"x:1\"\n").unwrap();
-    let output = std::process::Command::new(binary("hitl-router"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = router_with_config(&config);
     assert_eq!(output.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("bootstrap_server"),
@@ -640,11 +641,7 @@ fn a_bad_policy_at_start_refuses_to_start() {
     let policy = run.write_policy("policy.yaml", "version: x\ndefault: maybe\n");
     let config = run.dir.path().join("router.toml");
     std::fs::write(&config, run.config(&policy, "")).unwrap();
-    let output = std::process::Command::new(binary("hitl-router"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = router_with_config(&config);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown action `maybe`"));
 }

@@ -55,9 +55,9 @@ fn apply_overrides(config: &mut ClientConfig, settings: &KafkaSettings) {
     }
 }
 
-/// A consumer for a transactional loop: manual offsets (they travel in the transaction),
+/// The consumer of a service loop: manual offsets (committed with the outputs),
 /// `read_committed`, the configured session timeout and assignor.
-pub fn transactional_consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+pub fn loop_consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
     let mut config = client_config(settings);
     config
         .set("group.id", group_id)

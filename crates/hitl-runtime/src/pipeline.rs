@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Delivery, KafkaSettings},
     health::Health,
-    kafka::{loop_producer_config, transactional_consumer_config},
+    kafka::{loop_consumer_config, loop_producer_config},
     metrics::LoopMetrics,
 };
 
@@ -571,12 +571,11 @@ fn run<P: Processor>(
         request_timeout: kafka.request_timeout,
         metrics,
     });
-    let consumer: BaseConsumer<LoopContext> =
-        transactional_consumer_config(kafka, &settings.group_id)
-            .create_with_context(LoopContext {
-                shared: shared.clone(),
-            })
-            .map_err(LoopError::Client)?;
+    let consumer: BaseConsumer<LoopContext> = loop_consumer_config(kafka, &settings.group_id)
+        .create_with_context(LoopContext {
+            shared: shared.clone(),
+        })
+        .map_err(LoopError::Client)?;
 
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
