@@ -84,42 +84,25 @@ fn bench(c: &mut Criterion) {
     let human = codec.encode_to_vec("d", &decision(0.5, 20_000.0)).unwrap();
     let topics = Topics::default();
     let mut out = Vec::with_capacity(4);
-    c.bench_function("route_auto_decode_policy_encode", |b| {
-        b.iter(|| {
-            route_record(
-                &codec,
-                &topics,
-                &active,
-                None,
-                std::hint::black_box(&auto),
-                &mut out,
-            )
-        })
-    });
-    c.bench_function("route_human_decode_policy_encode", |b| {
-        b.iter(|| {
-            route_record(
-                &codec,
-                &topics,
-                &active,
-                None,
-                std::hint::black_box(&human),
-                &mut out,
-            )
-        })
-    });
-    c.bench_function("route_human_with_shadow", |b| {
-        b.iter(|| {
-            route_record(
-                &codec,
-                &topics,
-                &active,
-                Some(&shadow),
-                std::hint::black_box(&human),
-                &mut out,
-            )
-        })
-    });
+    let cases = [
+        ("route_auto_decode_policy_encode", &auto, None),
+        ("route_human_decode_policy_encode", &human, None),
+        ("route_human_with_shadow", &human, Some(&shadow)),
+    ];
+    for (name, input, shadow) in cases {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                route_record(
+                    &codec,
+                    &topics,
+                    &active,
+                    shadow,
+                    std::hint::black_box(input),
+                    &mut out,
+                )
+            })
+        });
+    }
     let one = decision(0.95, 120.0);
     c.bench_function("policy_evaluate_only", |b| {
         b.iter(|| active.evaluate(std::hint::black_box(&one)).rule)

@@ -13,7 +13,7 @@ use std::{
 use hitl_runtime::{
     config::Topics, telemetry::child_traceparent, InputRecord, OutputRecord, Processor, Validate,
 };
-use hitl_schema::{Codec, Decision, LifecycleEvent, LifecycleKind, Record};
+use hitl_schema::{Codec, Decision, LifecycleEvent, LifecycleKind};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -259,7 +259,6 @@ pub struct RouterProcessor {
     reload_requested: Arc<AtomicBool>,
     check_interval: Duration,
     last_check: Instant,
-    encode_buffer: Vec<u8>,
 }
 
 impl RouterProcessor {
@@ -310,7 +309,6 @@ impl RouterProcessor {
             reload_requested,
             check_interval: settings.policy_check_interval,
             last_check: Instant::now(),
-            encode_buffer: Vec::with_capacity(1024),
         })
     }
 
@@ -370,28 +368,6 @@ impl RouterProcessor {
         decoded.map_err(|error| reject(format!("decode.{}", error.class()), error.to_string()))
     }
 
-    fn encode<T: Record>(
-        &mut self,
-        topic: &str,
-        key: &str,
-        value: &T,
-        traceparent: &str,
-    ) -> Result<OutputRecord, Rejection> {
-        self.encode_buffer.clear();
-        self.codec
-            .encode(topic, value, &mut self.encode_buffer)
-            .map_err(|error| Rejection {
-                stage: Stage::Route,
-                class: format!("encode.{}", error.class()),
-                message: error.to_string(),
-                decision_id: None,
-            })?;
-        Ok(
-            OutputRecord::new(topic, key.as_bytes(), self.encode_buffer.clone())
-                .with_header("traceparent", traceparent),
-        )
-    }
-
     fn dead_letter(
         &mut self,
         input: &InputRecord<'_>,
@@ -432,9 +408,14 @@ impl RouterProcessor {
             .with_reason(format!("{}: {}", rejection.class, rejection.message));
             let traceparent =
                 child_traceparent(input.header("traceparent"), decision_id.as_bytes());
-            let topic = self.topics.lifecycle.clone();
-            if let Ok(record) = self.encode(&topic, &decision_id, &event, &traceparent) {
-                output.push(record);
+            match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
+                Ok(payload) => output.push(
+                    OutputRecord::new(&self.topics.lifecycle, decision_id.as_bytes(), payload)
+                        .with_header("traceparent", traceparent),
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode the dead-letter lifecycle event")
+                }
             }
         }
     }
