@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("pop_then_requeue", |b| {
         b.iter(|| {
             let (id, key) = full.pop_first(|_| true).unwrap();
-            full.requeue(&id, key);
+            full.requeue(id, key);
         })
     });
     group.bench_function("pop_1000_of_1m", |b| {

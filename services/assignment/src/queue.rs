@@ -1,7 +1,11 @@
 //! Pending items of one pool, ordered by priority with SLA decay. Pure: no clock, no I/O.
 //! See `README.md` beside this file for the formula and the guarantees.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Bound,
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +91,7 @@ pub struct Pending {
 }
 
 /// The ordering key: virtual deadline (ms), then arrival sequence. Smaller goes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Key {
     pub virtual_deadline: i64,
     pub sequence: u64,
@@ -97,8 +101,8 @@ pub struct Key {
 #[derive(Debug, Default)]
 pub struct Queue {
     params: DecayParams,
-    order: BTreeMap<Key, String>,
-    keys: HashMap<String, Key>,
+    order: BTreeMap<Key, Arc<str>>,
+    keys: HashMap<Arc<str>, Key>,
     next_sequence: u64,
 }
 
@@ -137,20 +141,28 @@ impl Queue {
 
     /// Adds an item (idempotent by id: a known id keeps its place). Returns its key.
     pub fn push(&mut self, item: &Pending) -> Key {
-        if let Some(key) = self.keys.get(&item.id) {
+        self.push_shared(Arc::from(item.id.as_str()), item)
+    }
+
+    /// `push` with the id already shared (the caller keeps another reference to it).
+    pub fn push_shared(&mut self, id: Arc<str>, item: &Pending) -> Key {
+        if let Some(key) = self.keys.get(&id) {
             return *key;
         }
         let key = self.key_for(item, self.next_sequence);
         self.next_sequence += 1;
-        self.order.insert(key, item.id.clone());
-        self.keys.insert(item.id.clone(), key);
+        self.order.insert(key, id.clone());
+        self.keys.insert(id, key);
         key
     }
 
-    /// Puts an item back with the key it had (a revoked or deferred item keeps its priority).
-    pub fn requeue(&mut self, id: &str, key: Key) {
-        if self.keys.insert(id.to_owned(), key).is_none() {
-            self.order.insert(key, id.to_owned());
+    /// Puts an item back with the key it had (a revoked or deferred item keeps its priority; a
+    /// restored item keeps the place it had before the restart).
+    pub fn requeue(&mut self, id: Arc<str>, key: Key) {
+        self.next_sequence = self.next_sequence.max(key.sequence + 1);
+        if !self.keys.contains_key(&id) {
+            self.keys.insert(id.clone(), key);
+            self.order.insert(key, id);
         }
     }
 
@@ -161,7 +173,7 @@ impl Queue {
     }
 
     /// The most urgent item for which `eligible` holds, removed from the queue.
-    pub fn pop_first(&mut self, mut eligible: impl FnMut(&str) -> bool) -> Option<(String, Key)> {
+    pub fn pop_first(&mut self, mut eligible: impl FnMut(&str) -> bool) -> Option<(Arc<str>, Key)> {
         let (key, id) = self
             .order
             .iter()
@@ -173,8 +185,18 @@ impl Queue {
     }
 
     /// Items in the order they would be served.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, &String)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Arc<str>)> {
         self.order.iter()
+    }
+
+    /// Items from `start` on (inclusive), in the order they would be served.
+    pub fn iter_from(&self, start: Key) -> impl Iterator<Item = (&Key, &Arc<str>)> {
+        self.order.range((Bound::Included(start), Bound::Unbounded))
+    }
+
+    /// The key of an item in the queue.
+    pub fn key_of(&self, id: &str) -> Option<Key> {
+        self.keys.get(id).copied()
     }
 
     /// Effective priority at `now`: seconds past the virtual deadline (negative before it). Rises

@@ -56,7 +56,7 @@ fn arbitrary_params() -> impl Strategy<Value = DecayParams> {
 }
 
 fn drain(queue: &mut Queue) -> Vec<String> {
-    std::iter::from_fn(|| queue.pop_first(|_| true).map(|(id, _)| id)).collect()
+    std::iter::from_fn(|| queue.pop_first(|_| true).map(|(id, _)| id.to_string())).collect()
 }
 
 proptest! {
@@ -89,7 +89,7 @@ proptest! {
         let mut queue = Queue::new(params);
         queue.push(&early);
         queue.push(&late);
-        prop_assert_eq!(queue.pop_first(|_| true).unwrap().0, "early");
+        prop_assert_eq!(&*queue.pop_first(|_| true).unwrap().0, "early");
     }
 
     /// At equal age and SLA, a higher base priority (tier, risk, amount) goes first.
@@ -103,11 +103,11 @@ proptest! {
         let mut queue = Queue::new(DecayParams::default());
         queue.push(&item("low", at, sla, low_tier, None, None));
         queue.push(&item("high", at, sla, high_tier, None, None));
-        prop_assert_eq!(queue.pop_first(|_| true).unwrap().0, "high");
+        prop_assert_eq!(&*queue.pop_first(|_| true).unwrap().0, "high");
         let mut queue = Queue::new(DecayParams::default());
         queue.push(&item("safe", at, sla, 1, Some(0.1), None));
         queue.push(&item("risky", at, sla, 1, Some(0.9), None));
-        prop_assert_eq!(queue.pop_first(|_| true).unwrap().0, "risky");
+        prop_assert_eq!(&*queue.pop_first(|_| true).unwrap().0, "risky");
     }
 
     /// Among breached items of the same priority, the most overdue goes first, whatever the
@@ -130,7 +130,7 @@ proptest! {
             queue.push(&older);
             queue.push(&newer);
         }
-        prop_assert_eq!(queue.pop_first(|_| true).unwrap().0, "older");
+        prop_assert_eq!(&*queue.pop_first(|_| true).unwrap().0, "older");
     }
 
     /// Equal attributes: first come, first served.
@@ -156,12 +156,12 @@ proptest! {
             queue.push(item);
         }
         // Pushing a known id again changes nothing.
-        let first_key = *queue.iter().find(|(_, id)| **id == items[0].id).unwrap().0;
+        let first_key = *queue.iter().find(|(_, id)| ***id == *items[0].id).unwrap().0;
         prop_assert_eq!(queue.push(&items[0]), first_key);
         prop_assert_eq!(queue.len(), items.len());
         let chosen = &items[pick.index(items.len())];
         let key = queue.remove(&chosen.id).unwrap();
-        queue.requeue(&chosen.id, key);
+        queue.requeue(chosen.id.as_str().into(), key);
         prop_assert_eq!(drain(&mut queue), drain(&mut reference));
     }
 
@@ -174,12 +174,12 @@ proptest! {
         for item in &items {
             queue.push(item);
         }
-        let order: Vec<String> = queue.iter().map(|(_, id)| id.clone()).collect();
+        let order: Vec<String> = queue.iter().map(|(_, id)| id.to_string()).collect();
         let eligible = |id: &str| id.trim_start_matches('i').parse::<usize>().unwrap() % 3 == 0;
         if let Some((id, _)) = queue.pop_first(eligible) {
             let expected = order.iter().find(|id| eligible(id)).unwrap();
-            prop_assert_eq!(&id, expected);
-            let rest: Vec<String> = order.iter().filter(|other| **other != id).cloned().collect();
+            prop_assert_eq!(&*id, expected.as_str());
+            let rest: Vec<String> = order.iter().filter(|other| other.as_str() != &*id).cloned().collect();
             prop_assert_eq!(drain(&mut queue), rest);
         } else {
             prop_assert!(order.iter().all(|id| !eligible(id)));
