@@ -4,10 +4,10 @@
 //!
 //! Each call appends `Effect`s: records for the shell to produce (assignment events, outcomes,
 //! lifecycle events, changelog entries) and observations for metrics. See `README.md` beside this
-//! file for the guarantees.
+//! file for the guarantees and the data layout.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -16,11 +16,13 @@ use std::{
 };
 
 use governor::{clock::Clock, nanos::Nanos, state::keyed::HashMapStateStore, Quota, RateLimiter};
+use hashbrown::HashTable;
 use hitl_schema::{
     AssignmentEvent, AssignmentKind, DecidedBy, LifecycleEvent, LifecycleKind, Outcome,
     OutcomeStatus, Presence, ReviewKind, ReviewRequest, ReviewerStatus, Verdict, VerdictKind,
 };
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3Builder};
 
 use crate::{
     pools::{BreachPolicy, CoreConfig, PoolPolicy},
@@ -30,6 +32,7 @@ use crate::{
 pub const SERVICE: &str = "assignment";
 /// What a reviewer without a PII role sees instead of a sensitive context value.
 pub const MASK: &str = "***";
+const NO_TIMER: i64 = i64::MAX;
 
 /// One reviewer's hold on an item: `id` is the lease token verdicts must carry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +64,7 @@ pub struct Vote {
 
 /// What happened to an item since it was queued. Absent (no allocation) while it just waits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Progress {
     pub leases: Vec<Lease>,
     pub closed: Vec<ClosedLease>,
@@ -90,77 +94,117 @@ static NO_PROGRESS: Progress = Progress {
     first_assigned_at: None,
 };
 
-/// One undecided review item: what reviewers are shown, what the outcome needs, and its progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Item {
-    pub decision_id: Arc<str>,
-    pub pool: Arc<str>,
-    pub qa_sample: bool,
-    pub workflow: Arc<str>,
-    pub subject: Box<str>,
-    pub action: Arc<str>,
-    pub confidence: f64,
-    pub producer: Arc<str>,
-    pub created_at: i64,
-    pub context: Box<[(Box<str>, Box<str>)]>,
-    pub sensitive: Box<[Box<str>]>,
-    pub required_roles: Box<[Box<str>]>,
-    pub quorum: u8,
-    pub policy_rule: Arc<str>,
-    pub policy_version: Arc<str>,
-    pub tier: u8,
-    pub enqueued_at: i64,
-    pub sla_deadline: i64,
-    /// Its place in the pool's queue, kept for ever (requeued items keep their priority).
-    pub key: Key,
-    /// Escalation level: 0 = the request's roles; n = plus the roles of the pool's tier n.
-    pub level: u8,
-    /// The sequence number of its last lifecycle event from this service.
-    pub sequence: i64,
-    pub progress: Option<Box<Progress>>,
-    /// When its timer fires (derived, not stored).
-    #[serde(skip)]
-    due: Option<i64>,
+/// An interned string (pool, workflow, action, producer, policy rule and version): four bytes per
+/// item instead of a pointer and a length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Sym(u32);
+
+#[derive(Default)]
+struct Symbols {
+    names: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, Sym>,
+}
+
+impl Symbols {
+    fn intern(&mut self, name: &str) -> Sym {
+        if let Some(sym) = self.ids.get(name) {
+            return *sym;
+        }
+        let sym = Sym(self.names.len() as u32);
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(name.clone());
+        self.ids.insert(name, sym);
+        sym
+    }
+    fn get(&self, name: &str) -> Option<Sym> {
+        self.ids.get(name).copied()
+    }
+    fn name(&self, sym: Sym) -> &Arc<str> {
+        &self.names[sym.0 as usize]
+    }
+}
+
+/// One undecided review item as held in memory (compact; see `ItemRecord` for its stored form).
+#[derive(Debug, Clone)]
+struct Item {
+    decision_id: Box<str>,
+    subject: Box<str>,
+    context: Box<[(Box<str>, Box<str>)]>,
+    sensitive: Box<[Box<str>]>,
+    required_roles: Box<[Box<str>]>,
+    progress: Option<Box<Progress>>,
+    confidence: f64,
+    created_at: i64,
+    enqueued_at: i64,
+    sla_deadline: i64,
+    key: Key,
+    /// When its timer fires (`NO_TIMER`: never). Derived, not stored.
+    due: i64,
+    pool: Sym,
+    workflow: Sym,
+    action: Sym,
+    producer: Sym,
+    policy_rule: Sym,
+    policy_version: Sym,
+    sequence: u32,
+    tier: u8,
+    quorum: u8,
+    level: u8,
+    qa_sample: bool,
 }
 
 impl Item {
-    pub fn progress(&self) -> &Progress {
+    fn progress(&self) -> &Progress {
         self.progress.as_deref().unwrap_or(&NO_PROGRESS)
     }
     fn progress_mut(&mut self) -> &mut Progress {
         self.progress.get_or_insert_with(Box::default)
     }
     /// How many more reviewers it needs (active leases count as pending votes).
-    pub fn wanted(&self) -> usize {
+    fn wanted(&self) -> usize {
         let progress = self.progress();
         usize::from(self.quorum.max(1)).saturating_sub(progress.votes.len() + progress.leases.len())
     }
-    fn next_event(&mut self, kind: LifecycleKind, now: i64) -> LifecycleEvent {
-        self.sequence += 1;
-        let mut event = LifecycleEvent::new(
-            format!("{}:assignment:{}", self.decision_id, self.sequence),
-            &*self.decision_id,
-            kind,
-            SERVICE,
-            now,
-        );
-        event.sequence = self.sequence;
-        event.policy_rule = Some(self.policy_rule.to_string());
-        event.policy_version = Some(self.policy_version.to_string());
-        event
-            .attributes
-            .insert("pool".into(), self.pool.to_string());
-        event
-    }
+}
+
+/// An item as the changelog stores it (`hitl.assignment.state`), and as tests inspect it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    pub decision_id: String,
+    pub pool: String,
+    pub qa_sample: bool,
+    pub workflow: String,
+    pub subject: String,
+    pub action: String,
+    pub confidence: f64,
+    pub producer: String,
+    pub created_at: i64,
+    pub context: Vec<(String, String)>,
+    pub sensitive: Vec<String>,
+    pub required_roles: Vec<String>,
+    pub quorum: u8,
+    pub policy_rule: String,
+    pub policy_version: String,
+    pub tier: u8,
+    pub enqueued_at: i64,
+    pub sla_deadline: i64,
+    /// Its place in the pool's queue, kept for ever (requeued items keep their priority).
+    pub key: Key,
+    /// Escalation level: 0 = the request's roles; n = plus the roles of the pool's tiers 1..=n.
+    pub level: u8,
+    /// The sequence number of its last lifecycle event from this service.
+    pub sequence: u32,
+    #[serde(default)]
+    pub progress: Progress,
 }
 
 /// A changelog entry (`hitl.assignment.state`, keyed by decision_id): the item, or the fact that it
 /// was decided (remembered for `done_retention`, then deleted by a tombstone).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-#[allow(clippy::large_enum_variant)] // always boxed where it travels (`Effect::State`)
+#[allow(clippy::large_enum_variant)] // decoded one at a time, on restore
 pub enum StateRecord {
-    Active(Item),
+    Active(ItemRecord),
     Done { pool: String, decided_at: i64 },
 }
 
@@ -171,6 +215,52 @@ impl StateRecord {
             Self::Done { pool, .. } => pool,
         }
     }
+}
+
+/// What happened to a changelog entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange {
+    /// The item changed: its current state is the entry.
+    Active,
+    /// The item was decided (or a QA sample labeled or expired) at `decided_at`.
+    Done { decided_at: i64 },
+    /// Forgotten after `done_retention`: a tombstone.
+    Deleted,
+}
+
+/// `StateRecord` borrowed from the core, serialized without copying the item.
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // lives on the stack for one serialization
+enum StateView<'a> {
+    Active(ItemView<'a>),
+    Done { pool: &'a str, decided_at: i64 },
+}
+
+#[derive(Serialize)]
+struct ItemView<'a> {
+    decision_id: &'a str,
+    pool: &'a str,
+    qa_sample: bool,
+    workflow: &'a str,
+    subject: &'a str,
+    action: &'a str,
+    confidence: f64,
+    producer: &'a str,
+    created_at: i64,
+    context: &'a [(Box<str>, Box<str>)],
+    sensitive: &'a [Box<str>],
+    required_roles: &'a [Box<str>],
+    quorum: u8,
+    policy_rule: &'a str,
+    policy_version: &'a str,
+    tier: u8,
+    enqueued_at: i64,
+    sla_deadline: i64,
+    key: Key,
+    level: u8,
+    sequence: u32,
+    progress: &'a Progress,
 }
 
 /// Why a verdict was not applied.
@@ -227,7 +317,7 @@ pub enum Observation {
         pool: Arc<str>,
     },
     DuplicateRequest,
-    /// `wait_ms` is the time since queueing, for the first assignment of an item.
+    /// `wait_ms` is the time since queueing; `first` for an item's first assignment.
     Assigned {
         pool: Arc<str>,
         first: bool,
@@ -275,11 +365,11 @@ pub enum Effect {
     },
     Outcome(Outcome),
     Lifecycle(LifecycleEvent),
-    /// A changelog entry; `None` deletes it (tombstone).
+    /// A changelog entry changed: encode it with `Core::state_payload` before the next call.
     State {
         pool: Arc<str>,
-        decision_id: Arc<str>,
-        record: Option<Box<StateRecord>>,
+        decision_id: String,
+        change: StateChange,
     },
     Observed(Observation),
 }
@@ -294,15 +384,24 @@ pub struct Reviewer {
     pub partition: Option<i32>,
     pub presence: Presence,
     pub last_assigned: i64,
+    /// Where it sits in each pool's availability set.
+    positions: BTreeMap<Sym, Position>,
 }
 
 impl Reviewer {
-    fn serves(&self, pool: &str) -> bool {
+    pub fn serves(&self, pool: &str) -> bool {
         self.pools.is_empty() || self.pools.contains(pool)
     }
     fn has_roles<'a>(&self, mut roles: impl Iterator<Item = &'a str>) -> bool {
         roles.all(|role| self.roles.contains(role))
     }
+}
+
+/// Order of preference among reviewers with free capacity: load ratio, least recently assigned, id.
+type Position = (u64, i64, Arc<str>);
+
+fn load_ratio(load: u32, capacity: u32) -> u64 {
+    (u64::from(load) << 32) / u64::from(capacity.max(1))
 }
 
 /// The time the rate limiters see: set by the core to `now` before every check.
@@ -323,6 +422,15 @@ type Limiter = RateLimiter<
     governor::middleware::NoOpMiddleware<Nanos>,
 >;
 
+/// One pool's queue: items waiting for (more) reviewers, in serving order, by slot.
+struct PoolState {
+    queue: BTreeMap<Key, u32>,
+    next_sequence: u64,
+    /// Online reviewers serving the pool with free capacity, best first.
+    available: BTreeSet<Position>,
+    limiter: Option<Limiter>,
+}
+
 /// Aggregate numbers for gauges.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PoolGauges {
@@ -335,22 +443,29 @@ pub struct PoolGauges {
 /// The state of the pools this instance owns.
 pub struct Core {
     config: CoreConfig,
+    symbols: Symbols,
     slots: Vec<Option<Item>>,
     free: Vec<u32>,
-    index: HashMap<Arc<str>, u32>,
-    queues: BTreeMap<Arc<str>, Queue>,
-    timers: BTreeSet<(i64, u32)>,
+    /// Slot by decision_id.
+    index: HashTable<u32>,
+    pools: BTreeMap<Sym, PoolState>,
+    /// Timer wheel: slots by the second their timer fires. Entries are never removed early: a
+    /// slot whose `due` no longer falls in the bucket (rescheduled, freed) is skipped when it fires.
+    timers: BTreeMap<i64, Vec<u32>>,
     /// Items with at least one active lease.
     leased: BTreeSet<u32>,
-    done: HashMap<Arc<str>, (Arc<str>, i64)>,
-    done_order: BTreeSet<(i64, Arc<str>)>,
+    /// Decided ids: pool and decision time, forgotten after `done_retention`.
+    done: HashMap<Arc<str>, (Sym, i64), Xxh3Builder>,
+    /// Decided ids in decision order (entries whose time no longer matches `done` are stale).
+    done_order: VecDeque<(i64, Arc<str>)>,
     roster: BTreeMap<Arc<str>, Reviewer>,
-    /// Active leases per reviewer and pool.
-    inflight: HashMap<Arc<str>, BTreeMap<Arc<str>, u32>>,
-    interned: HashSet<Arc<str>>,
-    limiters: HashMap<Arc<str>, Limiter>,
+    /// Active leases per reviewer and pool (also for reviewers not, or no longer, on the roster).
+    inflight: HashMap<Arc<str>, BTreeMap<Sym, u32>>,
     clock: CoreClock,
+    /// Slots changed by the current call: their changelog entry and timer are updated at its end.
     touched: Vec<u32>,
+    /// Decided ids restored since the last call, put in decision order by `finish_restore`.
+    restored_done: Vec<(i64, Arc<str>)>,
 }
 
 fn tier_number(tier: &str) -> u8 {
@@ -370,24 +485,39 @@ fn status_of(verdict: VerdictKind) -> OutcomeStatus {
     }
 }
 
+fn verdict_name(verdict: VerdictKind) -> &'static str {
+    match verdict {
+        VerdictKind::Approve => "APPROVE",
+        VerdictKind::Reject => "REJECT",
+        VerdictKind::Amend => "AMEND",
+        VerdictKind::Defer => "DEFER",
+        VerdictKind::Escalate => "ESCALATE",
+        VerdictKind::Renew => "RENEW",
+    }
+}
+
+fn hash_id(id: &str) -> u64 {
+    xxh3_64(id.as_bytes())
+}
+
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Self {
             config,
+            symbols: Symbols::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
-            queues: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            index: HashTable::new(),
+            pools: BTreeMap::new(),
+            timers: BTreeMap::new(),
             leased: BTreeSet::new(),
-            done: HashMap::new(),
-            done_order: BTreeSet::new(),
+            done: HashMap::with_hasher(Xxh3Builder::new()),
+            done_order: VecDeque::new(),
             roster: BTreeMap::new(),
             inflight: HashMap::new(),
-            interned: HashSet::new(),
-            limiters: HashMap::new(),
             clock: CoreClock::default(),
             touched: Vec::new(),
+            restored_done: Vec::new(),
         }
     }
 
@@ -404,13 +534,22 @@ impl Core {
         self.index.is_empty()
     }
 
-    pub fn item(&self, decision_id: &str) -> Option<&Item> {
-        let slot = *self.index.get(decision_id)?;
-        self.slots[slot as usize].as_ref()
+    /// An undecided item, in its stored form.
+    pub fn record(&self, decision_id: &str) -> Option<ItemRecord> {
+        let slot = self.slot_of(decision_id)?;
+        Some(self.to_record(self.item_ref(slot)))
     }
 
-    pub fn items(&self) -> impl Iterator<Item = &Item> {
-        self.slots.iter().flatten()
+    /// Every undecided item, in its stored form, ordered by decision_id.
+    pub fn records(&self) -> Vec<ItemRecord> {
+        let mut records: Vec<ItemRecord> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|item| self.to_record(item))
+            .collect();
+        records.sort_by(|a, b| a.decision_id.cmp(&b.decision_id));
+        records
     }
 
     pub fn is_decided(&self, decision_id: &str) -> bool {
@@ -421,32 +560,46 @@ impl Core {
         self.roster.get(id)
     }
 
-    pub fn reviewers(&self) -> impl Iterator<Item = &Reviewer> {
-        self.roster.values()
-    }
-
     /// Active leases of a reviewer in a pool.
     pub fn inflight(&self, reviewer: &str, pool: &str) -> u32 {
+        let Some(pool) = self.symbols.get(pool) else {
+            return 0;
+        };
+        self.inflight_sym(reviewer, pool)
+    }
+
+    fn inflight_sym(&self, reviewer: &str, pool: Sym) -> u32 {
         self.inflight
             .get(reviewer)
-            .and_then(|pools| pools.get(pool))
+            .and_then(|pools| pools.get(&pool))
             .copied()
             .unwrap_or(0)
     }
 
     /// Items waiting in a pool's queue, in the order they will be served.
-    pub fn queued(&self, pool: &str) -> Vec<Arc<str>> {
-        self.queues
-            .get(pool)
-            .map(|queue| queue.iter().map(|(_, id)| id.clone()).collect())
-            .unwrap_or_default()
+    pub fn queued(&self, pool: &str) -> Vec<String> {
+        let Some(state) = self.symbols.get(pool).and_then(|p| self.pools.get(&p)) else {
+            return Vec::new();
+        };
+        state
+            .queue
+            .values()
+            .map(|slot| self.item_ref(*slot).decision_id.to_string())
+            .collect()
     }
 
-    /// Per-pool numbers for gauges.
+    /// Per-pool numbers for gauges (a walk over every item: call it every few seconds, not per
+    /// record).
     pub fn gauges(&self) -> BTreeMap<Arc<str>, PoolGauges> {
-        let mut gauges: BTreeMap<Arc<str>, PoolGauges> = BTreeMap::new();
-        for item in self.items() {
-            let entry = gauges.entry(item.pool.clone()).or_default();
+        let mut gauges: BTreeMap<Arc<str>, PoolGauges> = self
+            .pools
+            .keys()
+            .map(|pool| (self.symbols.name(*pool).clone(), PoolGauges::default()))
+            .collect();
+        for item in self.slots.iter().flatten() {
+            let entry = gauges
+                .entry(self.symbols.name(item.pool).clone())
+                .or_default();
             if item.progress().leases.is_empty() {
                 entry.pending += 1;
                 entry.pending_by_tier[usize::from(item.tier.min(3))] += 1;
@@ -471,9 +624,9 @@ impl Core {
                 continue;
             }
             let pools = self
-                .queues
+                .pools
                 .keys()
-                .filter(|pool| reviewer.serves(pool))
+                .filter(|pool| reviewer.serves(self.symbols.name(**pool)))
                 .count() as u64;
             capacity += u64::from(reviewer.capacity) * pools.max(1);
             used += self
@@ -484,17 +637,12 @@ impl Core {
         (capacity > 0).then(|| used as f64 / capacity as f64)
     }
 
-    fn intern(&mut self, value: &str) -> Arc<str> {
-        if let Some(found) = self.interned.get(value) {
-            return found.clone();
-        }
-        let shared: Arc<str> = Arc::from(value);
-        self.interned.insert(shared.clone());
-        shared
+    fn policy(&self, pool: Sym) -> &PoolPolicy {
+        self.config.pool(self.symbols.name(pool))
     }
 
-    fn policy(&self, pool: &str) -> &PoolPolicy {
-        self.config.pool(pool)
+    fn pool_name(&self, pool: Sym) -> Arc<str> {
+        self.symbols.name(pool).clone()
     }
 
     // ---------------------------------------------------------------- inputs
@@ -503,41 +651,32 @@ impl Core {
     /// changes nothing.
     pub fn request(&mut self, request: &ReviewRequest, now: i64, out: &mut Vec<Effect>) {
         let decision = &request.decision;
-        if self.index.contains_key(decision.decision_id.as_str())
-            || self.done.contains_key(decision.decision_id.as_str())
-        {
+        let id = decision.decision_id.as_str();
+        if self.slot_of(id).is_some() || self.done.contains_key(id) {
             out.push(Effect::Observed(Observation::DuplicateRequest));
             return;
         }
-        let pool = self.intern(&request.pool);
-        let id: Arc<str> = Arc::from(decision.decision_id.as_str());
+        let pool = self.symbols.intern(&request.pool);
+        self.ensure_pool(pool);
         let enqueued_at = request.routed_at.min(now);
         let sla_deadline = request.sla_deadline.max(enqueued_at);
         let tier = tier_number(&request.priority_tier);
-        let pending = Pending {
-            id: String::new(),
-            enqueued_at,
-            sla_deadline,
-            tier,
-            risk: decision.risk_score,
-            amount: decision.amount,
-        };
-        let params = self.config.decay.clone();
-        let key = self
-            .queues
-            .entry(pool.clone())
-            .or_insert_with(|| Queue::new(params))
-            .push_shared(id.clone(), &pending);
+        let state = self.pools.get_mut(&pool).expect("pool exists");
+        let key = self.config.decay.key(
+            &Pending {
+                id: String::new(),
+                enqueued_at,
+                sla_deadline,
+                tier,
+                risk: decision.risk_score,
+                amount: decision.amount,
+            },
+            state.next_sequence,
+        );
+        state.next_sequence += 1;
         let item = Item {
-            decision_id: id.clone(),
-            pool: pool.clone(),
-            qa_sample: request.kind == ReviewKind::QaSample,
-            workflow: self.intern(&decision.workflow),
+            decision_id: id.into(),
             subject: decision.subject.as_str().into(),
-            action: self.intern(&decision.action),
-            confidence: decision.confidence,
-            producer: self.intern(&decision.producer),
-            created_at: decision.created_at,
             context: decision
                 .context
                 .iter()
@@ -553,60 +692,78 @@ impl Core {
                 .iter()
                 .map(|r| r.as_str().into())
                 .collect(),
-            quorum: request.quorum.clamp(1, 16) as u8,
-            policy_rule: self.intern(&request.policy_rule),
-            policy_version: self.intern(&request.policy_version),
-            tier,
+            progress: None,
+            confidence: decision.confidence,
+            created_at: decision.created_at,
             enqueued_at,
             sla_deadline,
             key,
-            level: 0,
+            due: NO_TIMER,
+            pool,
+            workflow: self.symbols.intern(&decision.workflow),
+            action: self.symbols.intern(&decision.action),
+            producer: self.symbols.intern(&decision.producer),
+            policy_rule: self.symbols.intern(&request.policy_rule),
+            policy_version: self.symbols.intern(&request.policy_version),
             sequence: 0,
-            progress: None,
-            due: None,
+            tier,
+            quorum: request.quorum.clamp(1, 16) as u8,
+            level: 0,
+            qa_sample: request.kind == ReviewKind::QaSample,
         };
         let slot = self.insert(item);
-        let item = self.slots[slot as usize].as_mut().expect("inserted");
-        let mut event = item.next_event(LifecycleKind::Queued, now);
+        self.pools
+            .get_mut(&pool)
+            .expect("pool exists")
+            .queue
+            .insert(key, slot);
+        let mut event = self.event(slot, LifecycleKind::Queued, now);
         event
             .attributes
             .insert("sla_deadline".into(), sla_deadline.to_string());
         event
             .attributes
-            .insert("quorum".into(), item.quorum.to_string());
+            .insert("quorum".into(), self.item_ref(slot).quorum.to_string());
         out.push(Effect::Lifecycle(event));
-        out.push(Effect::Observed(Observation::Queued { pool: pool.clone() }));
-        self.schedule(slot);
+        out.push(Effect::Observed(Observation::Queued {
+            pool: self.pool_name(pool),
+        }));
         self.touched.push(slot);
         // A request whose deadlines already passed (a late replay) is handled at once.
-        if self.slots[slot as usize]
-            .as_ref()
-            .and_then(|item| item.due)
-            .is_some_and(|due| due <= now)
-        {
+        if self.next_due(self.item_ref(slot)) <= now {
+            self.schedule(slot);
             self.tick_timers(now, out);
         }
-        self.assign_pool(&pool, now, out);
+        self.assign_pool(pool, now, out);
         self.flush(out);
     }
 
     /// A roster update. Going offline (or away) stops new assignments; offline also revokes the
     /// reviewer's leases and requeues those items at their old priority.
     pub fn reviewer_status(&mut self, status: &ReviewerStatus, now: i64, out: &mut Vec<Effect>) {
-        let id = self.intern(&status.reviewer_id);
-        let last_assigned = self.roster.get(&id).map_or(i64::MIN, |r| r.last_assigned);
-        let reviewer = Reviewer {
-            id: id.clone(),
-            roles: status.roles.iter().cloned().collect(),
-            pools: status.pools.iter().cloned().collect(),
-            capacity: status.capacity.max(0) as u32,
-            partition: status.partition.filter(|p| *p >= 0),
-            presence: status.presence,
-            last_assigned,
+        let id: Arc<str> = match self.roster.get_key_value(status.reviewer_id.as_str()) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(status.reviewer_id.as_str()),
         };
-        let offline = reviewer.presence == Presence::Offline;
-        self.roster.insert(id.clone(), reviewer);
-        if offline {
+        let (last_assigned, positions) = match self.roster.remove(&id) {
+            Some(old) => (old.last_assigned, old.positions),
+            None => (i64::MIN, BTreeMap::new()),
+        };
+        self.roster.insert(
+            id.clone(),
+            Reviewer {
+                id: id.clone(),
+                roles: status.roles.iter().cloned().collect(),
+                pools: status.pools.iter().cloned().collect(),
+                capacity: status.capacity.max(0) as u32,
+                partition: status.partition.filter(|p| *p >= 0),
+                presence: status.presence,
+                last_assigned,
+                positions,
+            },
+        );
+        self.refresh(&id);
+        if status.presence == Presence::Offline {
             self.revoke_all_of(&id, "reviewer_offline", now, out);
         }
         self.assign_all(now, out);
@@ -615,10 +772,14 @@ impl Core {
 
     /// The reviewer left the roster (a tombstone on `hitl.reviewers`): as offline, then forgotten.
     pub fn reviewer_removed(&mut self, reviewer_id: &str, now: i64, out: &mut Vec<Effect>) {
-        let Some(reviewer) = self.roster.remove(reviewer_id) else {
+        let Some(reviewer) = self.roster.get_mut(reviewer_id) else {
             return;
         };
-        self.revoke_all_of(&reviewer.id, "reviewer_removed", now, out);
+        reviewer.presence = Presence::Offline;
+        let id = reviewer.id.clone();
+        self.refresh(&id);
+        self.roster.remove(&id);
+        self.revoke_all_of(&id, "reviewer_removed", now, out);
         self.assign_all(now, out);
         self.flush(out);
     }
@@ -638,16 +799,19 @@ impl Core {
     pub fn tick(&mut self, now: i64, out: &mut Vec<Effect>) {
         self.tick_timers(now, out);
         let retention = self.config.done_retention.as_millis() as i64;
-        while let Some((decided_at, id)) = self.done_order.first().cloned() {
+        while let Some((decided_at, _)) = self.done_order.front() {
             if decided_at.saturating_add(retention) > now {
                 break;
             }
-            self.done_order.pop_first();
+            let (decided_at, id) = self.done_order.pop_front().expect("front exists");
+            if self.done.get(&id).is_none_or(|(_, at)| *at != decided_at) {
+                continue; // stale: forgotten or replaced since
+            }
             if let Some((pool, _)) = self.done.remove(&id) {
                 out.push(Effect::State {
-                    pool,
-                    decision_id: id,
-                    record: None,
+                    pool: self.pool_name(pool),
+                    decision_id: id.to_string(),
+                    change: StateChange::Deleted,
                 });
             }
         }
@@ -658,45 +822,37 @@ impl Core {
     // ---------------------------------------------------------------- restore
 
     /// Puts back the latest changelog entry of `decision_id`, replacing what is known of it.
+    /// Leases are restored as they were; expired ones are revoked by the next `tick`.
     pub fn restore_entry(&mut self, decision_id: &str, record: Option<StateRecord>) {
         self.forget(decision_id);
         match record {
             None => {}
             Some(StateRecord::Done { pool, decided_at }) => {
-                let pool = self.intern(&pool);
+                let pool = self.symbols.intern(&pool);
                 let id: Arc<str> = Arc::from(decision_id);
                 self.done.insert(id.clone(), (pool, decided_at));
-                self.done_order.insert((decided_at, id));
+                self.restored_done.push((decided_at, id));
             }
-            Some(StateRecord::Active(mut item)) => {
-                item.pool = self.intern(&item.pool);
-                item.workflow = self.intern(&item.workflow);
-                item.action = self.intern(&item.action);
-                item.producer = self.intern(&item.producer);
-                item.policy_rule = self.intern(&item.policy_rule);
-                item.policy_version = self.intern(&item.policy_version);
-                let params = self.config.decay.clone();
-                let (pool, id, key) = (item.pool.clone(), item.decision_id.clone(), item.key);
-                let wanted = item.wanted() > 0;
+            Some(StateRecord::Active(record)) => {
+                let item = self.item_from_record(record);
+                let (pool, key, wanted) = (item.pool, item.key, item.wanted() > 0);
+                self.ensure_pool(pool);
                 let leases: Vec<Arc<str>> = item
                     .progress()
                     .leases
                     .iter()
                     .map(|lease| lease.reviewer.clone())
                     .collect();
-                let queue = self
-                    .queues
-                    .entry(pool.clone())
-                    .or_insert_with(|| Queue::new(params));
-                if wanted {
-                    queue.requeue(id, key);
-                }
                 let slot = self.insert(item);
-                for reviewer in leases {
-                    let reviewer = self.intern(&reviewer);
-                    self.add_inflight(&reviewer, &pool, 1);
+                let state = self.pools.get_mut(&pool).expect("pool exists");
+                state.next_sequence = state.next_sequence.max(key.sequence + 1);
+                if wanted {
+                    state.queue.insert(key, slot);
                 }
-                if self.has_leases(slot) {
+                for reviewer in &leases {
+                    self.add_inflight(reviewer, pool, 1);
+                }
+                if !leases.is_empty() {
                     self.leased.insert(slot);
                 }
                 self.schedule(slot);
@@ -704,13 +860,37 @@ impl Core {
         }
     }
 
+    /// Ends a restore: orders the restored decided ids by decision time for retention.
+    pub fn finish_restore(&mut self) {
+        let mut restored = std::mem::take(&mut self.restored_done);
+        if restored.is_empty() {
+            return;
+        }
+        restored.sort();
+        let mut merged: Vec<(i64, Arc<str>)> = self.done_order.drain(..).collect();
+        merged.extend(restored);
+        merged.sort_by_key(|(at, _)| *at);
+        self.done_order = merged.into();
+    }
+
     /// Drops everything about the pools `keep` rejects (their partition moved to another
     /// instance). No effects: the new owner restores them from the changelog.
     pub fn retain_pools(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        let gone: Vec<Arc<str>> = self
-            .items()
-            .filter(|item| !keep(&item.pool))
-            .map(|item| item.decision_id.clone())
+        let dropped: BTreeSet<Sym> = self
+            .pools
+            .keys()
+            .copied()
+            .filter(|pool| !keep(self.symbols.name(*pool)))
+            .collect();
+        if dropped.is_empty() {
+            return;
+        }
+        let gone: Vec<String> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|item| dropped.contains(&item.pool))
+            .map(|item| item.decision_id.to_string())
             .collect();
         for id in gone {
             self.forget(&id);
@@ -718,37 +898,167 @@ impl Core {
         let done: Vec<Arc<str>> = self
             .done
             .iter()
-            .filter(|(_, (pool, _))| !keep(pool))
+            .filter(|(_, (pool, _))| dropped.contains(pool))
             .map(|(id, _)| id.clone())
             .collect();
         for id in done {
             self.forget(&id);
         }
-        self.queues.retain(|pool, _| keep(pool));
+        for pool in &dropped {
+            self.pools.remove(pool);
+        }
+        for reviewer in self.roster.values_mut() {
+            reviewer.positions.retain(|pool, _| !dropped.contains(pool));
+        }
     }
 
     /// Removes all state of one decision without effects.
     fn forget(&mut self, decision_id: &str) {
-        if let Some((_, decided_at)) = self.done.remove(decision_id) {
-            self.done_order
-                .remove(&(decided_at, Arc::from(decision_id)));
-        }
-        let Some(slot) = self.index.get(decision_id).copied() else {
+        self.done.remove(decision_id); // its `done_order` entry goes stale
+        let Some(slot) = self.slot_of(decision_id) else {
             return;
         };
         let item = self.remove_slot(slot);
         for lease in &item.progress().leases {
-            self.add_inflight(&lease.reviewer, &item.pool, -1);
+            self.add_inflight(&lease.reviewer, item.pool, -1);
         }
-        if let Some(queue) = self.queues.get_mut(&item.pool) {
-            queue.remove(decision_id);
+    }
+
+    // ---------------------------------------------------------------- records
+
+    /// The changelog value (JSON of a `StateRecord`) for a `State` effect of the last call;
+    /// `None` is a tombstone.
+    pub fn state_payload(
+        &self,
+        decision_id: &str,
+        pool: &str,
+        change: StateChange,
+    ) -> Option<Vec<u8>> {
+        let view = match change {
+            StateChange::Deleted => return None,
+            StateChange::Done { decided_at } => StateView::Done { pool, decided_at },
+            StateChange::Active => {
+                let Some(slot) = self.slot_of(decision_id) else {
+                    // Decided later in the same call: its Done entry follows.
+                    let (pool, decided_at) = self.done.get(decision_id)?;
+                    return self.state_payload(
+                        decision_id,
+                        self.symbols.name(*pool),
+                        StateChange::Done {
+                            decided_at: *decided_at,
+                        },
+                    );
+                };
+                let item = self.item_ref(slot);
+                let name = |sym: Sym| &**self.symbols.name(sym);
+                StateView::Active(ItemView {
+                    decision_id: &item.decision_id,
+                    pool: name(item.pool),
+                    qa_sample: item.qa_sample,
+                    workflow: name(item.workflow),
+                    subject: &item.subject,
+                    action: name(item.action),
+                    confidence: item.confidence,
+                    producer: name(item.producer),
+                    created_at: item.created_at,
+                    context: &item.context,
+                    sensitive: &item.sensitive,
+                    required_roles: &item.required_roles,
+                    quorum: item.quorum,
+                    policy_rule: name(item.policy_rule),
+                    policy_version: name(item.policy_version),
+                    tier: item.tier,
+                    enqueued_at: item.enqueued_at,
+                    sla_deadline: item.sla_deadline,
+                    key: item.key,
+                    level: item.level,
+                    sequence: item.sequence,
+                    progress: item.progress(),
+                })
+            }
+        };
+        Some(serde_json::to_vec(&view).expect("state records serialize"))
+    }
+
+    fn to_record(&self, item: &Item) -> ItemRecord {
+        let name = |sym: Sym| self.symbols.name(sym).to_string();
+        ItemRecord {
+            decision_id: item.decision_id.to_string(),
+            pool: name(item.pool),
+            qa_sample: item.qa_sample,
+            workflow: name(item.workflow),
+            subject: item.subject.to_string(),
+            action: name(item.action),
+            confidence: item.confidence,
+            producer: name(item.producer),
+            created_at: item.created_at,
+            context: item
+                .context
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sensitive: item.sensitive.iter().map(|s| s.to_string()).collect(),
+            required_roles: item.required_roles.iter().map(|s| s.to_string()).collect(),
+            quorum: item.quorum,
+            policy_rule: name(item.policy_rule),
+            policy_version: name(item.policy_version),
+            tier: item.tier,
+            enqueued_at: item.enqueued_at,
+            sla_deadline: item.sla_deadline,
+            key: item.key,
+            level: item.level,
+            sequence: item.sequence,
+            progress: item.progress().clone(),
+        }
+    }
+
+    fn item_from_record(&mut self, record: ItemRecord) -> Item {
+        let progress = (record.progress != NO_PROGRESS).then(|| Box::new(record.progress));
+        Item {
+            decision_id: record.decision_id.into(),
+            subject: record.subject.into(),
+            context: record
+                .context
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            sensitive: record.sensitive.into_iter().map(Into::into).collect(),
+            required_roles: record.required_roles.into_iter().map(Into::into).collect(),
+            progress,
+            confidence: record.confidence,
+            created_at: record.created_at,
+            enqueued_at: record.enqueued_at,
+            sla_deadline: record.sla_deadline,
+            key: record.key,
+            due: NO_TIMER,
+            pool: self.symbols.intern(&record.pool),
+            workflow: self.symbols.intern(&record.workflow),
+            action: self.symbols.intern(&record.action),
+            producer: self.symbols.intern(&record.producer),
+            policy_rule: self.symbols.intern(&record.policy_rule),
+            policy_version: self.symbols.intern(&record.policy_version),
+            sequence: record.sequence,
+            tier: record.tier,
+            quorum: record.quorum.max(1),
+            level: record.level,
+            qa_sample: record.qa_sample,
         }
     }
 
     // ---------------------------------------------------------------- slots and timers
 
+    fn slot_of(&self, decision_id: &str) -> Option<u32> {
+        self.index
+            .find(hash_id(decision_id), |slot| {
+                self.slots[*slot as usize]
+                    .as_ref()
+                    .is_some_and(|item| *item.decision_id == *decision_id)
+            })
+            .copied()
+    }
+
     fn insert(&mut self, item: Item) -> u32 {
-        let id = item.decision_id.clone();
+        let hash = hash_id(&item.decision_id);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(item);
@@ -759,17 +1069,31 @@ impl Core {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(id, slot);
+        let slots = &self.slots;
+        self.index.insert_unique(hash, slot, |slot| {
+            hash_id(
+                &slots[*slot as usize]
+                    .as_ref()
+                    .expect("live slot")
+                    .decision_id,
+            )
+        });
         slot
     }
 
+    /// Takes an item out of every structure (slots, index, queue, timers, leased).
     fn remove_slot(&mut self, slot: u32) -> Item {
+        let hash = hash_id(&self.item_ref(slot).decision_id);
+        if let Ok(entry) = self.index.find_entry(hash, |s| *s == slot) {
+            entry.remove();
+        }
         let item = self.slots[slot as usize].take().expect("live slot");
-        if let Some(due) = item.due {
-            self.timers.remove(&(due, slot));
+        if let Some(state) = self.pools.get_mut(&item.pool) {
+            if state.queue.get(&item.key) == Some(&slot) {
+                state.queue.remove(&item.key);
+            }
         }
         self.leased.remove(&slot);
-        self.index.remove(&item.decision_id);
         self.free.push(slot);
         item
     }
@@ -782,26 +1106,108 @@ impl Core {
         self.slots[slot as usize].as_ref().expect("live slot")
     }
 
+    fn live(&self, slot: u32) -> bool {
+        self.slots[slot as usize].is_some()
+    }
+
     fn has_leases(&self, slot: u32) -> bool {
         !self.item_ref(slot).progress().leases.is_empty()
     }
 
-    fn add_inflight(&mut self, reviewer: &Arc<str>, pool: &Arc<str>, delta: i32) {
+    /// The next lifecycle event of an item from this service (numbered per item).
+    fn event(&mut self, slot: u32, kind: LifecycleKind, now: i64) -> LifecycleEvent {
+        let item = self.item_mut(slot);
+        item.sequence += 1;
+        let sequence = item.sequence;
+        let item = self.item_ref(slot);
+        let mut event = LifecycleEvent::new(
+            format!("{}:assignment:{sequence}", item.decision_id),
+            &*item.decision_id,
+            kind,
+            SERVICE,
+            now,
+        );
+        event.sequence = i64::from(sequence);
+        event.policy_rule = Some(self.symbols.name(item.policy_rule).to_string());
+        event.policy_version = Some(self.symbols.name(item.policy_version).to_string());
+        event
+            .attributes
+            .insert("pool".into(), self.symbols.name(item.pool).to_string());
+        event
+    }
+
+    fn ensure_pool(&mut self, pool: Sym) {
+        if self.pools.contains_key(&pool) {
+            return;
+        }
+        self.pools.insert(
+            pool,
+            PoolState {
+                queue: BTreeMap::new(),
+                next_sequence: 0,
+                available: BTreeSet::new(),
+                limiter: None,
+            },
+        );
+        let ids: Vec<Arc<str>> = self.roster.keys().cloned().collect();
+        for id in ids {
+            self.refresh(&id);
+        }
+    }
+
+    /// Recomputes a reviewer's place in every pool's availability set.
+    fn refresh(&mut self, id: &Arc<str>) {
+        let Some(reviewer) = self.roster.get_mut(id) else {
+            return;
+        };
+        for (pool, position) in std::mem::take(&mut reviewer.positions) {
+            if let Some(state) = self.pools.get_mut(&pool) {
+                state.available.remove(&position);
+            }
+        }
+        if reviewer.presence != Presence::Online || reviewer.capacity == 0 {
+            return;
+        }
+        for (pool, state) in &mut self.pools {
+            if !reviewer.serves(self.symbols.name(*pool)) {
+                continue;
+            }
+            let load = self
+                .inflight
+                .get(id)
+                .and_then(|pools| pools.get(pool))
+                .copied()
+                .unwrap_or(0);
+            if load >= reviewer.capacity {
+                continue;
+            }
+            let position = (
+                load_ratio(load, reviewer.capacity),
+                reviewer.last_assigned,
+                id.clone(),
+            );
+            state.available.insert(position.clone());
+            reviewer.positions.insert(*pool, position);
+        }
+    }
+
+    fn add_inflight(&mut self, reviewer: &Arc<str>, pool: Sym, delta: i32) {
         let pools = self.inflight.entry(reviewer.clone()).or_default();
-        let count = pools.entry(pool.clone()).or_insert(0);
+        let count = pools.entry(pool).or_insert(0);
         *count = count.saturating_add_signed(delta);
         if *count == 0 {
-            pools.remove(pool);
+            pools.remove(&pool);
             if pools.is_empty() {
                 self.inflight.remove(reviewer);
             }
         }
+        self.refresh(reviewer);
     }
 
     /// When the item next needs attention: a lease past expiry plus grace, its next SLA
     /// escalation point, or its deadline.
-    fn next_due(&self, item: &Item) -> Option<i64> {
-        let policy = self.policy(&item.pool);
+    fn next_due(&self, item: &Item) -> i64 {
+        let policy = self.policy(item.pool);
         let progress = item.progress();
         let grace = policy.verdict_grace.as_millis() as i64;
         let lease = progress
@@ -815,7 +1221,11 @@ impl Core {
             .get(usize::from(progress.sla_escalations))
             .map(|fraction| item.enqueued_at + (sla as f64 * fraction).ceil() as i64);
         let breach = (!progress.breached).then_some(item.sla_deadline);
-        [lease, escalation, breach].into_iter().flatten().min()
+        [lease, escalation, breach]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(NO_TIMER)
     }
 
     fn schedule(&mut self, slot: u32) {
@@ -824,28 +1234,49 @@ impl Core {
         if old == new {
             return;
         }
-        if let Some(old) = old {
-            self.timers.remove(&(old, slot));
-        }
-        if let Some(new) = new {
-            self.timers.insert((new, slot));
+        if new != NO_TIMER {
+            self.timers
+                .entry(new.div_euclid(1000))
+                .or_default()
+                .push(slot);
         }
         self.item_mut(slot).due = new;
     }
 
+    /// Fires every timer due at `now`, in order of seconds (within a second, by slot).
     fn tick_timers(&mut self, now: i64, out: &mut Vec<Effect>) {
-        while let Some(&(due, slot)) = self.timers.first() {
-            if due > now {
+        while let Some(entry) = self.timers.first_entry() {
+            let second = *entry.key();
+            if second > now.div_euclid(1000) {
                 break;
             }
-            self.timers.pop_first();
-            self.item_mut(slot).due = None;
-            self.on_timer(slot, now, out);
+            let mut slots = entry.remove();
+            slots.sort_unstable();
+            slots.dedup();
+            let mut later = Vec::new();
+            for slot in slots {
+                let due = match self.slots[slot as usize].as_ref() {
+                    Some(item) if item.due != NO_TIMER && item.due.div_euclid(1000) == second => {
+                        item.due
+                    }
+                    _ => continue, // stale entry
+                };
+                if due > now {
+                    later.push(slot);
+                    continue;
+                }
+                self.item_mut(slot).due = NO_TIMER;
+                self.on_timer(slot, now, out);
+            }
+            if !later.is_empty() {
+                self.timers.entry(second).or_default().extend(later);
+                break;
+            }
         }
     }
 
     fn on_timer(&mut self, slot: u32, now: i64, out: &mut Vec<Effect>) {
-        let policy = self.policy(&self.item_ref(slot).pool).clone();
+        let policy = self.policy(self.item_ref(slot).pool).clone();
         let grace = policy.verdict_grace.as_millis() as i64;
         // Expired leases: revoke, keep the reviewer away from it, count.
         let expired: Vec<String> = self
@@ -885,12 +1316,11 @@ impl Core {
         let item = self.item_ref(slot);
         if !item.progress().breached && now >= item.sla_deadline {
             self.breach(slot, &policy, now, out);
-            if self.slots[slot as usize].is_none() {
+            if !self.live(slot) {
                 return;
             }
         }
         self.requeue_if_wanted(slot);
-        self.schedule(slot);
         self.touched.push(slot);
     }
 
@@ -898,13 +1328,14 @@ impl Core {
         let item = self.item_mut(slot);
         item.progress_mut().breached = true;
         let overdue_by = now - item.sla_deadline;
-        let pool = item.pool.clone();
-        let qa = item.qa_sample;
-        let mut event = item.next_event(LifecycleKind::SlaBreached, now);
+        let (pool, qa) = (item.pool, item.qa_sample);
+        let mut event = self.event(slot, LifecycleKind::SlaBreached, now);
         event
             .attributes
             .insert("overdue_ms".into(), overdue_by.to_string());
-        out.push(Effect::Observed(Observation::SlaBreached { pool }));
+        out.push(Effect::Observed(Observation::SlaBreached {
+            pool: self.pool_name(pool),
+        }));
         if qa {
             // Nothing waits for a QA sample: it expires unlabeled.
             out.push(Effect::Lifecycle(
@@ -930,7 +1361,7 @@ impl Core {
                 ));
                 let action = final_action
                     .clone()
-                    .unwrap_or_else(|| self.item_ref(slot).action.to_string());
+                    .unwrap_or_else(|| self.symbols.name(self.item_ref(slot).action).to_string());
                 self.decide(
                     slot,
                     DecidedBy::SlaFallback,
@@ -948,76 +1379,51 @@ impl Core {
     // ---------------------------------------------------------------- assignment
 
     fn assign_all(&mut self, now: i64, out: &mut Vec<Effect>) {
-        let pools: Vec<Arc<str>> = self
-            .queues
+        let pools: Vec<Sym> = self
+            .pools
             .iter()
-            .filter(|(_, queue)| !queue.is_empty())
-            .map(|(pool, _)| pool.clone())
+            .filter(|(_, state)| !state.queue.is_empty() && !state.available.is_empty())
+            .map(|(pool, _)| *pool)
             .collect();
         for pool in pools {
-            self.assign_pool(&pool, now, out);
+            self.assign_pool(pool, now, out);
         }
     }
 
-    fn any_free_reviewer(&self, pool: &str) -> bool {
-        self.roster.values().any(|reviewer| {
-            reviewer.presence == Presence::Online
-                && reviewer.serves(pool)
-                && self.inflight(&reviewer.id, pool) < reviewer.capacity
-        })
-    }
-
-    /// The eligible reviewer with the lowest load ratio, then least recently assigned, then id.
+    /// The eligible reviewer with the lowest load ratio, then least recently assigned, then id:
+    /// the first of the pool's availability set that passes the item's own conditions.
     fn best_reviewer(&self, item: &Item, limited: &[Arc<str>]) -> Option<Arc<str>> {
-        let policy = self.policy(&item.pool);
+        let state = self.pools.get(&item.pool)?;
+        let policy = self.policy(item.pool);
         let progress = item.progress();
-        let extra_roles: Vec<&str> = policy
-            .tiers
+        let producer = self.symbols.name(item.producer);
+        let tier_roles = || {
+            policy
+                .tiers
+                .iter()
+                .take(usize::from(item.level))
+                .flat_map(|tier| tier.roles.iter().map(String::as_str))
+        };
+        state
+            .available
             .iter()
-            .take(usize::from(item.level))
-            .flat_map(|tier| tier.roles.iter().map(String::as_str))
-            .collect();
-        let mut best: Option<(&Reviewer, u32)> = None;
-        for reviewer in self.roster.values() {
-            if reviewer.presence != Presence::Online || !reviewer.serves(&item.pool) {
-                continue;
-            }
-            let load = self.inflight(&reviewer.id, &item.pool);
-            if load >= reviewer.capacity
-                || reviewer.id == item.producer
-                || progress.excluded.contains(&reviewer.id)
-                || progress.leases.iter().any(|l| l.reviewer == reviewer.id)
-                || !reviewer.has_roles(
-                    item.required_roles
-                        .iter()
-                        .map(|r| &**r)
-                        .chain(extra_roles.iter().copied()),
-                )
-                || limited.contains(&reviewer.id)
-            {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((other, other_load)) => {
-                    // load / capacity, compared without division.
-                    let (mine, theirs) = (
-                        u64::from(load) * u64::from(other.capacity),
-                        u64::from(other_load) * u64::from(reviewer.capacity),
-                    );
-                    (mine, reviewer.last_assigned, &reviewer.id)
-                        < (theirs, other.last_assigned, &other.id)
-                }
-            };
-            if better {
-                best = Some((reviewer, load));
-            }
-        }
-        best.map(|(reviewer, _)| reviewer.id.clone())
+            .map(|(_, _, id)| id)
+            .find(|id| {
+                let Some(reviewer) = self.roster.get(*id) else {
+                    return false;
+                };
+                **id != *producer
+                    && !progress.excluded.contains(id)
+                    && !progress.leases.iter().any(|l| l.reviewer == **id)
+                    && !limited.contains(id)
+                    && reviewer
+                        .has_roles(item.required_roles.iter().map(|r| &**r).chain(tier_roles()))
+            })
+            .cloned()
     }
 
     /// Takes a token from the reviewer's rate limiter for this pool (always granted without one).
-    fn rate_allows(&mut self, pool: &Arc<str>, reviewer: &Arc<str>, now: i64) -> bool {
+    fn rate_allows(&mut self, pool: Sym, reviewer: &Arc<str>, now: i64) -> bool {
         let per_minute = self.policy(pool).max_assignments_per_minute;
         let Some(rate) = NonZeroU32::new(per_minute) else {
             return true;
@@ -1027,37 +1433,37 @@ impl Core {
             Ordering::Relaxed,
         );
         let clock = self.clock.clone();
-        let limiter = self.limiters.entry(pool.clone()).or_insert_with(|| {
+        let state = self.pools.get_mut(&pool).expect("pool exists");
+        let limiter = state.limiter.get_or_insert_with(|| {
             RateLimiter::new(Quota::per_minute(rate), HashMapStateStore::default(), clock)
         });
         limiter.check_key(reviewer).is_ok()
     }
 
-    fn assign_pool(&mut self, pool: &Arc<str>, now: i64, out: &mut Vec<Effect>) {
-        if !self.any_free_reviewer(pool) {
-            return;
-        }
+    fn assign_pool(&mut self, pool: Sym, now: i64, out: &mut Vec<Effect>) {
         let max_scan = self.config.max_scan;
         let mut scanned = 0usize;
         let mut cursor: Option<Key> = None;
         let mut limited: Vec<Arc<str>> = Vec::new();
         loop {
-            let Some(queue) = self.queues.get(pool) else {
+            let Some(state) = self.pools.get(&pool) else {
                 return;
             };
+            if state.available.is_empty() {
+                return;
+            }
             let mut found = None;
-            let candidates: Box<dyn Iterator<Item = (&Key, &Arc<str>)>> = match cursor {
-                None => Box::new(queue.iter()),
-                Some(key) => Box::new(queue.iter_from(key)),
+            let candidates: Box<dyn Iterator<Item = (&Key, &u32)>> = match cursor {
+                None => Box::new(state.queue.iter()),
+                Some(key) => Box::new(state.queue.range(key..)),
             };
-            for (key, id) in candidates {
+            for (key, slot) in candidates {
                 if scanned >= max_scan {
                     break;
                 }
                 scanned += 1;
-                let slot = self.index[id];
-                if let Some(reviewer) = self.best_reviewer(self.item_ref(slot), &limited) {
-                    found = Some((*key, slot, reviewer));
+                if let Some(reviewer) = self.best_reviewer(self.item_ref(*slot), &limited) {
+                    found = Some((*key, *slot, reviewer));
                     break;
                 }
             }
@@ -1069,20 +1475,18 @@ impl Core {
                 limited.push(reviewer);
                 continue;
             }
-            let id = self.item_ref(slot).decision_id.clone();
-            if let Some(queue) = self.queues.get_mut(pool) {
-                queue.remove(&id);
-            }
+            self.pools
+                .get_mut(&pool)
+                .expect("pool exists")
+                .queue
+                .remove(&key);
             self.assign(slot, &reviewer, now, out);
             self.requeue_if_wanted(slot);
-            if !self.any_free_reviewer(pool) {
-                return;
-            }
         }
     }
 
     fn masked_context(&self, item: &Item, reviewer: &Reviewer) -> BTreeMap<String, String> {
-        let policy = self.policy(&item.pool);
+        let policy = self.policy(item.pool);
         let sees_pii = policy
             .pii_roles
             .iter()
@@ -1097,88 +1501,95 @@ impl Core {
             .collect()
     }
 
+    /// The event a reviewer app gets for a lease (ASSIGNED or REVOKED).
+    fn assignment_event(
+        &self,
+        slot: u32,
+        lease: &Lease,
+        kind: AssignmentKind,
+        reason: Option<&str>,
+        now: i64,
+    ) -> AssignmentEvent {
+        let item = self.item_ref(slot);
+        let context = match (kind, self.roster.get(&lease.reviewer)) {
+            (AssignmentKind::Assigned, Some(reviewer)) => self.masked_context(item, reviewer),
+            _ => BTreeMap::new(),
+        };
+        AssignmentEvent {
+            assignment_id: lease.id.clone(),
+            decision_id: item.decision_id.to_string(),
+            reviewer_id: lease.reviewer.to_string(),
+            kind,
+            pool: self.symbols.name(item.pool).to_string(),
+            priority: Queue::urgency(&item.key, now),
+            sla_deadline: item.sla_deadline,
+            lease_expires_at: lease.expires_at,
+            action: self.symbols.name(item.action).to_string(),
+            confidence: item.confidence,
+            context,
+            attempt: lease.attempt as i32,
+            reason: reason.map(str::to_owned),
+            workflow: self.symbols.name(item.workflow).to_string(),
+            subject: item.subject.to_string(),
+            qa_sample: item.qa_sample,
+        }
+    }
+
     fn assign(&mut self, slot: u32, reviewer_id: &Arc<str>, now: i64, out: &mut Vec<Effect>) {
-        let lease_ms = self.policy(&self.item_ref(slot).pool).lease.as_millis() as i64;
-        let reviewer = self.roster[reviewer_id].clone();
-        let context = self.masked_context(self.item_ref(slot), &reviewer);
+        let pool = self.item_ref(slot).pool;
+        let lease_ms = self.policy(pool).lease.as_millis() as i64;
         let item = self.item_mut(slot);
-        let lease_id_prefix = item.decision_id.clone();
+        let lease_id = {
+            let attempts = item.progress.as_ref().map_or(0, |p| p.attempts) + 1;
+            format!("{}#{attempts}", item.decision_id)
+        };
         let progress = item.progress_mut();
         progress.attempts += 1;
         let attempt = progress.attempts;
         let first = progress.first_assigned_at.is_none();
         progress.first_assigned_at.get_or_insert(now);
         let lease = Lease {
-            id: format!("{lease_id_prefix}#{attempt}"),
+            id: lease_id,
             reviewer: reviewer_id.clone(),
             assigned_at: now,
             expires_at: now + lease_ms,
             attempt,
         };
         progress.leases.push(lease.clone());
-        let event = AssignmentEvent {
-            assignment_id: lease.id.clone(),
-            decision_id: item.decision_id.to_string(),
-            reviewer_id: reviewer_id.to_string(),
-            kind: AssignmentKind::Assigned,
-            pool: item.pool.to_string(),
-            priority: Queue::urgency(&item.key, now),
-            sla_deadline: item.sla_deadline,
-            lease_expires_at: lease.expires_at,
-            action: item.action.to_string(),
-            confidence: item.confidence,
-            context,
-            attempt: attempt as i32,
-            reason: None,
-            workflow: item.workflow.to_string(),
-            subject: item.subject.to_string(),
-            qa_sample: item.qa_sample,
-        };
-        let mut lifecycle = item.next_event(LifecycleKind::Assigned, now);
+        let (enqueued_at, level) = (item.enqueued_at, item.level);
+        let event = self.assignment_event(slot, &lease, AssignmentKind::Assigned, None, now);
+        let mut lifecycle = self.event(slot, LifecycleKind::Assigned, now);
         lifecycle.reviewer_id = Some(reviewer_id.to_string());
         lifecycle.assignment_id = Some(lease.id.clone());
-        lifecycle
-            .attributes
-            .insert("attempt".into(), attempt.to_string());
-        lifecycle
-            .attributes
-            .insert("level".into(), item.level.to_string());
-        lifecycle
-            .attributes
-            .insert("lease_expires_at".into(), lease.expires_at.to_string());
-        let (pool, wait_ms) = (item.pool.clone(), now - item.enqueued_at);
-        out.push(Effect::Assignment {
-            partition: reviewer.partition,
-            event,
-        });
+        let attributes = &mut lifecycle.attributes;
+        attributes.insert("attempt".into(), attempt.to_string());
+        attributes.insert("level".into(), level.to_string());
+        attributes.insert("lease_expires_at".into(), lease.expires_at.to_string());
+        let partition = self.roster.get(reviewer_id).and_then(|r| r.partition);
+        out.push(Effect::Assignment { partition, event });
         out.push(Effect::Lifecycle(lifecycle));
         out.push(Effect::Observed(Observation::Assigned {
-            pool: pool.clone(),
+            pool: self.pool_name(pool),
             first,
-            wait_ms,
+            wait_ms: now - enqueued_at,
         }));
-        self.add_inflight(reviewer_id, &pool, 1);
         if let Some(entry) = self.roster.get_mut(reviewer_id) {
             entry.last_assigned = now;
         }
+        self.add_inflight(reviewer_id, pool, 1);
         self.leased.insert(slot);
-        self.schedule(slot);
         self.touched.push(slot);
     }
 
+    /// Puts the item in its pool's queue if it needs more reviewers, takes it out otherwise.
     fn requeue_if_wanted(&mut self, slot: u32) {
         let item = self.item_ref(slot);
-        let (pool, id, key, wanted) = (
-            item.pool.clone(),
-            item.decision_id.clone(),
-            item.key,
-            item.wanted() > 0,
-        );
-        if let Some(queue) = self.queues.get_mut(&pool) {
+        let (pool, key, wanted) = (item.pool, item.key, item.wanted() > 0);
+        if let Some(state) = self.pools.get_mut(&pool) {
             if wanted {
-                queue.requeue(id, key);
-            } else {
-                queue.remove(&id);
+                state.queue.insert(key, slot);
+            } else if state.queue.get(&key) == Some(&slot) {
+                state.queue.remove(&key);
             }
         }
     }
@@ -1196,6 +1607,7 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let item = self.item_mut(slot);
+        let pool = item.pool;
         let progress = item.progress_mut();
         let Some(position) = progress.leases.iter().position(|l| l.id == lease_id) else {
             return;
@@ -1209,30 +1621,12 @@ impl Core {
         if exclude && !progress.excluded.contains(&lease.reviewer) {
             progress.excluded.push(lease.reviewer.clone());
         }
-        let event = AssignmentEvent {
-            assignment_id: lease.id.clone(),
-            decision_id: item.decision_id.to_string(),
-            reviewer_id: lease.reviewer.to_string(),
-            kind: AssignmentKind::Revoked,
-            pool: item.pool.to_string(),
-            priority: Queue::urgency(&item.key, now),
-            sla_deadline: item.sla_deadline,
-            lease_expires_at: lease.expires_at,
-            action: item.action.to_string(),
-            confidence: item.confidence,
-            context: BTreeMap::new(),
-            attempt: lease.attempt as i32,
-            reason: Some(reason.to_owned()),
-            workflow: item.workflow.to_string(),
-            subject: item.subject.to_string(),
-            qa_sample: item.qa_sample,
-        };
-        let mut lifecycle = item
-            .next_event(LifecycleKind::Revoked, now)
+        let event = self.assignment_event(slot, &lease, AssignmentKind::Revoked, Some(reason), now);
+        let mut lifecycle = self
+            .event(slot, LifecycleKind::Revoked, now)
             .with_reason(reason);
         lifecycle.reviewer_id = Some(lease.reviewer.to_string());
         lifecycle.assignment_id = Some(lease.id.clone());
-        let pool = item.pool.clone();
         let partition = self
             .roster
             .get(&lease.reviewer)
@@ -1240,10 +1634,10 @@ impl Core {
         out.push(Effect::Assignment { partition, event });
         out.push(Effect::Lifecycle(lifecycle));
         out.push(Effect::Observed(Observation::Revoked {
-            pool: pool.clone(),
+            pool: self.pool_name(pool),
             reason,
         }));
-        self.add_inflight(&lease.reviewer, &pool, -1);
+        self.add_inflight(&lease.reviewer, pool, -1);
         if !self.has_leases(slot) {
             self.leased.remove(&slot);
         }
@@ -1287,13 +1681,13 @@ impl Core {
                 .filter(|lease| lease.reviewer == *reviewer)
                 .map(|lease| lease.id.clone())
                 .collect();
+            if ids.is_empty() {
+                continue;
+            }
             for id in ids {
                 self.revoke(slot, &id, reason, false, now, out);
             }
-            if self.slots[slot as usize].is_some() {
-                self.requeue_if_wanted(slot);
-                self.schedule(slot);
-            }
+            self.requeue_if_wanted(slot);
         }
     }
 
@@ -1302,33 +1696,32 @@ impl Core {
     /// Moves an item to its pool's next tier; leases whose holders lack the new roles are
     /// revoked. At the top tier it stays where it is (recorded).
     fn escalate(&mut self, slot: u32, reason: &'static str, now: i64, out: &mut Vec<Effect>) {
-        let item = self.item_ref(slot);
-        let policy = self.policy(&item.pool).clone();
-        let pool = item.pool.clone();
-        let next = usize::from(item.level) + 1;
+        let pool = self.item_ref(slot).pool;
+        let policy = self.policy(pool).clone();
+        let next = usize::from(self.item_ref(slot).level) + 1;
+        out.push(Effect::Observed(Observation::Escalated {
+            pool: self.pool_name(pool),
+            reason,
+        }));
+        self.touched.push(slot);
         let Some(tier) = policy.tiers.get(next - 1) else {
-            let item = self.item_mut(slot);
-            let mut event = item
-                .next_event(LifecycleKind::Escalated, now)
+            let level = self.item_ref(slot).level;
+            let mut event = self
+                .event(slot, LifecycleKind::Escalated, now)
                 .with_reason(format!("{reason}: already at the highest tier"));
-            event
-                .attributes
-                .insert("level".into(), item.level.to_string());
+            event.attributes.insert("level".into(), level.to_string());
             out.push(Effect::Lifecycle(event));
-            out.push(Effect::Observed(Observation::Escalated { pool, reason }));
-            self.touched.push(slot);
             return;
         };
         let item = self.item_mut(slot);
         item.level = next as u8;
         item.progress_mut().expiries = 0;
-        let mut event = item
-            .next_event(LifecycleKind::Escalated, now)
+        let mut event = self
+            .event(slot, LifecycleKind::Escalated, now)
             .with_reason(reason);
         event.attributes.insert("level".into(), next.to_string());
         event.attributes.insert("tier".into(), tier.name.clone());
         out.push(Effect::Lifecycle(event));
-        out.push(Effect::Observed(Observation::Escalated { pool, reason }));
         let item = self.item_ref(slot);
         let required: Vec<&str> = item
             .required_roles
@@ -1357,13 +1750,12 @@ impl Core {
             self.revoke(slot, &id, "escalated", false, now, out);
         }
         self.requeue_if_wanted(slot);
-        self.touched.push(slot);
     }
 
     // ---------------------------------------------------------------- verdicts
 
     fn check(&self, verdict: &Verdict, now: i64) -> Result<(u32, usize), Rejection> {
-        let Some(&slot) = self.index.get(verdict.decision_id.as_str()) else {
+        let Some(slot) = self.slot_of(&verdict.decision_id) else {
             return Err(if self.done.contains_key(verdict.decision_id.as_str()) {
                 Rejection::AlreadyDecided
             } else {
@@ -1377,36 +1769,34 @@ impl Core {
             .iter()
             .position(|lease| lease.id == verdict.assignment_id)
         else {
-            return Err(
-                match progress
-                    .closed
-                    .iter()
-                    .find(|closed| closed.id == verdict.assignment_id)
+            let closed = progress
+                .closed
+                .iter()
+                .find(|closed| closed.id == verdict.assignment_id);
+            return Err(match closed {
+                Some(closed)
+                    if *closed.reviewer == *verdict.reviewer_id
+                        && closed.verdict == Some(verdict.verdict) =>
                 {
-                    Some(closed)
-                        if *closed.reviewer == *verdict.reviewer_id
-                            && closed.verdict == Some(verdict.verdict) =>
-                    {
-                        Rejection::Duplicate
-                    }
-                    Some(closed) if closed.verdict.is_none() => Rejection::LeaseRevoked,
-                    Some(_) => Rejection::StaleLease,
-                    None => Rejection::UnknownLease,
-                },
-            );
+                    Rejection::Duplicate
+                }
+                Some(closed) if closed.verdict.is_none() => Rejection::LeaseRevoked,
+                Some(_) => Rejection::StaleLease,
+                None => Rejection::UnknownLease,
+            });
         };
         let lease = &progress.leases[index];
         if *lease.reviewer != *verdict.reviewer_id {
             return Err(Rejection::WrongReviewer);
         }
-        let grace = self.policy(&item.pool).verdict_grace.as_millis() as i64;
+        let policy = self.policy(item.pool);
+        let grace = policy.verdict_grace.as_millis() as i64;
         if now > lease.expires_at.saturating_add(grace) {
             return Err(Rejection::LeaseExpired);
         }
         let Some(reviewer) = self.roster.get(verdict.reviewer_id.as_str()) else {
             return Err(Rejection::UnknownReviewer);
         };
-        let policy = self.policy(&item.pool);
         let tier_roles = policy
             .tiers
             .iter()
@@ -1427,12 +1817,11 @@ impl Core {
     }
 
     fn reject(&mut self, verdict: &Verdict, reason: Rejection, now: i64, out: &mut Vec<Effect>) {
-        let kind = format!("{:?}", verdict.verdict).to_ascii_uppercase();
-        let mut event = match self.index.get(verdict.decision_id.as_str()).copied() {
+        let kind = verdict_name(verdict.verdict);
+        let mut event = match self.slot_of(&verdict.decision_id) {
             Some(slot) => {
                 self.touched.push(slot);
-                self.item_mut(slot)
-                    .next_event(LifecycleKind::VerdictRejected, now)
+                self.event(slot, LifecycleKind::VerdictRejected, now)
             }
             None => LifecycleEvent::new(
                 format!(
@@ -1452,7 +1841,7 @@ impl Core {
         event.reason = Some(reason.as_str().to_owned());
         event.reviewer_id = Some(verdict.reviewer_id.clone());
         event.assignment_id = Some(verdict.assignment_id.clone());
-        event.attributes.insert("verdict".into(), kind);
+        event.attributes.insert("verdict".into(), kind.into());
         if !verdict.rationale.is_empty() {
             event
                 .attributes
@@ -1470,76 +1859,51 @@ impl Core {
         now: i64,
         out: &mut Vec<Effect>,
     ) {
-        let policy = self.policy(&self.item_ref(slot).pool).clone();
-        let item = self.item_mut(slot);
-        let pool = item.pool.clone();
-        let kind = format!("{:?}", verdict.verdict).to_ascii_uppercase();
+        let item = self.item_ref(slot);
+        let (pool, qa_sample) = (item.pool, item.qa_sample);
         let assigned_at = item.progress().leases[lease_index].assigned_at;
-        let mut event = item.next_event(LifecycleKind::Verdict, now);
+        let mut event = self.event(slot, LifecycleKind::Verdict, now);
         event.reviewer_id = Some(verdict.reviewer_id.clone());
         event.assignment_id = Some(verdict.assignment_id.clone());
-        event.attributes.insert("verdict".into(), kind);
+        let attributes = &mut event.attributes;
+        attributes.insert("verdict".into(), verdict_name(verdict.verdict).into());
         if !verdict.rationale.is_empty() {
-            event
-                .attributes
-                .insert("rationale".into(), verdict.rationale.clone());
+            attributes.insert("rationale".into(), verdict.rationale.clone());
         }
         if let Some(action) = &verdict.amended_action {
-            event
-                .attributes
-                .insert("amended_action".into(), action.clone());
+            attributes.insert("amended_action".into(), action.clone());
         }
-        if item.qa_sample {
-            event.attributes.insert("qa_sample".into(), "true".into());
+        if qa_sample {
+            attributes.insert("qa_sample".into(), "true".into());
         }
         out.push(Effect::Observed(Observation::VerdictApplied {
-            pool: pool.clone(),
+            pool: self.pool_name(pool),
             verdict: verdict.verdict,
             latency_ms: now - assigned_at,
         }));
         self.touched.push(slot);
 
         if verdict.verdict == VerdictKind::Renew {
-            let lease_ms = policy.lease.as_millis() as i64;
-            let item = self.item_mut(slot);
-            let lease = &mut item.progress_mut().leases[lease_index];
+            let lease_ms = self.policy(pool).lease.as_millis() as i64;
+            let lease = &mut self.item_mut(slot).progress_mut().leases[lease_index];
             lease.expires_at = now + lease_ms;
             let lease = lease.clone();
             event
                 .attributes
                 .insert("lease_expires_at".into(), lease.expires_at.to_string());
             out.push(Effect::Lifecycle(event));
-            let reviewer = self.roster[verdict.reviewer_id.as_str()].clone();
-            let context = self.masked_context(self.item_ref(slot), &reviewer);
-            let item = self.item_ref(slot);
+            let partition = self.roster.get(&lease.reviewer).and_then(|r| r.partition);
+            let renewed =
+                self.assignment_event(slot, &lease, AssignmentKind::Assigned, Some("renewed"), now);
             out.push(Effect::Assignment {
-                partition: reviewer.partition,
-                event: AssignmentEvent {
-                    assignment_id: lease.id.clone(),
-                    decision_id: item.decision_id.to_string(),
-                    reviewer_id: lease.reviewer.to_string(),
-                    kind: AssignmentKind::Assigned,
-                    pool: item.pool.to_string(),
-                    priority: Queue::urgency(&item.key, now),
-                    sla_deadline: item.sla_deadline,
-                    lease_expires_at: lease.expires_at,
-                    action: item.action.to_string(),
-                    confidence: item.confidence,
-                    context,
-                    attempt: lease.attempt as i32,
-                    reason: Some("renewed".into()),
-                    workflow: item.workflow.to_string(),
-                    subject: item.subject.to_string(),
-                    qa_sample: item.qa_sample,
-                },
+                partition,
+                event: renewed,
             });
-            self.schedule(slot);
             return;
         }
 
         // Every other verdict ends the lease and keeps this reviewer off the item.
-        let item = self.item_mut(slot);
-        let progress = item.progress_mut();
+        let progress = self.item_mut(slot).progress_mut();
         let lease = progress.leases.remove(lease_index);
         progress.closed.push(ClosedLease {
             id: lease.id.clone(),
@@ -1549,7 +1913,7 @@ impl Core {
         if !progress.excluded.contains(&lease.reviewer) {
             progress.excluded.push(lease.reviewer.clone());
         }
-        self.add_inflight(&lease.reviewer, &pool, -1);
+        self.add_inflight(&lease.reviewer, pool, -1);
         if !self.has_leases(slot) {
             self.leased.remove(&slot);
         }
@@ -1557,83 +1921,99 @@ impl Core {
 
         match verdict.verdict {
             VerdictKind::Renew => unreachable!("handled above"),
-            VerdictKind::Defer => {
-                out.push(Effect::Observed(Observation::Revoked {
-                    pool,
-                    reason: "deferred",
-                }));
-            }
+            VerdictKind::Defer => out.push(Effect::Observed(Observation::Revoked {
+                pool: self.pool_name(pool),
+                reason: "deferred",
+            })),
             VerdictKind::Escalate => self.escalate(slot, "reviewer_escalated", now, out),
             VerdictKind::Approve | VerdictKind::Reject | VerdictKind::Amend => {
-                let item = self.item_mut(slot);
-                let pool_of_item = item.pool.clone();
-                let action = match verdict.verdict {
-                    VerdictKind::Amend => verdict.amended_action.clone().unwrap_or_default(),
-                    _ => item.action.to_string(),
-                };
-                if item.qa_sample {
-                    let agrees = verdict.verdict == VerdictKind::Approve;
-                    out.push(Effect::Observed(Observation::QaLabeled { pool, agrees }));
-                    self.revoke_every_lease(slot, "decided", now, out);
-                    self.finish(slot, now, out);
-                    self.assign_pool(&pool_of_item, now, out);
-                    return;
-                }
-                let quorum = item.quorum.max(1);
-                let progress = item.progress_mut();
-                progress.votes.push(Vote {
-                    reviewer: lease.reviewer.clone(),
-                    verdict: verdict.verdict,
-                    action,
-                    rationale: verdict.rationale.clone(),
-                    at: now,
-                });
-                let first = &progress.votes[0];
-                let disagree = progress
-                    .votes
-                    .iter()
-                    .any(|vote| vote.verdict != first.verdict || vote.action != first.action);
-                if disagree {
-                    progress.votes.clear();
-                    self.escalate(slot, "quorum_disagreement", now, out);
-                } else if progress.votes.len() >= usize::from(quorum) {
-                    let decided_by = if quorum > 1 {
-                        DecidedBy::Quorum
-                    } else {
-                        DecidedBy::Human
-                    };
-                    let (status, action) = (status_of(first.verdict), first.action.clone());
-                    let reviewers = progress
-                        .votes
-                        .iter()
-                        .map(|vote| vote.reviewer.to_string())
-                        .collect();
-                    let rationale = progress
-                        .votes
-                        .iter()
-                        .map(|vote| vote.rationale.as_str())
-                        .filter(|r| !r.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(" | ");
-                    self.decide(
-                        slot,
-                        decided_by,
-                        status,
-                        action,
-                        reviewers,
-                        (!rationale.is_empty()).then_some(rationale),
-                        now,
-                        out,
-                    );
-                    self.assign_pool(&pool_of_item, now, out);
+                if self.vote(slot, verdict, &lease, now, out) {
+                    self.assign_pool(pool, now, out);
                     return;
                 }
             }
         }
         self.requeue_if_wanted(slot);
-        self.schedule(slot);
-        let pool = self.item_ref(slot).pool.clone();
-        self.assign_pool(&pool, now, out);
+        self.assign_pool(pool, now, out);
+    }
+
+    /// Records a deciding verdict. Returns whether the item is finished (decided, or a QA sample
+    /// labeled).
+    fn vote(
+        &mut self,
+        slot: u32,
+        verdict: &Verdict,
+        lease: &Lease,
+        now: i64,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let item = self.item_ref(slot);
+        let pool = item.pool;
+        let action = match verdict.verdict {
+            VerdictKind::Amend => verdict.amended_action.clone().unwrap_or_default(),
+            _ => self.symbols.name(item.action).to_string(),
+        };
+        if item.qa_sample {
+            let agrees = verdict.verdict == VerdictKind::Approve;
+            out.push(Effect::Observed(Observation::QaLabeled {
+                pool: self.pool_name(pool),
+                agrees,
+            }));
+            self.revoke_every_lease(slot, "decided", now, out);
+            self.finish(slot, now, out);
+            return true;
+        }
+        let quorum = item.quorum.max(1);
+        let progress = self.item_mut(slot).progress_mut();
+        progress.votes.push(Vote {
+            reviewer: lease.reviewer.clone(),
+            verdict: verdict.verdict,
+            action,
+            rationale: verdict.rationale.clone(),
+            at: now,
+        });
+        let first = &progress.votes[0];
+        let disagree = progress
+            .votes
+            .iter()
+            .any(|vote| vote.verdict != first.verdict || vote.action != first.action);
+        if disagree {
+            progress.votes.clear();
+            self.escalate(slot, "quorum_disagreement", now, out);
+            return false;
+        }
+        if progress.votes.len() < usize::from(quorum) {
+            return false;
+        }
+        let decided_by = if quorum > 1 {
+            DecidedBy::Quorum
+        } else {
+            DecidedBy::Human
+        };
+        let (status, action) = (status_of(first.verdict), first.action.clone());
+        let reviewers = progress
+            .votes
+            .iter()
+            .map(|vote| vote.reviewer.to_string())
+            .collect();
+        let rationale = progress
+            .votes
+            .iter()
+            .map(|vote| vote.rationale.as_str())
+            .filter(|r| !r.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        self.decide(
+            slot,
+            decided_by,
+            status,
+            action,
+            reviewers,
+            (!rationale.is_empty()).then_some(rationale),
+            now,
+            out,
+        );
+        true
     }
 
     // ---------------------------------------------------------------- outcomes
@@ -1651,29 +2031,31 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         self.revoke_every_lease(slot, "decided", now, out);
-        let item = self.item_mut(slot);
-        let overridden = status != OutcomeStatus::Approved || final_action != *item.action;
+        let item = self.item_ref(slot);
+        let name = |sym: Sym| self.symbols.name(sym).to_string();
+        let overridden =
+            status != OutcomeStatus::Approved || final_action != **self.symbols.name(item.action);
         let outcome = Outcome {
             decision_id: item.decision_id.to_string(),
             final_action,
             status,
             decided_by,
             reviewer_ids,
-            policy_rule: item.policy_rule.to_string(),
-            policy_version: item.policy_version.to_string(),
+            policy_rule: name(item.policy_rule),
+            policy_version: name(item.policy_version),
             decided_at: now,
             time_to_decision_ms: now - item.created_at,
-            workflow: item.workflow.to_string(),
+            workflow: name(item.workflow),
             rationale,
         };
-        let mut event = item.next_event(LifecycleKind::Outcome, now);
-        event.outcome = Some(outcome.clone());
         out.push(Effect::Observed(Observation::Decided {
-            pool: item.pool.clone(),
+            pool: self.pool_name(item.pool),
             decided_by,
             overridden,
             latency_ms: outcome.time_to_decision_ms,
         }));
+        let mut event = self.event(slot, LifecycleKind::Outcome, now);
+        event.outcome = Some(outcome.clone());
         out.push(Effect::Outcome(outcome));
         out.push(Effect::Lifecycle(event));
         self.finish(slot, now, out);
@@ -1683,38 +2065,38 @@ impl Core {
     fn finish(&mut self, slot: u32, now: i64, out: &mut Vec<Effect>) {
         let item = self.remove_slot(slot);
         for lease in &item.progress().leases {
-            self.add_inflight(&lease.reviewer, &item.pool, -1);
+            self.add_inflight(&lease.reviewer, item.pool, -1);
         }
-        if let Some(queue) = self.queues.get_mut(&item.pool) {
-            queue.remove(&item.decision_id);
-        }
-        self.done
-            .insert(item.decision_id.clone(), (item.pool.clone(), now));
-        self.done_order.insert((now, item.decision_id.clone()));
+        let id: Arc<str> = Arc::from(&*item.decision_id);
+        self.done.insert(id.clone(), (item.pool, now));
+        self.done_order.push_back((now, id));
         out.push(Effect::State {
-            pool: item.pool.clone(),
-            decision_id: item.decision_id.clone(),
-            record: Some(Box::new(StateRecord::Done {
-                pool: item.pool.to_string(),
-                decided_at: now,
-            })),
+            pool: self.pool_name(item.pool),
+            decision_id: item.decision_id.into(),
+            change: StateChange::Done { decided_at: now },
         });
     }
 
-    /// One changelog entry per item changed by the call.
+    /// One changelog entry per item changed by the call, and its timer brought up to date.
     fn flush(&mut self, out: &mut Vec<Effect>) {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
         for slot in touched.drain(..) {
-            if let Some(item) = self.slots[slot as usize].as_ref() {
-                out.push(Effect::State {
-                    pool: item.pool.clone(),
-                    decision_id: item.decision_id.clone(),
-                    record: Some(Box::new(StateRecord::Active(item.clone()))),
-                });
+            if !self.live(slot) {
+                continue;
             }
+            self.schedule(slot);
+            let item = self.item_ref(slot);
+            out.push(Effect::State {
+                pool: self.pool_name(item.pool),
+                decision_id: item.decision_id.to_string(),
+                change: StateChange::Active,
+            });
         }
         self.touched = touched;
     }
 }
+
+#[doc(hidden)]
+pub const ITEM_BYTES: usize = std::mem::size_of::<Option<Item>>();

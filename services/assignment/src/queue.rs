@@ -77,6 +77,19 @@ impl DecayParams {
     }
 }
 
+impl DecayParams {
+    /// The ordering key of an item: its deadline brought forward by its bonus fraction of its
+    /// SLA, then its arrival sequence.
+    pub fn key(&self, item: &Pending, sequence: u64) -> Key {
+        let sla = (item.sla_deadline - item.enqueued_at).max(0) as f64;
+        let bonus = (sla * self.bonus_fraction(item.tier, item.risk, item.amount)) as i64;
+        Key {
+            virtual_deadline: item.sla_deadline - bonus,
+            sequence,
+        }
+    }
+}
+
 /// What the queue needs to know about an item to order it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
@@ -128,15 +141,7 @@ impl Queue {
 
     /// The key an item gets: its deadline brought forward by its bonus fraction of its SLA.
     pub fn key_for(&self, item: &Pending, sequence: u64) -> Key {
-        let sla = (item.sla_deadline - item.enqueued_at).max(0) as f64;
-        let bonus = (sla
-            * self
-                .params
-                .bonus_fraction(item.tier, item.risk, item.amount)) as i64;
-        Key {
-            virtual_deadline: item.sla_deadline - bonus,
-            sequence,
-        }
+        self.params.key(item, sequence)
     }
 
     /// Adds an item (idempotent by id: a known id keeps its place). Returns its key.

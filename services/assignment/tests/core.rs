@@ -404,7 +404,7 @@ fn defer_goes_back_to_the_queue_and_to_someone_else() {
         &mut out,
     );
     assert!(assignments(&out, AssignmentKind::Assigned).is_empty());
-    assert_eq!(core.queued("general"), [Arc::from("d1")]);
+    assert_eq!(core.queued("general"), ["d1"]);
 }
 
 #[test]
@@ -450,7 +450,7 @@ fn lease_expiry_revokes_and_reassigns_to_someone_else_then_escalates() {
     assert!(lifecycle_kinds(&out).contains(&LifecycleKind::Escalated));
     let third = assignments(&out, AssignmentKind::Assigned).remove(0);
     assert_eq!(third.reviewer_id, "cy");
-    assert_eq!(core.item("d1").unwrap().level, 1);
+    assert_eq!(core.record("d1").unwrap().level, 1);
 }
 
 #[test]
@@ -467,7 +467,7 @@ fn going_offline_requeues_at_the_old_priority() {
         T0 + 1,
         &mut out,
     );
-    let key_before = core.item("d1").unwrap().key;
+    let key_before = core.record("d1").unwrap().key;
     out.clear();
     core.reviewer_status(
         &reviewer("ann", &[], 1, Presence::Offline),
@@ -477,8 +477,8 @@ fn going_offline_requeues_at_the_old_priority() {
     let revoked = assignments(&out, AssignmentKind::Revoked);
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0].reason.as_deref(), Some("reviewer_offline"));
-    assert_eq!(core.queued("general"), [Arc::from("d1"), Arc::from("d2")]);
-    assert_eq!(core.item("d1").unwrap().key, key_before);
+    assert_eq!(core.queued("general"), ["d1", "d2"]);
+    assert_eq!(core.record("d1").unwrap().key, key_before);
     // Back online: it gets d1 (first in line) again — going offline is not a judgement.
     out.clear();
     core.reviewer_status(&reviewer("ann", &[], 1, Presence::Online), T0 + 3, &mut out);
@@ -505,7 +505,7 @@ fn sla_risk_escalates_and_breach_follows_the_pool_policy() {
     core.tick(T0 + 10 * MINUTE, &mut out);
     assert!(lifecycle_kinds(&out).contains(&LifecycleKind::SlaBreached));
     assert!(outcomes(&out).is_empty());
-    assert!(core.item("d1").is_some());
+    assert!(core.record("d1").is_some());
 
     // Fallback: decided as configured, recorded as SLA_FALLBACK; leases revoked.
     let mut core = core_with(&[reviewer("ann", &[], 1, Presence::Online)]);
@@ -634,21 +634,21 @@ fn qa_samples_are_labeled_without_an_outcome_and_expire_unlabeled() {
     assert!(core.is_decided("q2"));
 }
 
-/// Replays the changelog entries a run produced into a fresh core.
-fn restored(effects: &[Effect], reviewers: &[ReviewerStatus]) -> Core {
+/// Replays the changelog a run produced into a fresh core. `State` effects are encoded from the
+/// live core after the run: only the latest entry per decision counts, and that is the final state.
+fn restored(live: &Core, effects: &[Effect], reviewers: &[ReviewerStatus]) -> Core {
     let mut latest: BTreeMap<String, Option<StateRecord>> = BTreeMap::new();
     for effect in effects {
         if let Effect::State {
             decision_id,
-            record,
-            ..
+            pool,
+            change,
         } = effect
         {
             // Through JSON, as the changelog stores it.
-            let record = record.as_ref().map(|r| {
-                let text = serde_json::to_string(r).unwrap();
-                serde_json::from_str::<StateRecord>(&text).unwrap()
-            });
+            let record = live
+                .state_payload(decision_id, pool, *change)
+                .map(|payload| serde_json::from_slice::<StateRecord>(&payload).unwrap());
             latest.insert(decision_id.to_string(), record);
         }
     }
@@ -656,6 +656,7 @@ fn restored(effects: &[Effect], reviewers: &[ReviewerStatus]) -> Core {
     for (id, record) in latest {
         core.restore_entry(&id, record);
     }
+    core.finish_restore();
     core
 }
 
@@ -681,12 +682,10 @@ fn a_restored_core_continues_where_the_old_one_stopped() {
         &mut log,
     );
     // Restart: the same queue, the same leases, the same decided ids; nothing assigned twice.
-    let mut again = restored(&log, &roster);
+    let mut again = restored(&core, &log, &roster);
     assert_eq!(again.len(), core.len());
     assert_eq!(again.queued("general"), core.queued("general"));
-    for item in core.items() {
-        assert_eq!(again.item(&item.decision_id), Some(item));
-    }
+    assert_eq!(again.records(), core.records());
     assert!(again.is_decided(&leases[0].decision_id));
     assert_eq!(
         again.inflight("ann", "general") + again.inflight("bob", "general"),
@@ -1092,14 +1091,14 @@ proptest! {
             }
         }
         let _ = effects;
-        let again = restored(&log, &roster);
+        let again = restored(&live, &log, &roster);
         prop_assert_eq!(again.len(), live.len());
         for pool in POOLS {
             prop_assert_eq!(again.queued(pool), live.queued(pool));
         }
-        for item in live.items() {
-            prop_assert_eq!(again.item(&item.decision_id), Some(item));
-            for lease in &item.progress().leases {
+        prop_assert_eq!(again.records(), live.records());
+        for item in live.records() {
+            for lease in &item.progress.leases {
                 prop_assert_eq!(again.inflight(&lease.reviewer, &item.pool), live.inflight(&lease.reviewer, &item.pool));
             }
         }
