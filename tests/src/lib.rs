@@ -518,3 +518,83 @@ pub fn kafka_toml() -> String {
         on_tansu(),
     )
 }
+
+/// A live reader of a topic: every partition from its start, polled as records arrive (a reviewer
+/// app, an actuator).
+pub struct Tail {
+    consumer: BaseConsumer,
+}
+
+impl Tail {
+    pub fn new(topic: &str) -> Self {
+        let consumer: BaseConsumer = hitl_runtime::kafka::reader_config(&kafka_settings(), true)
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions as i32 {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).expect("assign");
+        Self { consumer }
+    }
+
+    /// The next record, if one arrives within `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<Received> {
+        let message = self.consumer.poll(timeout)?.ok()?;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Received {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+        })
+    }
+
+    /// Reads until `done` returns true for the records read so far (kept in `seen`), or `within`
+    /// passes. Returns whether `done` held.
+    pub fn until(
+        &self,
+        seen: &mut Vec<Received>,
+        within: Duration,
+        mut done: impl FnMut(&[Received]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if done(seen) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if let Some(record) = self.next(Duration::from_millis(100)) {
+                seen.push(record);
+            }
+        }
+    }
+}

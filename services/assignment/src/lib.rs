@@ -2,8 +2,102 @@
 //! priority with SLA decay, roles, capacity and fairness, leases, escalation, quorum — and turns
 //! verdicts into outcomes.
 //!
-//! `queue`, `pools` and `core` are pure (no Kafka, no clock); the Kafka shell is `service`.
+//! `queue`, `pools` and `core` are pure (no Kafka, no clock); `service` is the Kafka shell.
 
 pub mod core;
+mod metrics;
 pub mod pools;
 pub mod queue;
+pub mod service;
+
+use std::sync::{mpsc, Arc};
+
+use hitl_runtime::{config::Settings, http, kafka, pipeline, Health, LoopMetrics, LoopSettings};
+use tokio_util::sync::CancellationToken;
+
+pub use service::{AssignmentProcessor, AssignmentSettings};
+
+/// Runs the assignment service until `shutdown` is cancelled or its loop fails fatally.
+pub async fn run(
+    settings: Settings<AssignmentSettings>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if !matches!(
+        settings.kafka.partition_assignment_strategy.as_str(),
+        "range" | "range,roundrobin"
+    ) {
+        anyhow::bail!(
+            "kafka.partition_assignment_strategy: the assignment service needs `range`, which gives \
+             one instance the same partitions of review-requests and verdicts (co-partitioned by pool)"
+        );
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let loop_metrics = LoopMetrics::register(&mut registry);
+    let metrics = Arc::new(metrics::AssignmentMetrics::register(&mut registry));
+    let health = Health::default();
+    let codec = settings.codec.build(settings.kafka.request_timeout)?;
+
+    if settings.service.create_topics {
+        let created = kafka::ensure_topics(
+            &settings.kafka,
+            &settings.topics.specs(),
+            settings.topics.replication_factor,
+        )
+        .await?;
+        if !created.is_empty() {
+            tracing::info!(topics = ?created, "created topics");
+        }
+    }
+
+    let (updates, roster) = mpsc::channel();
+    let roster_thread = service::spawn_roster_reader(
+        &settings.kafka,
+        settings.topics.reviewers.clone(),
+        codec.clone(),
+        updates,
+        shutdown.clone(),
+    )?;
+    let processor = AssignmentProcessor::new(&settings, codec, metrics, roster);
+
+    let (address, http_task) = http::serve(
+        settings.http.listen,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%address, "assignment http endpoint");
+
+    let handle = pipeline::spawn(
+        settings.kafka.clone(),
+        loop_settings(&settings),
+        processor,
+        shutdown.clone(),
+        health,
+        loop_metrics,
+    );
+    let result = tokio::task::spawn_blocking(move || handle.join()).await?;
+    shutdown.cancel();
+    let _ = http_task.await;
+    let _ = tokio::task::spawn_blocking(move || roster_thread.join()).await;
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => anyhow::bail!("assignment loop thread panicked"),
+    }
+}
+
+/// The loop settings the assignment service runs with.
+pub fn loop_settings(settings: &Settings<AssignmentSettings>) -> LoopSettings {
+    LoopSettings {
+        service: "assignment".into(),
+        group_id: settings.service.group_id.clone(),
+        transactional_id: settings.service.transactional_id(),
+        input_topics: vec![
+            settings.topics.review_requests.clone(),
+            settings.topics.verdicts.clone(),
+        ],
+        tick_interval: Some(settings.service.tick_interval),
+        max_records_per_second: None,
+    }
+}

@@ -1,0 +1,635 @@
+//! The assignment service's I/O shell: review requests and verdicts in (the loop's input), the roster
+//! from `hitl.reviewers` (every partition, beside the loop), the pure core in the middle, and
+//! assignments, outcomes, lifecycle events and the changelog out.
+//!
+//! State lives in the core and in the compacted changelog `hitl.assignment.state`: each pool's
+//! entries go to the changelog partition with the same number as the pool's review-request
+//! partition, so an instance that is given partition p restores exactly the pools of p.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use hitl_runtime::{
+    config::{Delivery, KafkaSettings, Topics},
+    kafka::reader_config,
+    InputRecord, OutputRecord, Processor, Validate,
+};
+use hitl_schema::{Codec, ReviewRequest, ReviewerStatus, Verdict};
+use rdkafka::{
+    consumer::{BaseConsumer, Consumer},
+    Message, Offset, TopicPartitionList,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    core::{Core, Effect, StateRecord},
+    metrics::AssignmentMetrics,
+    pools::{CoreConfig, PoolPolicy},
+    queue::DecayParams,
+};
+
+/// The assignment service's `[service]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssignmentSettings {
+    /// Names this instance: its `transactional.id` is `hitl-assignment-<instance_id>`.
+    pub instance_id: String,
+    pub group_id: String,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// How often timers (lease expiry, SLA) are checked and queues re-examined.
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    /// How often queue gauges are recomputed (a walk over every item).
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
+    /// How long restoring one changelog partition may take before the service gives up.
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
+    /// Larger input records go to the DLQ unread.
+    pub max_record_bytes: usize,
+    /// Priority with SLA decay.
+    pub decay: DecayParams,
+    /// Policy of every pool not listed in `pools`.
+    pub default_pool: PoolPolicy,
+    /// Per-pool policies, by pool name.
+    pub pools: BTreeMap<String, PoolPolicy>,
+    /// Queued items examined per assignment pass at most.
+    pub max_scan: usize,
+    /// How long decided ids are remembered (late verdicts, re-delivered requests).
+    #[serde(with = "humantime_serde")]
+    pub done_retention: Duration,
+}
+
+impl Default for AssignmentSettings {
+    fn default() -> Self {
+        let core = CoreConfig::default();
+        Self {
+            instance_id: "0".into(),
+            group_id: "hitl-assignment".into(),
+            create_topics: true,
+            tick_interval: Duration::from_millis(250),
+            gauge_interval: Duration::from_secs(5),
+            restore_timeout: Duration::from_secs(300),
+            max_record_bytes: 1024 * 1024,
+            decay: core.decay,
+            default_pool: core.default_pool,
+            pools: core.pools,
+            max_scan: core.max_scan,
+            done_retention: core.done_retention,
+        }
+    }
+}
+
+impl AssignmentSettings {
+    pub fn transactional_id(&self) -> String {
+        format!("hitl-assignment-{}", self.instance_id)
+    }
+
+    pub fn core_config(&self) -> CoreConfig {
+        CoreConfig {
+            decay: self.decay.clone(),
+            default_pool: self.default_pool.clone(),
+            pools: self.pools.clone(),
+            max_scan: self.max_scan,
+            done_retention: self.done_retention,
+        }
+    }
+}
+
+impl Validate for AssignmentSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.instance_id.is_empty()
+            || !self
+                .instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errors.push(format!(
+                "service.instance_id: `{}` must be letters, digits, - _ .",
+                self.instance_id
+            ));
+        }
+        if self.group_id.is_empty() {
+            errors.push("service.group_id: must not be empty".into());
+        }
+        if self.tick_interval < Duration::from_millis(10) {
+            errors.push("service.tick_interval: must be at least 10ms".into());
+        }
+        if self.gauge_interval.is_zero() {
+            errors.push("service.gauge_interval: must be more than 0".into());
+        }
+        if self.restore_timeout < Duration::from_secs(1) {
+            errors.push("service.restore_timeout: must be at least 1s".into());
+        }
+        if self.max_record_bytes < 64 {
+            errors.push("service.max_record_bytes: must be at least 64".into());
+        }
+        errors.extend(self.core_config().problems("service."));
+    }
+}
+
+/// A roster change read from `hitl.reviewers`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RosterUpdate {
+    Status(ReviewerStatus),
+    Removed(String),
+}
+
+/// Reads every partition of the reviewers topic from its start, for ever, and sends each change.
+/// Runs on its own thread until `stop` is set or the receiver is gone.
+pub fn spawn_roster_reader(
+    kafka: &KafkaSettings,
+    topic: String,
+    codec: Codec,
+    updates: mpsc::Sender<RosterUpdate>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let config = reader_config(kafka, kafka.delivery == Delivery::Transactional);
+    std::thread::Builder::new()
+        .name("roster-reader".into())
+        .spawn(move || {
+            let consumer: BaseConsumer = match config.create() {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    tracing::error!(%error, "roster reader: cannot create consumer");
+                    return;
+                }
+            };
+            // Wait for the topic's partitions.
+            let partitions = loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                    Ok(metadata) => {
+                        let count = metadata
+                            .topics()
+                            .iter()
+                            .find(|t| t.name() == topic)
+                            .map_or(0, |t| t.partitions().len());
+                        if count > 0 {
+                            break count as i32;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "roster reader: no metadata yet"),
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            let mut assignment = TopicPartitionList::new();
+            for partition in 0..partitions {
+                let _ = assignment.add_partition_offset(&topic, partition, Offset::Beginning);
+            }
+            if let Err(error) = consumer.assign(&assignment) {
+                tracing::error!(%error, "roster reader: cannot assign partitions");
+                return;
+            }
+            tracing::info!(%topic, partitions, "reading the reviewer roster");
+            while !stop.is_cancelled() {
+                let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let message = match polled {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "roster reader: consume error");
+                        continue;
+                    }
+                };
+                let update = match message.payload() {
+                    None => match message.key().map(String::from_utf8_lossy) {
+                        Some(id) => RosterUpdate::Removed(id.into_owned()),
+                        None => continue,
+                    },
+                    Some(payload) => match codec.decode::<ReviewerStatus>(payload) {
+                        Ok(status) => RosterUpdate::Status(status),
+                        Err(error) => {
+                            tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "roster reader: undecodable reviewer status skipped");
+                            continue;
+                        }
+                    },
+                };
+                if updates.send(update).is_err() {
+                    return;
+                }
+            }
+        })
+}
+
+/// One compacted partition as read: the latest value of every key (`None`: a tombstone), and how
+/// many records were read to get it.
+pub struct PartitionSnapshot {
+    pub latest: HashMap<String, Option<Vec<u8>>>,
+    pub records: u64,
+}
+
+/// The latest value of every key in one partition of a compacted topic, read from its start to its
+/// end.
+pub fn read_partition(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> anyhow::Result<PartitionSnapshot> {
+    let consumer: BaseConsumer =
+        reader_config(kafka, kafka.delivery == Delivery::Transactional).create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + timeout;
+    let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+    let (mut next, mut records) = (0i64, 0u64);
+    // Until the end: past the high watermark and then one empty poll (the dev broker's watermarks
+    // can lag the real end).
+    loop {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "restoring {topic}[{partition}] took more than {timeout:?} ({records} records read)"
+            );
+        }
+        match consumer.poll(Duration::from_millis(300)) {
+            None if next >= high => break,
+            None => continue,
+            Some(Err(error)) => {
+                tracing::warn!(%error, %topic, partition, "restore: consume error");
+            }
+            Some(Ok(message)) => {
+                next = message.offset() + 1;
+                records += 1;
+                let Some(key) = message.key() else { continue };
+                latest.insert(
+                    String::from_utf8_lossy(key).into_owned(),
+                    message.payload().map(<[u8]>::to_vec),
+                );
+            }
+        }
+    }
+    Ok(PartitionSnapshot { latest, records })
+}
+
+/// The assignment service as a `Processor` of the loop.
+pub struct AssignmentProcessor {
+    core: Core,
+    codec: Codec,
+    topics: Topics,
+    kafka: KafkaSettings,
+    settings: AssignmentSettings,
+    metrics: Arc<AssignmentMetrics>,
+    roster: mpsc::Receiver<RosterUpdate>,
+    /// The latest status of every reviewer, to rebuild the core after an abort.
+    statuses: BTreeMap<String, ReviewerStatus>,
+    /// The partition (of review requests, verdicts and the changelog) each known pool lives on.
+    pool_partition: HashMap<String, i32>,
+    /// Review-request partitions this instance owns.
+    owned: BTreeSet<i32>,
+    effects: Vec<Effect>,
+    last_gauges: Instant,
+}
+
+impl AssignmentProcessor {
+    pub(crate) fn new(
+        settings: &hitl_runtime::Settings<AssignmentSettings>,
+        codec: Codec,
+        metrics: Arc<AssignmentMetrics>,
+        roster: mpsc::Receiver<RosterUpdate>,
+    ) -> Self {
+        Self {
+            core: Core::new(settings.service.core_config()),
+            codec,
+            topics: settings.topics.clone(),
+            kafka: settings.kafka.clone(),
+            settings: settings.service.clone(),
+            metrics,
+            roster,
+            statuses: BTreeMap::new(),
+            pool_partition: HashMap::new(),
+            owned: BTreeSet::new(),
+            effects: Vec::new(),
+            last_gauges: Instant::now(),
+        }
+    }
+
+    /// Applies roster changes that arrived since the last call.
+    fn drain_roster(&mut self, now: i64) {
+        while let Ok(update) = self.roster.try_recv() {
+            match update {
+                RosterUpdate::Status(status) => {
+                    self.core.reviewer_status(&status, now, &mut self.effects);
+                    self.statuses.insert(status.reviewer_id.clone(), status);
+                }
+                RosterUpdate::Removed(id) => {
+                    self.core.reviewer_removed(&id, now, &mut self.effects);
+                    self.statuses.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Restores the pools of one partition from the changelog.
+    fn restore(&mut self, partition: i32) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let PartitionSnapshot {
+            latest: entries,
+            records,
+        } = read_partition(
+            &self.kafka,
+            &self.topics.assignment_state,
+            partition,
+            self.settings.restore_timeout,
+        )?;
+        let mut restored = 0u64;
+        for (decision_id, payload) in entries {
+            let record = match payload
+                .as_deref()
+                .map(serde_json::from_slice::<StateRecord>)
+            {
+                None => None,
+                Some(Ok(record)) => Some(record),
+                Some(Err(error)) => {
+                    tracing::error!(%decision_id, %error, partition, "unreadable changelog entry skipped");
+                    continue;
+                }
+            };
+            if let Some(record) = &record {
+                self.pool_partition
+                    .insert(record.pool().to_owned(), partition);
+            }
+            self.core.restore_entry(&decision_id, record);
+            restored += 1;
+        }
+        self.core.finish_restore();
+        let took = started.elapsed();
+        self.metrics.restored(restored, took);
+        tracing::info!(
+            partition,
+            records,
+            entries = restored,
+            pending = self.core.len(),
+            took_ms = took.as_millis() as u64,
+            "state restored from the changelog"
+        );
+        Ok(())
+    }
+
+    fn restore_all(&mut self) {
+        let partitions: Vec<i32> = self.owned.iter().copied().collect();
+        for partition in partitions {
+            if let Err(error) = self.restore(partition) {
+                // Without its state the service must not take input: exit, the supervisor restarts.
+                tracing::error!(%error, partition, "cannot restore state; exiting");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// Turns the core's effects into output records (and metrics).
+    fn emit(&mut self, output: &mut Vec<OutputRecord>) {
+        let partitions = self.topics.partitions;
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Assignment { partition, event } => {
+                    let payload = match self.codec.encode_to_vec(&self.topics.assignments, &event) {
+                        Ok(payload) => payload,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot encode an assignment event");
+                            continue;
+                        }
+                    };
+                    let mut record = OutputRecord::new(
+                        &self.topics.assignments,
+                        event.reviewer_id.as_bytes(),
+                        payload,
+                    );
+                    record.partition = partition.filter(|p| *p < partitions);
+                    output.push(record);
+                }
+                Effect::Outcome(outcome) => {
+                    match self.codec.encode_to_vec(&self.topics.outcomes, &outcome) {
+                        Ok(payload) => output.push(OutputRecord::new(
+                            &self.topics.outcomes,
+                            outcome.decision_id.as_bytes(),
+                            payload,
+                        )),
+                        Err(error) => tracing::error!(%error, "cannot encode an outcome"),
+                    }
+                }
+                Effect::Lifecycle(event) => {
+                    match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
+                        Ok(payload) => output.push(OutputRecord::new(
+                            &self.topics.lifecycle,
+                            event.decision_id.as_bytes(),
+                            payload,
+                        )),
+                        Err(error) => tracing::error!(%error, "cannot encode a lifecycle event"),
+                    }
+                }
+                Effect::State {
+                    pool,
+                    decision_id,
+                    change,
+                } => {
+                    let Some(partition) = self.pool_partition.get(&*pool).copied() else {
+                        tracing::error!(%pool, %decision_id, "changelog entry of a pool with no partition");
+                        continue;
+                    };
+                    output.push(OutputRecord {
+                        topic: self.topics.assignment_state.clone(),
+                        key: decision_id.as_bytes().to_vec(),
+                        payload: self.core.state_payload(&decision_id, &pool, change),
+                        headers: Vec::new(),
+                        partition: Some(partition),
+                    });
+                }
+                Effect::Observed(observation) => self.metrics.observe(&observation),
+            }
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        input: &InputRecord<'_>,
+        stage: &str,
+        class: &str,
+        message: &str,
+        output: &mut Vec<OutputRecord>,
+    ) {
+        self.metrics.dead_lettered(class);
+        tracing::warn!(
+            topic = input.topic(), partition = input.partition(), offset = input.offset(),
+            %class, error = %message, "dead-lettered"
+        );
+        output.push(
+            OutputRecord {
+                topic: self.topics.decisions_dlq.clone(),
+                key: input.key().unwrap_or_default().to_vec(),
+                payload: input.payload().map(<[u8]>::to_vec),
+                headers: Vec::new(),
+                partition: None,
+            }
+            .with_header("hitl.error.class", class)
+            .with_header("hitl.error.message", message)
+            .with_header("hitl.error.stage", stage)
+            .with_header("hitl.source.topic", input.topic())
+            .with_header("hitl.source.partition", input.partition().to_string())
+            .with_header("hitl.source.offset", input.offset().to_string()),
+        );
+    }
+
+    fn payload<'a>(&self, input: &'a InputRecord<'_>) -> Result<&'a [u8], (String, String)> {
+        let payload = input
+            .payload()
+            .ok_or_else(|| ("empty".to_owned(), "record has no value".to_owned()))?;
+        if payload.len() > self.settings.max_record_bytes {
+            return Err((
+                "oversize".into(),
+                format!(
+                    "record of {} bytes exceeds max_record_bytes {}",
+                    payload.len(),
+                    self.settings.max_record_bytes
+                ),
+            ));
+        }
+        Ok(payload)
+    }
+
+    fn request(&mut self, input: &InputRecord<'_>, now: i64, output: &mut Vec<OutputRecord>) {
+        let decoded = self.payload(input).and_then(|payload| {
+            self.codec
+                .decode::<ReviewRequest>(payload)
+                .map_err(|error| (format!("decode.{}", error.class()), error.to_string()))
+        });
+        let request = match decoded {
+            Ok(request) => request,
+            Err((class, message)) => {
+                return self.dead_letter(input, "decode", &class, &message, output)
+            }
+        };
+        let mut problems = Vec::new();
+        if request.decision.decision_id.trim().is_empty() {
+            problems.push("decision.decision_id is empty");
+        }
+        if request.pool.trim().is_empty() {
+            problems.push("pool is empty");
+        }
+        if request.quorum < 1 {
+            problems.push("quorum is below 1");
+        }
+        if !problems.is_empty() {
+            return self.dead_letter(
+                input,
+                "validate",
+                "validation",
+                &problems.join("; "),
+                output,
+            );
+        }
+        if let Some(previous) = self
+            .pool_partition
+            .insert(request.pool.clone(), input.partition())
+            .filter(|previous| *previous != input.partition())
+        {
+            tracing::warn!(pool = %request.pool, previous, now = input.partition(), "a pool moved partitions: produce review requests and verdicts keyed by pool with one partitioner");
+        }
+        self.core.request(&request, now, &mut self.effects);
+    }
+
+    fn verdict(&mut self, input: &InputRecord<'_>, now: i64, output: &mut Vec<OutputRecord>) {
+        let decoded = self.payload(input).and_then(|payload| {
+            let is_json = input
+                .header("content-type")
+                .is_some_and(|value| value.starts_with(b"application/json"));
+            let decoded = if is_json {
+                self.codec.decode_json::<Verdict>(payload)
+            } else {
+                self.codec.decode::<Verdict>(payload)
+            };
+            decoded.map_err(|error| (format!("decode.{}", error.class()), error.to_string()))
+        });
+        match decoded {
+            Ok(verdict) => self.core.verdict(&verdict, now, &mut self.effects),
+            Err((class, message)) => self.dead_letter(input, "decode", &class, &message, output),
+        }
+    }
+}
+
+impl Processor for AssignmentProcessor {
+    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+        let now = hitl_runtime::now_millis();
+        self.drain_roster(now);
+        if input.topic() == self.topics.review_requests {
+            self.request(input, now, output);
+        } else if input.topic() == self.topics.verdicts {
+            self.verdict(input, now, output);
+        }
+        self.emit(output);
+    }
+
+    fn tick(&mut self, now_millis: i64, output: &mut Vec<OutputRecord>) {
+        self.drain_roster(now_millis);
+        self.core.tick(now_millis, &mut self.effects);
+        self.emit(output);
+        if self.last_gauges.elapsed() >= self.settings.gauge_interval {
+            self.last_gauges = Instant::now();
+            let online = self
+                .statuses
+                .values()
+                .filter(|s| s.presence == hitl_schema::Presence::Online)
+                .count();
+            self.metrics.gauges(
+                &self.core.gauges(),
+                self.core.utilisation(),
+                online,
+                now_millis,
+            );
+        }
+    }
+
+    fn aborted(&mut self) {
+        // What the core did since the last commit is gone from Kafka's point of view: rebuild it
+        // from the changelog (and the roster), then read the inputs again.
+        tracing::warn!("transaction aborted: rebuilding state from the changelog");
+        self.core = Core::new(self.settings.core_config());
+        self.effects.clear();
+        let now = hitl_runtime::now_millis();
+        let statuses: Vec<ReviewerStatus> = self.statuses.values().cloned().collect();
+        for status in &statuses {
+            self.core.reviewer_status(status, now, &mut self.effects);
+        }
+        self.effects.clear();
+        self.restore_all();
+    }
+
+    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) {
+        let owned: BTreeSet<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| *topic == self.topics.review_requests)
+            .map(|(_, partition)| *partition)
+            .collect();
+        let verdicts: BTreeSet<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| *topic == self.topics.verdicts)
+            .map(|(_, partition)| *partition)
+            .collect();
+        if owned != verdicts {
+            tracing::error!(?owned, ?verdicts, "review-request and verdict partitions differ: use the `range` assignor and the same partition count for both topics");
+        }
+        let pool_partition = &self.pool_partition;
+        self.core.retain_pools(|pool| {
+            pool_partition
+                .get(pool)
+                .is_some_and(|partition| owned.contains(partition))
+        });
+        let new: Vec<i32> = owned.difference(&self.owned).copied().collect();
+        self.owned = owned;
+        for partition in new {
+            if let Err(error) = self.restore(partition) {
+                tracing::error!(%error, partition, "cannot restore state; exiting");
+                std::process::exit(1);
+            }
+        }
+    }
+}

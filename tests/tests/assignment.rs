@@ -1,0 +1,691 @@
+//! The assignment service, as a real process, against a real broker, with simulated reviewers: the
+//! tests publish roster entries and verdicts and read assignments as reviewer apps would.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use hitl_schema::*;
+use hitl_tests::*;
+
+struct Run {
+    dir: tempfile::TempDir,
+    topics: hitl_runtime::config::Topics,
+    instance: String,
+    codec: Codec,
+}
+
+impl Run {
+    fn new(test: &str) -> Self {
+        let topics = unique_topics(test);
+        create_topics(&topics);
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            topics,
+            instance: unique("assignment"),
+            codec: Codec::single_object(),
+        }
+    }
+
+    /// `pools` is TOML for `[service.pools.*]` tables (after the `[service]` keys).
+    fn config(&self, pools: &str) -> String {
+        format!(
+            "{}\n{}\n[service]\ninstance_id = \"{}\"\ngroup_id = \"{}-group\"\ntick_interval = \"100ms\"\n\
+             gauge_interval = \"500ms\"\n{pools}\n",
+            kafka_toml(),
+            topics_toml(&self.topics),
+            self.instance,
+            self.instance,
+        )
+    }
+
+    fn start(&self, pools: &str) -> Service {
+        Service::start("hitl-assignment", self.dir.path(), &self.config(pools))
+    }
+
+    fn reviewer(
+        &self,
+        id: &str,
+        roles: &[&str],
+        capacity: i32,
+        partition: i32,
+        presence: Presence,
+    ) {
+        let status = ReviewerStatus {
+            reviewer_id: id.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            skills: vec![],
+            pools: vec![],
+            capacity,
+            partition: Some(partition),
+            presence,
+            updated_at: now_millis(),
+        };
+        let payload = self
+            .codec
+            .encode_to_vec(&self.topics.reviewers, &status)
+            .unwrap();
+        let producer = producer();
+        produce(&producer, &self.topics.reviewers, id, &payload, &[]);
+        flush(&producer);
+    }
+
+    fn requests(&self, requests: &[ReviewRequest]) {
+        let producer = producer();
+        for request in requests {
+            let payload = self
+                .codec
+                .encode_to_vec(&self.topics.review_requests, request)
+                .unwrap();
+            produce(
+                &producer,
+                &self.topics.review_requests,
+                &request.pool,
+                &payload,
+                &[],
+            );
+        }
+        flush(&producer);
+    }
+
+    fn verdict(&self, event: &AssignmentEvent, kind: VerdictKind) {
+        self.send_verdict(&verdict(event, kind));
+    }
+
+    fn send_verdict(&self, verdict: &Verdict) {
+        let payload = self
+            .codec
+            .encode_to_vec(&self.topics.verdicts, verdict)
+            .unwrap();
+        let producer = producer();
+        produce(
+            &producer,
+            &self.topics.verdicts,
+            &verdict.pool,
+            &payload,
+            &[],
+        );
+        flush(&producer);
+    }
+}
+
+fn now_millis() -> i64 {
+    hitl_runtime::now_millis()
+}
+
+fn request(id: &str, pool: &str, sla: Duration) -> ReviewRequest {
+    let now = now_millis();
+    let mut context = BTreeMap::new();
+    context.insert("customer".to_owned(), "Alice Example".to_owned());
+    context.insert("country".to_owned(), "DE".to_owned());
+    ReviewRequest {
+        decision: Arc::new(Decision {
+            decision_id: id.to_owned(),
+            workflow: "payments.card".into(),
+            subject: format!("txn-{id}"),
+            action: "approve".into(),
+            confidence: 0.6,
+            risk_score: Some(0.4),
+            amount: Some(250.0),
+            priority: None,
+            producer: "fraud-model".into(),
+            model_name: "fraud".into(),
+            model_version: Some("7".into()),
+            features: BTreeMap::new(),
+            context,
+            sensitive_fields: vec!["customer".into()],
+            created_at: now,
+            sla_ms: None,
+        }),
+        kind: ReviewKind::Review,
+        pool: pool.to_owned(),
+        required_roles: vec![],
+        priority_tier: "normal".into(),
+        sla_deadline: now + sla.as_millis() as i64,
+        quorum: 1,
+        policy_rule: "test-rule".into(),
+        policy_version: "test-1".into(),
+        auto_status: None,
+        routed_at: now,
+    }
+}
+
+fn verdict(event: &AssignmentEvent, kind: VerdictKind) -> Verdict {
+    Verdict {
+        decision_id: event.decision_id.clone(),
+        assignment_id: event.assignment_id.clone(),
+        reviewer_id: event.reviewer_id.clone(),
+        verdict: kind,
+        amended_action: None,
+        rationale: "checked".into(),
+        decided_at: now_millis(),
+        pool: event.pool.clone(),
+    }
+}
+
+fn decode<T: Record>(records: &[Received]) -> Vec<T> {
+    let codec = Codec::single_object();
+    records
+        .iter()
+        .filter_map(|r| r.payload.as_deref())
+        .map(|payload| codec.decode::<T>(payload).expect("decodes"))
+        .collect()
+}
+
+/// Assignment events read so far, with the partition each arrived on.
+fn assignment_events(records: &[Received]) -> Vec<(i32, AssignmentEvent)> {
+    let codec = Codec::single_object();
+    records
+        .iter()
+        .filter_map(|r| Some((r.partition, codec.decode(r.payload.as_deref()?).ok()?)))
+        .collect()
+}
+
+fn count_kind(records: &[Received], kind: AssignmentKind) -> usize {
+    assignment_events(records)
+        .iter()
+        .filter(|(_, e)| e.kind == kind && e.reason.as_deref() != Some("renewed"))
+        .count()
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn balances_across_reviewer_partitions_masks_pii_and_decides_on_approval() {
+    let run = Run::new("asg-balance");
+    run.reviewer("ann", &[], 2, 0, Presence::Online);
+    run.reviewer("bob", &["pii"], 2, 1, Presence::Online);
+    let service = run.start("");
+    let requests: Vec<ReviewRequest> = (0..4)
+        .map(|i| request(&format!("bal-{i}"), "general", Duration::from_secs(3600)))
+        .collect();
+    run.requests(&requests);
+
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 4),
+        "four assignments; log:\n{}",
+        service.log_tail()
+    );
+    let events = assignment_events(&seen);
+    let mut per_reviewer: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (partition, event) in &events {
+        per_reviewer
+            .entry(event.reviewer_id.as_str())
+            .or_default()
+            .push(*partition);
+        // Each reviewer reads its own partition; only bob may see the customer's name.
+        let expected_partition = if event.reviewer_id == "ann" { 0 } else { 1 };
+        assert_eq!(*partition, expected_partition, "{event:?}");
+        let customer = &event.context["customer"];
+        assert_eq!(customer == "***", event.reviewer_id == "ann", "{event:?}");
+        assert_eq!(event.context["country"], "DE");
+    }
+    assert_eq!(per_reviewer["ann"].len(), 2, "{per_reviewer:?}");
+    assert_eq!(per_reviewer["bob"].len(), 2, "{per_reviewer:?}");
+
+    for (_, event) in &events {
+        run.verdict(event, VerdictKind::Approve);
+    }
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 4, WAIT));
+    assert_eq!(outcomes.len(), 4, "log:\n{}", service.log_tail());
+    for outcome in &outcomes {
+        assert_eq!(outcome.decided_by, DecidedBy::Human);
+        assert_eq!(outcome.status, OutcomeStatus::Approved);
+        assert_eq!(outcome.policy_rule, "test-rule");
+        let holder = events
+            .iter()
+            .find(|(_, e)| e.decision_id == outcome.decision_id)
+            .map(|(_, e)| e.reviewer_id.clone())
+            .unwrap();
+        assert_eq!(outcome.reviewer_ids, [holder]);
+    }
+    let lifecycle: Vec<LifecycleEvent> =
+        decode(&read_all(&run.topics.lifecycle, Duration::from_secs(2)));
+    for request in &requests {
+        let kinds: Vec<LifecycleKind> = lifecycle
+            .iter()
+            .filter(|e| e.decision_id == request.decision.decision_id)
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                LifecycleKind::Queued,
+                LifecycleKind::Assigned,
+                LifecycleKind::Verdict,
+                LifecycleKind::Outcome
+            ]
+        );
+    }
+    wait_for(Duration::from_secs(10), "outcome metrics", || {
+        (service.metric(r#"hitl_assignment_outcomes_total{pool="general",decided_by="HUMAN",overridden="false"}"#)? >= 4.0).then_some(())
+    });
+    assert_eq!(service.terminate(), Some(0));
+}
+
+#[test]
+fn lease_expiry_revokes_and_reassigns_to_another_reviewer() {
+    let run = Run::new("asg-lease");
+    run.reviewer("ann", &[], 1, 0, Presence::Online);
+    run.reviewer("bob", &[], 1, 1, Presence::Online);
+    let service = run.start(
+        "[service.pools.fast]\nlease = \"3s\"\nverdict_grace = \"0s\"\nescalate_after_expiries = 0\nescalate_at_sla = []\n",
+    );
+    run.requests(&[request("lease-1", "fast", Duration::from_secs(3600))]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    // Partitions are read independently: wait for both events.
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 2
+            && count_kind(r, AssignmentKind::Revoked) >= 1),
+        "revoked and assigned again; log:\n{}",
+        service.log_tail()
+    );
+    let mut events = assignment_events(&seen);
+    events.sort_by_key(|(_, e)| (e.attempt, e.kind == AssignmentKind::Assigned));
+    let (first_partition, first) = &events
+        .iter()
+        .find(|(_, e)| e.kind == AssignmentKind::Assigned)
+        .unwrap();
+    assert_eq!(first.reviewer_id, "ann");
+    assert_eq!(*first_partition, 0);
+    let revoked = events
+        .iter()
+        .find(|(_, e)| e.kind == AssignmentKind::Revoked)
+        .expect("a REVOKED event");
+    assert_eq!(revoked.0, 0, "REVOKED goes to the holder's partition");
+    assert_eq!(revoked.1.assignment_id, first.assignment_id);
+    assert_eq!(revoked.1.reason.as_deref(), Some("lease_expired"));
+    let second = &events
+        .iter()
+        .filter(|(_, e)| e.kind == AssignmentKind::Assigned)
+        .nth(1)
+        .unwrap()
+        .1;
+    assert_eq!(second.reviewer_id, "bob");
+    assert_eq!(second.attempt, 2);
+    // ann's late verdict is rejected; bob's counts.
+    run.verdict(first, VerdictKind::Approve);
+    run.verdict(second, VerdictKind::Reject);
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].status, OutcomeStatus::Rejected);
+    assert_eq!(outcomes[0].reviewer_ids, ["bob"]);
+    wait_for(Duration::from_secs(10), "rejection metric", || {
+        (service.metric(r#"hitl_assignment_rejected_verdicts_total{reason="lease_revoked"}"#)?
+            >= 1.0)
+            .then_some(())
+    });
+    wait_for(Duration::from_secs(10), "reassignment metric", || {
+        (service
+            .metric(r#"hitl_assignment_reassignments_total{pool="fast",reason="lease_expired"}"#)?
+            >= 1.0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_reviewer_going_offline_has_items_requeued_to_others() {
+    let run = Run::new("asg-offline");
+    run.reviewer("ann", &[], 1, 0, Presence::Online);
+    let service = run.start("");
+    run.requests(&[request("off-1", "general", Duration::from_secs(3600))]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 1)
+    );
+    run.reviewer("bob", &[], 1, 1, Presence::Online);
+    run.reviewer("ann", &[], 1, 0, Presence::Offline);
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 2
+            && count_kind(r, AssignmentKind::Revoked) >= 1),
+        "revoked and reassigned; log:\n{}",
+        service.log_tail()
+    );
+    let events = assignment_events(&seen);
+    let revoked = events
+        .iter()
+        .find(|(_, e)| e.kind == AssignmentKind::Revoked)
+        .expect("REVOKED");
+    assert_eq!(revoked.1.reviewer_id, "ann");
+    assert_eq!(revoked.1.reason.as_deref(), Some("reviewer_offline"));
+    let last = &events
+        .iter()
+        .filter(|(_, e)| e.kind == AssignmentKind::Assigned)
+        .max_by_key(|(_, e)| e.attempt)
+        .unwrap()
+        .1;
+    assert_eq!(last.reviewer_id, "bob");
+    assert_eq!(last.sla_deadline, events[0].1.sla_deadline);
+}
+
+#[test]
+fn escalates_to_the_next_tier_then_applies_the_sla_fallback() {
+    let run = Run::new("asg-escalate");
+    run.reviewer("ann", &[], 1, 0, Presence::Online);
+    run.reviewer("cy", &["senior"], 1, 2, Presence::Online);
+    let service = run.start(
+        "[service.pools.urgent]\nlease = \"1s\"\nverdict_grace = \"0s\"\nescalate_after_expiries = 1\n\
+         escalate_at_sla = []\ntiers = [{ name = \"senior\", roles = [\"senior\"] }]\n\
+         on_sla_breach = { action = \"fallback\", status = \"REJECTED\", final_action = \"block\" }\n",
+    );
+    // ann is preferred at first (equal load, name order); she lets the lease expire, which
+    // escalates the item to the senior tier: cy.
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    run.requests(&[request("esc-1", "urgent", Duration::from_secs(8))]);
+    assert!(
+        tail.until(&mut seen, WAIT, |r| {
+            assignment_events(r).iter().any(|(_, e)| {
+                e.decision_id == "esc-1"
+                    && e.kind == AssignmentKind::Assigned
+                    && e.reviewer_id == "cy"
+            })
+        }),
+        "escalated to cy; log:\n{}",
+        service.log_tail()
+    );
+    let urgent: Vec<AssignmentEvent> = assignment_events(&seen)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.decision_id == "esc-1")
+        .collect();
+    assert_eq!(urgent[0].reviewer_id, "ann");
+    // Nobody answers: at the deadline the pool's fallback decides.
+    let outcomes: Vec<Outcome> = decode(&read_topic(&run.topics.outcomes, WAIT, |r| {
+        decode::<Outcome>(r)
+            .iter()
+            .any(|o| o.decision_id == "esc-1")
+    }));
+    let fallback = outcomes.iter().find(|o| o.decision_id == "esc-1").unwrap();
+    assert_eq!(fallback.decided_by, DecidedBy::SlaFallback);
+    assert_eq!(fallback.status, OutcomeStatus::Rejected);
+    assert_eq!(fallback.final_action, "block");
+    let lifecycle: Vec<LifecycleEvent> =
+        decode(&read_all(&run.topics.lifecycle, Duration::from_secs(2)));
+    let kinds: BTreeSet<LifecycleKind> = lifecycle
+        .iter()
+        .filter(|e| e.decision_id == "esc-1")
+        .map(|e| e.kind)
+        .collect();
+    for kind in [
+        LifecycleKind::Escalated,
+        LifecycleKind::SlaBreached,
+        LifecycleKind::Outcome,
+    ] {
+        assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
+    }
+}
+
+#[test]
+fn quorum_needs_two_distinct_approvals() {
+    let run = Run::new("asg-quorum");
+    run.reviewer("ann", &[], 1, 0, Presence::Online);
+    run.reviewer("bob", &[], 1, 1, Presence::Online);
+    let _service = run.start("");
+    let mut two_person = request("q-1", "general", Duration::from_secs(3600));
+    two_person.quorum = 2;
+    run.requests(&[two_person]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 2)
+    );
+    let events = assignment_events(&seen);
+    let holders: BTreeSet<&str> = events.iter().map(|(_, e)| e.reviewer_id.as_str()).collect();
+    assert_eq!(holders, BTreeSet::from(["ann", "bob"]));
+    run.verdict(&events[0].1, VerdictKind::Approve);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        read_all(&run.topics.outcomes, Duration::from_secs(1)).is_empty(),
+        "one approval is not enough"
+    );
+    run.verdict(&events[1].1, VerdictKind::Approve);
+    let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].decided_by, DecidedBy::Quorum);
+    let mut reviewers = outcomes[0].reviewer_ids.clone();
+    reviewers.sort();
+    assert_eq!(reviewers, ["ann", "bob"]);
+}
+
+#[test]
+fn bad_verdicts_are_rejected_with_reasons_and_recorded() {
+    let run = Run::new("asg-bad");
+    run.reviewer("ann", &[], 1, 0, Presence::Online);
+    run.reviewer("bob", &[], 1, 1, Presence::Online);
+    let service = run.start("");
+    run.requests(&[request("bad-1", "general", Duration::from_secs(3600))]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 1)
+    );
+    let lease = assignment_events(&seen)[0].1.clone();
+    let mut unknown = verdict(&lease, VerdictKind::Approve);
+    unknown.decision_id = "never-seen".into();
+    let mut foreign = verdict(&lease, VerdictKind::Approve);
+    foreign.reviewer_id = "bob".into();
+    let mut forged = verdict(&lease, VerdictKind::Approve);
+    forged.assignment_id = "bad-1#7".into();
+    let mut amend = verdict(&lease, VerdictKind::Amend);
+    amend.amended_action = None;
+    for bad in [&unknown, &foreign, &forged, &amend] {
+        run.send_verdict(bad);
+    }
+    // Undecodable bytes go to the DLQ.
+    let producer = producer();
+    produce(
+        &producer,
+        &run.topics.verdicts,
+        "general",
+        b"not a verdict",
+        &[],
+    );
+    flush(&producer);
+    // The real one, then a duplicate and a late one after the outcome.
+    run.verdict(&lease, VerdictKind::Approve);
+    run.verdict(&lease, VerdictKind::Approve);
+    run.verdict(&lease, VerdictKind::Reject);
+
+    let expected = [
+        "unknown_decision",
+        "wrong_reviewer",
+        "unknown_lease",
+        "invalid_amendment",
+        "already_decided",
+    ];
+    let lifecycle: Vec<LifecycleEvent> = decode(&read_topic(&run.topics.lifecycle, WAIT, |r| {
+        decode::<LifecycleEvent>(r)
+            .iter()
+            .filter(|e| e.kind == LifecycleKind::VerdictRejected)
+            .count()
+            >= 6
+    }));
+    let reasons: Vec<String> = lifecycle
+        .iter()
+        .filter(|e| e.kind == LifecycleKind::VerdictRejected)
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for reason in expected {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} in {reasons:?}; log:\n{}",
+            service.log_tail()
+        );
+    }
+    let outcomes: Vec<Outcome> = decode(&read_all(&run.topics.outcomes, Duration::from_secs(2)));
+    assert_eq!(outcomes.len(), 1, "only the holder's verdict counted");
+    assert_eq!(outcomes[0].status, OutcomeStatus::Approved);
+    let dead = read_at_least(&run.topics.decisions_dlq, 1, WAIT);
+    assert_eq!(dead[0].headers["hitl.source.topic"], run.topics.verdicts);
+    assert!(dead[0].headers["hitl.error.class"].starts_with("decode"));
+    wait_for(Duration::from_secs(10), "rejection metrics", || {
+        (service.metric(r#"hitl_assignment_rejected_verdicts_total{reason="already_decided"}"#)?
+            >= 2.0)
+            .then_some(())
+    });
+}
+
+#[test]
+fn kill_9_mid_run_then_restart_restores_state_and_every_request_gets_one_outcome() {
+    const REQUESTS: usize = 150;
+    let run = Run::new("asg-kill");
+    for (i, name) in ["ann", "bob", "cy"].iter().enumerate() {
+        run.reviewer(name, &[], 4, i as i32, Presence::Online);
+    }
+    let first = run.start("");
+    let requests: Vec<ReviewRequest> = (0..REQUESTS)
+        .map(|i| {
+            request(
+                &format!("kill-{i:03}"),
+                ["general", "payments"][i % 2],
+                Duration::from_secs(3600),
+            )
+        })
+        .collect();
+    run.requests(&requests);
+
+    // Simulated reviewers: approve every assignment they get, a little slowly.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
+    let reviewers = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        let topics = run.topics.clone();
+        std::thread::spawn(move || {
+            let tail = Tail::new(&topics.assignments);
+            let codec = Codec::single_object();
+            let producer = producer();
+            while !stop.load(Ordering::Relaxed) {
+                let Some(record) = tail.next(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let Ok(event) =
+                    codec.decode::<AssignmentEvent>(record.payload.as_deref().unwrap_or_default())
+                else {
+                    continue;
+                };
+                if event.kind != AssignmentKind::Assigned || event.reason.is_some() {
+                    continue;
+                }
+                answered
+                    .lock()
+                    .unwrap()
+                    .entry(event.decision_id.clone())
+                    .or_default()
+                    .insert(format!("{}@{}", event.assignment_id, event.reviewer_id));
+                std::thread::sleep(Duration::from_millis(20));
+                let payload = codec
+                    .encode_to_vec(&topics.verdicts, &verdict(&event, VerdictKind::Approve))
+                    .unwrap();
+                produce(&producer, &topics.verdicts, &event.pool, &payload, &[]);
+                producer.poll(Duration::ZERO);
+            }
+            flush(&producer);
+        })
+    };
+
+    // Kill once about a third of the outcomes are out.
+    wait_for(WAIT, "a third of the outcomes", || {
+        (read_all(&run.topics.outcomes, Duration::from_millis(300)).len() >= REQUESTS / 3)
+            .then_some(())
+    });
+    first.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = run.start("");
+    let outcomes = read_topic(&run.topics.outcomes, Duration::from_secs(120), |records| {
+        decode::<Outcome>(records)
+            .iter()
+            .map(|o| o.decision_id.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= REQUESTS
+    });
+    stop.store(true, Ordering::Relaxed);
+    reviewers.join().unwrap();
+    let outcomes: Vec<Outcome> = decode(&outcomes);
+    let mut by_decision: BTreeMap<&str, Vec<&Outcome>> = BTreeMap::new();
+    for outcome in &outcomes {
+        by_decision
+            .entry(&outcome.decision_id)
+            .or_default()
+            .push(outcome);
+    }
+    let missing: Vec<&str> = requests
+        .iter()
+        .map(|r| r.decision.decision_id.as_str())
+        .filter(|id| !by_decision.contains_key(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no outcome for {missing:?}; log:\n{}",
+        second.log_tail()
+    );
+    let duplicated: Vec<&&str> = by_decision
+        .iter()
+        .filter(|(_, o)| o.len() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    // Duplicates could only come from a crash between two deliveries of one flush (at-least-once
+    // on a broker without transactions); they must at least agree.
+    for (id, outcomes) in &by_decision {
+        assert!(
+            outcomes
+                .windows(2)
+                .all(|w| w[0].status == w[1].status && w[0].reviewer_ids == w[1].reviewer_ids),
+            "{id}: {outcomes:?}"
+        );
+    }
+    assert!(
+        duplicated.is_empty(),
+        "more than one outcome for {duplicated:?}"
+    );
+    // No decision was doubly assigned: one lease (and holder) each, across the restart.
+    let answered = answered.lock().unwrap();
+    let doubly: Vec<(&String, &BTreeSet<String>)> = answered
+        .iter()
+        .filter(|(_, leases)| leases.len() > 1)
+        .collect();
+    assert!(doubly.is_empty(), "assigned more than once: {doubly:?}");
+    wait_for(Duration::from_secs(10), "restore metric", || {
+        (second.metric("hitl_assignment_restored_entries_total")? > 0.0).then_some(())
+    });
+}
+
+#[test]
+fn a_bad_config_refuses_to_start_and_names_the_field() {
+    let run = Run::new("asg-config");
+    let config = run.config(
+        "max_scan = 0\n[service.pools.broken]\nlease = \"0s\"\nescalate_at_sla = [0.9, 0.5]\n",
+    );
+    let path = run.dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(binary("hitl-assignment"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for field in [
+        "service.max_scan",
+        "service.pools.broken.lease",
+        "service.pools.broken.escalate_at_sla",
+    ] {
+        assert!(stderr.contains(field), "{field} in {stderr}");
+    }
+}
