@@ -1,4 +1,5 @@
-//! hitl-loadtest: `demo` (a live mixed load with a summary) and `bench-router` (throughput ratio).
+//! hitl-loadtest: `demo` (a live mixed load with a summary), `bench-router` (throughput ratio) and
+//! `bench-restore` (assignment state restore time).
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const USAGE: &str = "usage:
   hitl-loadtest demo [--config FILE] [--rate N] [--duration SECS]
   hitl-loadtest bench-router [--config FILE] [--count N] [--rounds N]
+  hitl-loadtest bench-restore [--config FILE] [--count N]
 Settings come from the router's config file and HITL_* variables (see config/router.toml).";
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
@@ -51,6 +53,11 @@ fn main() -> anyhow::Result<()> {
                 tally.routed() > 0,
                 "nothing was routed: is the router running?"
             );
+            Ok(())
+        }
+        Some("bench-restore") => {
+            let count = flag(&args, "--count", 1_000_000u64)?;
+            hitl_loadtest::restore::run(&settings.kafka, &runtime, count)?;
             Ok(())
         }
         Some("bench-router") => {

@@ -241,7 +241,7 @@ impl AssignmentMetrics {
         );
         r.register(
             "restored_entries",
-            "Changelog entries restored",
+            "Changelog records read by restores",
             metrics.restored_entries.clone(),
         );
         metrics

@@ -219,56 +219,78 @@ pub fn spawn_roster_reader(
         })
 }
 
-/// One compacted partition as read: the latest value of every key (`None`: a tombstone), and how
-/// many records were read to get it.
-pub struct PartitionSnapshot {
-    pub latest: HashMap<String, Option<Vec<u8>>>,
+/// What a restore read and kept.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Restored {
+    /// Changelog records read (every version of every entry).
     pub records: u64,
+    /// Records that could not be decoded (skipped, logged).
+    pub unreadable: u64,
+    /// The pools found, each on this partition.
+    pub pools: BTreeSet<String>,
+    pub took: Duration,
 }
 
-/// The latest value of every key in one partition of a compacted topic, read from its start to its
-/// end.
-pub fn read_partition(
+/// Restores one changelog partition into `core`: reads it from its start to its end, applying
+/// each entry in order (the latest version of a decision wins; `None` is a tombstone).
+pub fn restore_partition(
+    core: &mut Core,
     kafka: &KafkaSettings,
     topic: &str,
     partition: i32,
     timeout: Duration,
-) -> anyhow::Result<PartitionSnapshot> {
+) -> anyhow::Result<Restored> {
+    let started = Instant::now();
     let consumer: BaseConsumer =
         reader_config(kafka, kafka.delivery == Delivery::Transactional).create()?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + timeout;
+    let deadline = started + timeout;
     let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-    let mut latest: HashMap<String, Option<Vec<u8>>> = HashMap::new();
-    let (mut next, mut records) = (0i64, 0u64);
+    let mut restored = Restored::default();
+    let mut next = 0i64;
     // Until the end: past the high watermark and then one empty poll (the dev broker's watermarks
     // can lag the real end).
     loop {
         if Instant::now() > deadline {
             anyhow::bail!(
-                "restoring {topic}[{partition}] took more than {timeout:?} ({records} records read)"
+                "restoring {topic}[{partition}] took more than {timeout:?} ({} records read)",
+                restored.records
             );
         }
-        match consumer.poll(Duration::from_millis(300)) {
+        let message = match consumer.poll(Duration::from_millis(300)) {
             None if next >= high => break,
             None => continue,
             Some(Err(error)) => {
                 tracing::warn!(%error, %topic, partition, "restore: consume error");
+                continue;
             }
-            Some(Ok(message)) => {
-                next = message.offset() + 1;
-                records += 1;
-                let Some(key) = message.key() else { continue };
-                latest.insert(
-                    String::from_utf8_lossy(key).into_owned(),
-                    message.payload().map(<[u8]>::to_vec),
-                );
+            Some(Ok(message)) => message,
+        };
+        next = message.offset() + 1;
+        restored.records += 1;
+        let Some(key) = message.key() else { continue };
+        let decision_id = String::from_utf8_lossy(key);
+        let record = match message.payload().map(serde_json::from_slice::<StateRecord>) {
+            None => None,
+            Some(Ok(record)) => Some(record),
+            Some(Err(error)) => {
+                restored.unreadable += 1;
+                tracing::error!(%decision_id, %error, partition, offset = message.offset(), "unreadable changelog entry skipped");
+                continue;
+            }
+        };
+        if let Some(record) = &record {
+            if !restored.pools.contains(record.pool()) {
+                restored.pools.insert(record.pool().to_owned());
             }
         }
+        core.restore_entry(&decision_id, record);
     }
-    Ok(PartitionSnapshot { latest, records })
+    core.finish_restore();
+    restored.took = started.elapsed();
+    Ok(restored)
 }
 
 /// The assignment service as a `Processor` of the loop.
@@ -331,45 +353,24 @@ impl AssignmentProcessor {
 
     /// Restores the pools of one partition from the changelog.
     fn restore(&mut self, partition: i32) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let PartitionSnapshot {
-            latest: entries,
-            records,
-        } = read_partition(
+        let restored = restore_partition(
+            &mut self.core,
             &self.kafka,
             &self.topics.assignment_state,
             partition,
             self.settings.restore_timeout,
         )?;
-        let mut restored = 0u64;
-        for (decision_id, payload) in entries {
-            let record = match payload
-                .as_deref()
-                .map(serde_json::from_slice::<StateRecord>)
-            {
-                None => None,
-                Some(Ok(record)) => Some(record),
-                Some(Err(error)) => {
-                    tracing::error!(%decision_id, %error, partition, "unreadable changelog entry skipped");
-                    continue;
-                }
-            };
-            if let Some(record) = &record {
-                self.pool_partition
-                    .insert(record.pool().to_owned(), partition);
-            }
-            self.core.restore_entry(&decision_id, record);
-            restored += 1;
+        for pool in &restored.pools {
+            self.pool_partition.insert(pool.clone(), partition);
         }
-        self.core.finish_restore();
-        let took = started.elapsed();
-        self.metrics.restored(restored, took);
+        self.metrics.restored(restored.records, restored.took);
         tracing::info!(
             partition,
-            records,
-            entries = restored,
+            records = restored.records,
+            unreadable = restored.unreadable,
+            pools = restored.pools.len(),
             pending = self.core.len(),
-            took_ms = took.as_millis() as u64,
+            took_ms = restored.took.as_millis() as u64,
             "state restored from the changelog"
         );
         Ok(())
