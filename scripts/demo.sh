@@ -38,20 +38,32 @@ trap cleanup EXIT INT TERM
 
 target/release/hitl-admin topics create --config config/router.toml
 
+wait_ready() { # name port pid-index
+  for _ in $(seq 1 150); do
+    if curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "${pids[$3]}" 2>/dev/null; then echo "$1 exited; see $logs/$1.log" >&2; tail -20 "$logs/$1.log" >&2; exit 1; fi
+    sleep 0.2
+  done
+  echo "$1 not ready after 30 s; see $logs/$1.log" >&2; exit 1
+}
+
 target/release/hitl-router --config config/router.toml >"$logs/router.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 150); do
-  if curl -fsS http://127.0.0.1:9601/readyz >/dev/null 2>&1; then break; fi
-  if ! kill -0 "${pids[0]}" 2>/dev/null; then echo "router exited; see $logs/router.log" >&2; tail -20 "$logs/router.log" >&2; exit 1; fi
-  sleep 0.2
-done
+target/release/hitl-assignment --config config/assignment.toml >"$logs/assignment.log" 2>&1 &
+pids+=($!)
+wait_ready router 9601 0
 echo "router ready: metrics on http://127.0.0.1:9601/metrics, log in $logs/router.log"
-echo "assignment and audit services: not built yet (issues #3 and #4); review requests wait in hitl.review-requests"
+wait_ready assignment 9602 1
+echo "assignment ready: metrics on http://127.0.0.1:9602/metrics, log in $logs/assignment.log"
+echo "audit service: not built yet (issue #4)"
 echo
 target/release/hitl-loadtest demo --config config/router.toml --rate "$rate" --duration "$duration"
 echo
 echo "router metrics (http://127.0.0.1:9601/metrics):"
 curl -fsS http://127.0.0.1:9601/metrics | grep -E '^hitl_router_(decisions|dead_letters|qa_samples|duplicates)_total' | sed 's/^/  /'
+echo
+echo "assignment metrics (http://127.0.0.1:9602/metrics):"
+curl -fsS http://127.0.0.1:9602/metrics | grep -E '^hitl_assignment_(outcomes|escalations|sla_breaches|rejected_verdicts|reassignments)_total|^hitl_assignment_(queue_depth|reviewer_utilisation)' | grep -v ' 0$' | sed 's/^/  /'
 echo
 echo "last dead letters:"
 target/release/hitl-admin dlq tail --count 3 --config config/router.toml | head -8 | sed 's/^/  /'

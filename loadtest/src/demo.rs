@@ -27,6 +27,8 @@ pub struct Tally {
     pub auto_approved: u64,
     pub auto_rejected: u64,
     pub human_outcomes: u64,
+    pub human_by: BTreeMap<&'static str, u64>,
+    pub decision_times_ms: Vec<i64>,
     pub reviews_by_pool: BTreeMap<String, u64>,
     pub qa_samples: u64,
     pub dead_letters_by_class: BTreeMap<String, u64>,
@@ -40,29 +42,34 @@ impl Tally {
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters_by_class.values().sum()
     }
-    fn percentile(&self, p: f64) -> i64 {
-        let mut sorted = self.routing_latencies_ms.clone();
-        sorted.sort_unstable();
-        sorted
-            .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0)
+    pub fn reviews(&self) -> u64 {
+        self.reviews_by_pool.values().sum()
     }
     fn line(&self, produced: u64, elapsed: Duration) -> String {
-        let reviews: u64 = self.reviews_by_pool.values().sum();
         format!(
             "t={:>4.0}s produced={produced:<7} routed={:<7} auto_approved={:<6} auto_rejected={:<6} \
-             to_people={reviews:<6} qa_samples={:<5} dlq={:<4} routing_ms p50={} p95={}",
+             to_people={:<6} decided_by_people={:<6} qa={:<5} dlq={:<4} routing_ms p50={} p95={}",
             elapsed.as_secs_f64(),
             self.routed(),
             self.auto_approved,
             self.auto_rejected,
+            self.reviews(),
+            self.human_outcomes,
             self.qa_samples,
             self.dead_letters(),
-            self.percentile(0.5),
-            self.percentile(0.95),
+            percentile(&self.routing_latencies_ms, 0.5),
+            percentile(&self.routing_latencies_ms, 0.95),
         )
     }
+}
+
+fn percentile(values: &[i64], p: f64) -> i64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0)
 }
 
 fn watcher(kafka: &KafkaSettings, topics: &[&str]) -> BaseConsumer {
@@ -105,7 +112,16 @@ fn observe(
                         tally.auto_approved += 1
                     }
                     (hitl_schema::DecidedBy::Auto, _) => tally.auto_rejected += 1,
-                    _ => tally.human_outcomes += 1,
+                    (decided_by, _) => {
+                        tally.human_outcomes += 1;
+                        let label = match decided_by {
+                            hitl_schema::DecidedBy::Quorum => "QUORUM",
+                            hitl_schema::DecidedBy::SlaFallback => "SLA_FALLBACK",
+                            _ => "HUMAN",
+                        };
+                        *tally.human_by.entry(label).or_default() += 1;
+                        tally.decision_times_ms.push(outcome.time_to_decision_ms);
+                    }
                 }
             }
         } else if topic == topics.review_requests {
@@ -140,9 +156,24 @@ fn observe(
 }
 
 /// Runs the demo load for `duration` at `rate` decisions per second, printing a summary line every
-/// two seconds; then waits (up to 60 s) until everything produced is accounted for.
-pub fn run(kafka: &KafkaSettings, topics: &Topics, rate: u64, duration: Duration) -> Tally {
+/// two seconds; then waits (up to 60 s) until everything produced is accounted for. With
+/// `reviewers`, simulated reviewers answer the assignments, and the wait includes the decisions
+/// sent to people.
+pub fn run(
+    kafka: &KafkaSettings,
+    topics: &Topics,
+    rate: u64,
+    duration: Duration,
+    reviewers: bool,
+) -> Tally {
     let codec = Codec::single_object();
+    let reviewer_stop = Arc::new(AtomicBool::new(false));
+    let reviewer_tally = Arc::new(std::sync::Mutex::new(
+        crate::reviewers::ReviewerTally::default(),
+    ));
+    let reviewer_thread = reviewers.then(|| {
+        crate::reviewers::spawn(kafka, topics, reviewer_stop.clone(), reviewer_tally.clone())
+    });
     let watch = watcher(
         kafka,
         &[
@@ -222,12 +253,17 @@ pub fn run(kafka: &KafkaSettings, topics: &Topics, rate: u64, duration: Duration
             let deadline =
                 *settle_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(60));
             let accounted = tally.routed() + tally.dead_letters();
-            if accounted >= produced_now || Instant::now() >= deadline {
+            let people_done = !reviewers || tally.human_outcomes >= tally.reviews();
+            if (accounted >= produced_now && people_done) || Instant::now() >= deadline {
                 break;
             }
         }
     }
     producer_thread.join().expect("producer thread");
+    reviewer_stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = reviewer_thread {
+        thread.join().expect("reviewer thread");
+    }
     let produced_total = produced.load(Ordering::Relaxed);
     println!("{}", tally.line(produced_total, started.elapsed()));
     println!(
@@ -248,11 +284,42 @@ pub fn run(kafka: &KafkaSettings, topics: &Topics, rate: u64, duration: Duration
     }
     println!(
         "  routing latency (created_at -> routed): p50 {} ms, p95 {} ms",
-        tally.percentile(0.5),
-        tally.percentile(0.95)
+        percentile(&tally.routing_latencies_ms, 0.5),
+        percentile(&tally.routing_latencies_ms, 0.95)
     );
     let unaccounted = produced_total.saturating_sub(tally.routed() + tally.dead_letters());
     println!("  unaccounted for: {unaccounted}");
+    if reviewers {
+        let people = reviewer_tally.lock().expect("tally").clone();
+        println!(
+            "  decided by people: {}   (of {} sent to them; still pending: {})",
+            tally
+                .human_by
+                .iter()
+                .map(|(by, n)| format!("{by} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            tally.reviews(),
+            tally.reviews().saturating_sub(tally.human_outcomes)
+        );
+        println!(
+            "  simulated reviewers: {} assignments, {} revoked, {} left to expire; verdicts {}",
+            people.assigned,
+            people.revoked,
+            people.ignored,
+            people
+                .verdicts
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  time to a human decision (created_at -> outcome): p50 {} ms, p95 {} ms",
+            percentile(&tally.decision_times_ms, 0.5),
+            percentile(&tally.decision_times_ms, 0.95)
+        );
+    }
     tally
 }
 

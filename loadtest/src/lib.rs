@@ -6,3 +6,4 @@ pub mod bench;
 pub mod demo;
 pub mod mix;
 pub mod restore;
+pub mod reviewers;

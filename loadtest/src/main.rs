@@ -11,7 +11,7 @@ use hitl_runtime::config::Settings;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage:
-  hitl-loadtest demo [--config FILE] [--rate N] [--duration SECS]
+  hitl-loadtest demo [--config FILE] [--rate N] [--duration SECS] [--no-reviewers]
   hitl-loadtest bench-router [--config FILE] [--count N] [--rounds N]
   hitl-loadtest bench-restore [--config FILE] [--count N]
 Settings come from the router's config file and HITL_* variables (see config/router.toml).";
@@ -43,11 +43,13 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => {
             let rate = flag(&args, "--rate", 200u64)?;
             let duration = flag(&args, "--duration", 30u64)?;
+            let reviewers = !args.iter().any(|arg| arg == "--no-reviewers");
             let tally = hitl_loadtest::demo::run(
                 &settings.kafka,
                 &settings.topics,
                 rate,
                 Duration::from_secs(duration),
+                reviewers,
             );
             anyhow::ensure!(
                 tally.routed() > 0,

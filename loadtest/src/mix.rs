@@ -23,6 +23,10 @@ impl Rng {
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
     /// Skewed towards 1 (model confidence is usually high).
     pub fn confidence(&mut self) -> f64 {
         1.0 - self.unit().powi(3) * 0.9
