@@ -1,6 +1,6 @@
 //! What operators deploy: alert rules (promtool), the Grafana dashboard and docker-compose.yml are
 //! checked as far as this machine allows (no Docker engine here): rules pass `promtool check` and
-//! their unit tests, every metric they name is really exposed by a running router, and the compose
+//! their unit tests, every metric they name is really exposed by the running services, and the compose
 //! file's images are pinned and its HITL_* variables are accepted by the real config loader.
 
 use std::{
@@ -9,6 +9,7 @@ use std::{
     process::Command,
 };
 
+use hitl_assignment::AssignmentSettings;
 use hitl_router::RouterSettings;
 use hitl_runtime::config::Settings;
 use hitl_tests::*;
@@ -59,7 +60,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn dashboards_and_alerts_only_use_metrics_the_router_exposes() {
+fn dashboards_and_alerts_only_use_metrics_the_services_expose() {
     let topics = unique_topics("deploy");
     create_topics(&topics);
     let dir = tempfile::tempdir().unwrap();
@@ -115,38 +116,57 @@ fn dashboards_and_alerts_only_use_metrics_the_router_exposes() {
                 .map(|_| ())
         },
     );
-    let (_, exposed) = http_get(&router.http, "/metrics").unwrap();
-    let exposed: BTreeSet<String> = exposed
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect();
+    let assignment = Service::start(
+        "hitl-assignment",
+        dir.path(),
+        &format!(
+            "{}\n{}\n[service]\ninstance_id = \"{}\"\ngroup_id = \"{}\"\ngauge_interval = \"200ms\"\n\
+             tick_interval = \"100ms\"\n[service.pools.fast]\nlease = \"1s\"\nverdict_grace = \"0s\"\n\
+             escalate_after_expiries = 1\nescalate_at_sla = []\n\
+             on_sla_breach = {{ action = \"fallback\", status = \"REJECTED\" }}\n",
+            kafka_toml(),
+            topics_toml(&topics),
+            unique("deploy-asg"),
+            unique("deploy-asg-group"),
+        ),
+    );
+    exercise_assignment(&topics, &assignment);
+    // Samples, and families declared by their HELP line (labelled families have no sample until a
+    // labelled value exists), from both services.
+    let mut exposed = BTreeSet::new();
+    let mut declared = BTreeSet::new();
+    for service in [&router, &assignment] {
+        let (_, raw) = http_get(&service.http, "/metrics").unwrap();
+        exposed.extend(
+            raw.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| line.split(['{', ' ']).next())
+                .map(str::to_owned),
+        );
+        declared.extend(
+            raw.lines()
+                .filter_map(|line| line.strip_prefix("# HELP "))
+                .filter_map(|rest| rest.split(' ').next())
+                .map(str::to_owned),
+        );
+    }
 
     let alerts = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
-    let dashboard_text =
-        std::fs::read_to_string(repo().join("deploy/grafana/router.json")).unwrap();
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&dashboard_text).expect("dashboard is JSON");
-    let panels = dashboard["panels"].as_array().expect("panels");
-    assert!(!panels.is_empty());
     let mut used = metric_names(&alerts);
-    for panel in panels {
-        for target in panel["targets"].as_array().expect("targets") {
-            let expr = target["expr"].as_str().expect("expr");
-            assert!(!expr.trim().is_empty(), "empty expr in {}", panel["title"]);
-            used.extend(metric_names(expr));
+    for board in ["router", "oncall", "executive"] {
+        let text =
+            std::fs::read_to_string(repo().join(format!("deploy/grafana/{board}.json"))).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{board} has no panels");
+        for panel in panels {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                assert!(!expr.trim().is_empty(), "empty expr in {}", panel["title"]);
+                used.extend(metric_names(expr));
+            }
         }
     }
-    // Families that appear only once labelled values exist (shadow agreement, reload results) are
-    // declared through their HELP line even before.
-    let (_, raw) = http_get(&router.http, "/metrics").unwrap();
-    let declared: BTreeSet<String> = raw
-        .lines()
-        .filter_map(|line| line.strip_prefix("# HELP "))
-        .filter_map(|rest| rest.split(' ').next())
-        .map(str::to_owned)
-        .collect();
     for name in &used {
         let family = ["_bucket", "_total", "_sum", "_count"]
             .iter()
@@ -154,9 +174,123 @@ fn dashboards_and_alerts_only_use_metrics_the_router_exposes() {
             .unwrap_or(name);
         assert!(
             exposed.contains(name) || declared.contains(family) || declared.contains(name),
-            "{name} is used by deploy/ but the router does not expose it"
+            "{name} is used by deploy/ but no service exposes it"
         );
     }
+}
+
+/// Gives every labelled assignment family a sample: an assignment, a QA label, a human outcome, a
+/// lease expiry with escalation, an SLA fallback, a rejected verdict and a dead letter.
+fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Service) {
+    use hitl_schema::*;
+    let codec = Codec::single_object();
+    let producer = producer();
+    let status = ReviewerStatus {
+        reviewer_id: "deploy-reviewer".into(),
+        roles: vec![],
+        skills: vec![],
+        pools: vec![],
+        capacity: 2,
+        partition: Some(0),
+        presence: Presence::Online,
+        updated_at: hitl_runtime::now_millis(),
+    };
+    let bytes = codec.encode_to_vec(&topics.reviewers, &status).unwrap();
+    produce(&producer, &topics.reviewers, "deploy-reviewer", &bytes, &[]);
+    flush(&producer);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let now = hitl_runtime::now_millis();
+    let request = |id: &str, kind: ReviewKind, sla_ms: i64| ReviewRequest {
+        decision: std::sync::Arc::new(Decision {
+            decision_id: id.into(),
+            workflow: "deploy".into(),
+            subject: "s".into(),
+            action: "allow".into(),
+            confidence: 0.5,
+            risk_score: None,
+            amount: None,
+            priority: None,
+            producer: "model".into(),
+            model_name: "m".into(),
+            model_version: None,
+            features: Default::default(),
+            context: Default::default(),
+            sensitive_fields: vec![],
+            created_at: now,
+            sla_ms: None,
+        }),
+        kind,
+        pool: "fast".into(),
+        required_roles: vec![],
+        priority_tier: "normal".into(),
+        sla_deadline: now + sla_ms,
+        quorum: 1,
+        policy_rule: "r".into(),
+        policy_version: "v".into(),
+        auto_status: None,
+        routed_at: now,
+    };
+    // "expires" is held and never answered; "qa" is labeled; "human" follows once "qa" is done.
+    for (id, kind, sla) in [
+        ("expires", ReviewKind::Review, 4_000),
+        ("qa", ReviewKind::QaSample, 600_000),
+        ("human", ReviewKind::Review, 600_000),
+    ] {
+        let bytes = codec
+            .encode_to_vec(&topics.review_requests, &request(id, kind, sla))
+            .unwrap();
+        produce(&producer, &topics.review_requests, "fast", &bytes, &[]);
+    }
+    flush(&producer);
+    let verdict = |id: &str, attempt: u32, kind: VerdictKind| {
+        let verdict = Verdict {
+            decision_id: id.into(),
+            assignment_id: format!("{id}#{attempt}"),
+            reviewer_id: "deploy-reviewer".into(),
+            verdict: kind,
+            amended_action: None,
+            rationale: String::new(),
+            decided_at: hitl_runtime::now_millis(),
+            pool: "fast".into(),
+        };
+        let bytes = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
+        produce(&producer, &topics.verdicts, "fast", &bytes, &[]);
+        flush(&producer);
+    };
+    let within = std::time::Duration::from_secs(60);
+    wait_for(within, "two assignments", || {
+        (assignment
+            .metric(r#"hitl_assignment_verdicts_total{pool="fast",verdict="APPROVE"}"#)
+            .is_some()
+            || assignment.metric("hitl_assignment_reviewer_utilisation")? >= 1.0)
+            .then_some(())
+    });
+    verdict("qa", 1, VerdictKind::Approve);
+    verdict("nobody", 1, VerdictKind::Approve);
+    produce(&producer, &topics.verdicts, "fast", b"junk", &[]);
+    flush(&producer);
+    wait_for(within, "the third item assigned", || {
+        assignment
+            .metric(r#"hitl_assignment_qa_labels_total{pool="fast",agrees="true"}"#)
+            .map(|_| ())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    verdict("human", 1, VerdictKind::Approve);
+    wait_for(within, "every assignment family", || {
+        for series in [
+            r#"hitl_assignment_outcomes_total{pool="fast",decided_by="HUMAN",overridden="false"}"#,
+            r#"hitl_assignment_outcomes_total{pool="fast",decided_by="SLA_FALLBACK",overridden="true"}"#,
+            r#"hitl_assignment_sla_breaches_total{pool="fast"}"#,
+            r#"hitl_assignment_reassignments_total{pool="fast",reason="lease_expired"}"#,
+            r#"hitl_assignment_escalations_total{pool="fast",reason="lease_expiries"}"#,
+            r#"hitl_assignment_rejected_verdicts_total{reason="unknown_decision"}"#,
+            r#"hitl_assignment_dead_letters_total{class="decode.framing"}"#,
+            r#"hitl_assignment_queue_depth{pool="fast",tier="normal"}"#,
+        ] {
+            assignment.metric(series)?;
+        }
+        Some(())
+    });
 }
 
 #[test]
@@ -165,7 +299,14 @@ fn compose_file_is_valid_pinned_and_its_settings_load() {
     let compose: serde_norway::Value =
         serde_norway::from_str(&text).expect("docker-compose.yml is YAML");
     let services = compose["services"].as_mapping().expect("services");
-    for name in ["kafka", "topics", "router", "prometheus", "grafana"] {
+    for name in [
+        "kafka",
+        "topics",
+        "router",
+        "assignment",
+        "prometheus",
+        "grafana",
+    ] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     for (name, service) in services {
@@ -199,14 +340,25 @@ fn compose_file_is_valid_pinned_and_its_settings_load() {
         }
         let mut environment = environment;
         // Inside the image these paths exist; here, point them at the repository's copies.
-        environment.insert(
-            "HITL_SERVICE__POLICY_PATH".into(),
-            repo().join("config/policy.yaml").display().to_string(),
-        );
-        let loaded = hitl_runtime::load::<Settings<RouterSettings>>(
-            Some(&repo().join("config/router.toml")),
-            &environment,
-        );
+        if name.as_str() != Some("assignment") {
+            environment.insert(
+                "HITL_SERVICE__POLICY_PATH".into(),
+                repo().join("config/policy.yaml").display().to_string(),
+            );
+        }
+        let loaded = if name.as_str() == Some("assignment") {
+            hitl_runtime::load::<Settings<AssignmentSettings>>(
+                Some(&repo().join("config/assignment.toml")),
+                &environment,
+            )
+            .map(|_| ())
+        } else {
+            hitl_runtime::load::<Settings<RouterSettings>>(
+                Some(&repo().join("config/router.toml")),
+                &environment,
+            )
+            .map(|_| ())
+        };
         assert!(loaded.is_ok(), "{name:?}: {}", loaded.unwrap_err());
     }
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
