@@ -1,0 +1,404 @@
+//! `verify`: proves from Kafka alone that the audit trail is complete and untampered. Pure: it
+//! takes the records as read (in log order per partition) and the public keys, and reports every
+//! problem with the decision (or checkpoint) and the reason.
+//!
+//! Checks:
+//! - every audit record decodes, its `content_hash` is the hash of its content, and its signature
+//!   verifies with the public key named by `key_id` (a flipped byte, an edit, a forgery fail here);
+//! - per decision, versions increase along the log and each `prev_hash` is the previous version's
+//!   hash (a reordered or replayed old version fails here); a tombstone is a deletion;
+//! - checkpoints verify, have no gap in their sequence, chain by `prev_checkpoint_hash`, and their
+//!   Merkle root and count match their entries (a dropped or altered checkpoint fails here);
+//! - the latest record of each decision is at least the version its latest checkpoint names, with
+//!   that hash when equal (a deleted or replaced latest record fails here, even after compaction
+//!   removed older versions); records newer than every checkpoint are reported as not covered;
+//! - completeness: every decision received (if given) has an audit record, and every final outcome
+//!   published (if given) is in its decision's latest record.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::VerifyingKey;
+use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, Outcome};
+
+use crate::crypto::{checkpoint_content, checkpoint_hash, merkle_root, record_content, sha256_hex};
+
+/// A record as read from a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What to verify.
+#[derive(Debug, Default)]
+pub struct Input {
+    /// `hitl.audit`, every partition, in log order per partition.
+    pub audit: Vec<Logged>,
+    /// `hitl.audit.checkpoints`, in log order per partition.
+    pub checkpoints: Vec<Logged>,
+    /// Ids of every decision received (from `hitl.decisions`), if completeness is to be checked.
+    pub decisions: Option<BTreeSet<String>>,
+    /// Every final outcome published (from `hitl.outcomes`), if completeness is to be checked.
+    pub outcomes: Option<Vec<Outcome>>,
+    /// Treat records newer than every checkpoint as problems (after the service has been quiet
+    /// for longer than its checkpoint interval).
+    pub require_checkpointed: bool,
+}
+
+/// One thing wrong, with what it is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub subject: String,
+    pub what: String,
+}
+
+/// The verdict.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    pub records: usize,
+    pub decisions: usize,
+    pub checkpoints: usize,
+    pub uncovered: usize,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+    fn problem(&mut self, subject: impl Into<String>, what: impl Into<String>) {
+        self.problems.push(Problem {
+            subject: subject.into(),
+            what: what.into(),
+        });
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} audit records of {} decisions, {} checkpoints, {} records not yet covered by a checkpoint",
+            self.records, self.decisions, self.checkpoints, self.uncovered
+        )?;
+        if self.problems.is_empty() {
+            return writeln!(
+                f,
+                "OK: signatures valid, chains intact, checkpoints consistent, trail complete"
+            );
+        }
+        writeln!(f, "{} PROBLEMS:", self.problems.len())?;
+        for problem in &self.problems {
+            writeln!(f, "  {}: {}", problem.subject, problem.what)?;
+        }
+        Ok(())
+    }
+}
+
+fn at(logged: &Logged) -> String {
+    format!("partition {} offset {}", logged.partition, logged.offset)
+}
+
+/// The latest record of a decision in log order.
+struct Latest {
+    record: AuditRecord,
+    logged_at: String,
+}
+
+/// Verifies everything in `input` with the public keys by key id.
+pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
+    let codec = Codec::single_object();
+    let mut report = Report::default();
+    // decision → (version, hash) of every version seen, and the latest in log order.
+    let mut versions: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+    let mut latest: BTreeMap<String, Latest> = BTreeMap::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+
+    for logged in &input.audit {
+        let key = logged.key.clone().unwrap_or_default();
+        let subject = format!("decision {key}");
+        let Some(payload) = &logged.payload else {
+            report.problem(&subject, format!("deleted: tombstone at {}", at(logged)));
+            deleted.insert(key.clone());
+            latest.remove(&key);
+            continue;
+        };
+        report.records += 1;
+        let record: AuditRecord = match codec.decode(payload) {
+            Ok(record) => record,
+            Err(error) => {
+                report.problem(
+                    &subject,
+                    format!("undecodable record at {}: {error}", at(logged)),
+                );
+                continue;
+            }
+        };
+        if record.decision_id != key {
+            report.problem(
+                &subject,
+                format!("record at {} is about {}", at(logged), record.decision_id),
+            );
+        }
+        let content_hash = sha256_hex(&record_content(&record));
+        if content_hash != record.content_hash {
+            report.problem(
+                &subject,
+                format!(
+                    "version {} at {} altered: content does not match its content_hash",
+                    record.version,
+                    at(logged)
+                ),
+            );
+        }
+        match keys.get(&record.key_id) {
+            None => report.problem(
+                &subject,
+                format!(
+                    "version {} at {} signed with unknown key `{}`",
+                    record.version,
+                    at(logged),
+                    record.key_id
+                ),
+            ),
+            Some(public) => {
+                if !crate::crypto::verify(public, record.content_hash.as_bytes(), &record.signature)
+                {
+                    report.problem(
+                        &subject,
+                        format!(
+                            "version {} at {}: signature invalid (forged or altered)",
+                            record.version,
+                            at(logged)
+                        ),
+                    );
+                }
+            }
+        }
+        // Chain: versions only go up along the log; each names the previous version's hash.
+        if let Some(previous) = latest.get(&key) {
+            if record.version <= previous.record.version {
+                report.problem(
+                    &subject,
+                    format!(
+                        "version {} at {} follows version {} at {}: reordered or an old version replayed",
+                        record.version,
+                        at(logged),
+                        previous.record.version,
+                        previous.logged_at
+                    ),
+                );
+            }
+        }
+        let seen = versions.entry(key.clone()).or_default();
+        match (record.version, &record.prev_hash) {
+            (1, None) => {}
+            (1, Some(_)) => report.problem(&subject, "version 1 names a previous version"),
+            (version, prev) => match (seen.get(&(version - 1)), prev) {
+                (Some(expected), Some(prev)) if expected != prev => report.problem(
+                    &subject,
+                    format!(
+                        "version {version}: prev_hash does not match version {}",
+                        version - 1
+                    ),
+                ),
+                (_, None) => {
+                    report.problem(&subject, format!("version {version} has no prev_hash"))
+                }
+                _ => {} // previous version compacted away: checked through checkpoints
+            },
+        }
+        seen.insert(record.version, record.content_hash.clone());
+        deleted.remove(&key);
+        latest.insert(
+            key,
+            Latest {
+                record,
+                logged_at: at(logged),
+            },
+        );
+    }
+    report.decisions = latest.len() + deleted.len();
+
+    // Checkpoints, per partition in log order.
+    let mut checkpointed: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
+    let mut last_by_partition: BTreeMap<i32, AuditCheckpoint> = BTreeMap::new();
+    for logged in &input.checkpoints {
+        report.checkpoints += 1;
+        let Some(payload) = &logged.payload else {
+            report.problem(
+                format!("checkpoints partition {}", logged.partition),
+                format!("tombstone at {}", at(logged)),
+            );
+            continue;
+        };
+        let checkpoint: AuditCheckpoint = match codec.decode(payload) {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                report.problem(
+                    format!("checkpoints partition {}", logged.partition),
+                    format!("undecodable checkpoint at {}: {error}", at(logged)),
+                );
+                continue;
+            }
+        };
+        let subject = format!(
+            "checkpoint {} of audit partition {}",
+            checkpoint.sequence, checkpoint.partition
+        );
+        match keys.get(&checkpoint.key_id) {
+            None => report.problem(
+                &subject,
+                format!("signed with unknown key `{}`", checkpoint.key_id),
+            ),
+            Some(public) => {
+                if !crate::crypto::verify(
+                    public,
+                    &checkpoint_content(&checkpoint),
+                    &checkpoint.signature,
+                ) {
+                    report.problem(&subject, "signature invalid (forged or altered)");
+                }
+            }
+        }
+        let root = merkle_root(checkpoint.entries.iter().map(|e| e.content_hash.as_str()));
+        if root != checkpoint.root_hash {
+            report.problem(&subject, "root_hash does not match its entries");
+        }
+        if checkpoint.record_count != checkpoint.entries.len() as i64 {
+            report.problem(&subject, "record_count does not match its entries");
+        }
+        let previous = last_by_partition.get(&checkpoint.partition);
+        let expected_sequence = previous.map_or(0, |p| p.sequence + 1);
+        if checkpoint.sequence != expected_sequence {
+            report.problem(
+                &subject,
+                if checkpoint.sequence > expected_sequence {
+                    format!(
+                        "checkpoints {expected_sequence}..{} are missing",
+                        checkpoint.sequence - 1
+                    )
+                } else {
+                    format!("out of order: expected sequence {expected_sequence}")
+                },
+            );
+        }
+        let expected_prev = previous.map(checkpoint_hash);
+        if checkpoint.prev_checkpoint_hash != expected_prev
+            && checkpoint.sequence == expected_sequence
+        {
+            report.problem(
+                &subject,
+                "prev_checkpoint_hash does not match the previous checkpoint",
+            );
+        }
+        for entry in &checkpoint.entries {
+            let newer = checkpointed
+                .get(&entry.decision_id)
+                .is_none_or(|(version, _, _)| entry.version >= *version);
+            if newer {
+                checkpointed.insert(
+                    entry.decision_id.clone(),
+                    (entry.version, entry.content_hash.clone(), subject.clone()),
+                );
+            }
+        }
+        last_by_partition.insert(checkpoint.partition, checkpoint);
+    }
+
+    // The latest record of every checkpointed decision must still say what its checkpoint says.
+    for (decision_id, (version, hash, checkpoint)) in &checkpointed {
+        let subject = format!("decision {decision_id}");
+        match latest.get(decision_id) {
+            None => report.problem(
+                &subject,
+                format!("missing: {checkpoint} names version {version}, the trail has no record"),
+            ),
+            Some(found) if found.record.version < *version => report.problem(
+                &subject,
+                format!(
+                    "latest record is version {} ({}) but {checkpoint} names version {version}: \
+                     the latest version was deleted or an old one replayed",
+                    found.record.version, found.logged_at
+                ),
+            ),
+            Some(found)
+                if found.record.version == *version && found.record.content_hash != *hash =>
+            {
+                report.problem(
+                    &subject,
+                    format!("version {version} differs from what {checkpoint} recorded"),
+                )
+            }
+            Some(_) => {}
+        }
+    }
+    for (decision_id, found) in &latest {
+        let covered = checkpointed
+            .get(decision_id)
+            .is_some_and(|(version, _, _)| *version >= found.record.version);
+        if !covered {
+            report.uncovered += 1;
+            if input.require_checkpointed {
+                report.problem(
+                    format!("decision {decision_id}"),
+                    format!(
+                        "version {} ({}) is not covered by any checkpoint",
+                        found.record.version, found.logged_at
+                    ),
+                );
+            }
+        }
+    }
+
+    // Completeness.
+    if let Some(decisions) = &input.decisions {
+        for decision_id in decisions {
+            if !latest.contains_key(decision_id) {
+                report.problem(
+                    format!("decision {decision_id}"),
+                    "received but has no audit record",
+                );
+            }
+        }
+    }
+    if let Some(outcomes) = &input.outcomes {
+        for outcome in outcomes {
+            let subject = format!("decision {}", outcome.decision_id);
+            match latest
+                .get(&outcome.decision_id)
+                .and_then(|l| l.record.outcome.as_ref())
+            {
+                None => report.problem(
+                    &subject,
+                    format!(
+                        "outcome {:?} by {:?} is not in the audit trail",
+                        outcome.status, outcome.decided_by
+                    ),
+                ),
+                Some(recorded)
+                    if recorded.decided_by != outcome.decided_by
+                        || recorded.status != outcome.status
+                        || recorded.final_action != outcome.final_action =>
+                {
+                    report.problem(
+                        &subject,
+                        format!(
+                            "published outcome {:?}/{:?} differs from the audited {:?}/{:?}",
+                            outcome.decided_by,
+                            outcome.status,
+                            recorded.decided_by,
+                            recorded.status
+                        ),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    report.problems.sort();
+    report.problems.dedup();
+    report
+}
