@@ -60,6 +60,7 @@ pub enum Observation {
 
 /// What a core call produced.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // produced and consumed one at a time
 pub enum Effect {
     /// The next version of a decision's audit record, for its partition.
     Record {
