@@ -169,3 +169,76 @@ pub async fn ensure_topics(
     }
     Ok(created)
 }
+
+/// Why a partition could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading {topic}[{partition}] took more than {timeout:?} ({records} records read)")]
+    Timeout {
+        topic: String,
+        partition: i32,
+        timeout: Duration,
+        records: u64,
+    },
+}
+
+/// Reads one partition from its start to its end, calling `each` for every record in order, and
+/// returns how many there were. The end is the high watermark, confirmed by one empty poll (the dev
+/// broker's watermarks can lag the real end).
+pub fn read_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64, ReadError> {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        Message, Offset, TopicPartitionList,
+    };
+    let started = std::time::Instant::now();
+    let consumer: BaseConsumer = reader_config(
+        settings,
+        settings.delivery == crate::config::Delivery::Transactional,
+    )
+    .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let (mut next, mut records) = (0i64, 0u64);
+    loop {
+        if started.elapsed() > timeout {
+            return Err(ReadError::Timeout {
+                topic: topic.to_owned(),
+                partition,
+                timeout,
+                records,
+            });
+        }
+        match consumer.poll(Duration::from_millis(300)) {
+            None if next >= high => return Ok(records),
+            None => {}
+            Some(Err(error)) => tracing::warn!(%error, %topic, partition, "read error"),
+            Some(Ok(message)) => {
+                next = message.offset() + 1;
+                records += 1;
+                each(&message);
+            }
+        }
+    }
+}
+
+/// The number of partitions of `topic` (0 if it does not exist).
+pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, ReadError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = reader_config(settings, false).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), settings.request_timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32))
+}

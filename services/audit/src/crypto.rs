@@ -111,6 +111,7 @@ pub fn verify(key: &VerifyingKey, message: &[u8], signature_hex: &str) -> bool {
 
 /// The audit service's secrets: the signing key (Ed25519 seed), its id, and the key of the keyed
 /// hashes (sensitive context values, reviewer pseudonyms).
+#[derive(Clone)]
 pub struct Keys {
     signing: SigningKey,
     key_id: String,

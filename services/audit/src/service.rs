@@ -1,0 +1,436 @@
+//! The audit service's I/O shell: lifecycle events in, audit records, checkpoints and feedback out.
+//! A decision's audit record goes to the audit partition with the number of its lifecycle
+//! partition (both keyed by decision_id), and each partition's checkpoints to the checkpoint
+//! partition with that number, so an instance given lifecycle partition p restores from audit
+//! partition p and checkpoint partition p.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hitl_runtime::{
+    config::{KafkaSettings, Secret, Topics},
+    kafka::read_partition,
+    InputRecord, OutputRecord, Processor, Validate,
+};
+use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, LifecycleEvent};
+use rdkafka::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    checkpoint::Checkpointer,
+    crypto::Keys,
+    metrics::AuditMetrics,
+    trail::{AuditCore, Effect},
+};
+
+/// The audit service's `[service]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Names this instance: its `transactional.id` is `hitl-audit-<instance_id>`.
+    pub instance_id: String,
+    pub group_id: String,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// Ed25519 signing key: 64 hex digits (a 32-byte seed). `hitl-audit keygen` makes one.
+    pub signing_key: Option<Secret>,
+    /// Names the key in every record and checkpoint (rotate keys by changing both).
+    pub key_id: String,
+    /// Key of the keyed hashes of sensitive context values and reviewer pseudonyms.
+    pub hash_key: Option<Secret>,
+    /// A checkpoint every this many records per partition…
+    pub checkpoint_every_records: usize,
+    /// …or this long after the previous one, whichever comes first.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
+    /// Larger input records go to the DLQ unread.
+    pub max_record_bytes: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            instance_id: "0".into(),
+            group_id: "hitl-audit".into(),
+            create_topics: true,
+            signing_key: None,
+            key_id: "k1".into(),
+            hash_key: None,
+            checkpoint_every_records: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+            tick_interval: Duration::from_millis(250),
+            restore_timeout: Duration::from_secs(600),
+            max_record_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl AuditSettings {
+    pub fn transactional_id(&self) -> String {
+        format!("hitl-audit-{}", self.instance_id)
+    }
+
+    /// The keys, or every problem with them (each naming its field).
+    pub fn keys(&self) -> Result<Keys, Vec<String>> {
+        let mut problems = Vec::new();
+        let seed = self.signing_key.as_ref().map(Secret::expose);
+        let hash_key = self.hash_key.as_ref().map(Secret::expose);
+        if seed.is_none() {
+            problems.push(
+                "service.signing_key: required (64 hex digits; `hitl-audit keygen` makes one)"
+                    .into(),
+            );
+        }
+        match hash_key {
+            None => problems
+                .push("service.hash_key: required (a secret of 16 or more characters)".into()),
+            Some(key) if key.len() < 16 => {
+                problems.push("service.hash_key: must be at least 16 characters".into())
+            }
+            Some(_) => {}
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Keys::new(
+            seed.unwrap_or_default(),
+            &self.key_id,
+            hash_key.unwrap_or_default(),
+        )
+        .map_err(|error| vec![format!("service.{error}")])
+    }
+}
+
+impl Validate for AuditSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.instance_id.is_empty()
+            || !self
+                .instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errors.push(format!(
+                "service.instance_id: `{}` must be letters, digits, - _ .",
+                self.instance_id
+            ));
+        }
+        if self.group_id.is_empty() {
+            errors.push("service.group_id: must not be empty".into());
+        }
+        if self.key_id.is_empty() {
+            errors.push("service.key_id: must not be empty".into());
+        }
+        if self.checkpoint_every_records == 0 {
+            errors.push("service.checkpoint_every_records: must be at least 1".into());
+        }
+        if self.checkpoint_interval < Duration::from_millis(100) {
+            errors.push("service.checkpoint_interval: must be at least 100ms".into());
+        }
+        if self.tick_interval < Duration::from_millis(10) {
+            errors.push("service.tick_interval: must be at least 10ms".into());
+        }
+        if self.max_record_bytes < 64 {
+            errors.push("service.max_record_bytes: must be at least 64".into());
+        }
+        // Keys are checked when the service starts (`verify` needs none of them).
+        if self.signing_key.is_some() || self.hash_key.is_some() {
+            if let Err(problems) = self.keys() {
+                errors.extend(problems);
+            }
+        }
+    }
+}
+
+/// The audit service as a `Processor` of the loop.
+pub struct AuditProcessor {
+    core: AuditCore,
+    codec: Codec,
+    topics: Topics,
+    kafka: KafkaSettings,
+    settings: AuditSettings,
+    metrics: Arc<AuditMetrics>,
+    checkpointers: BTreeMap<i32, Checkpointer>,
+    effects: Vec<Effect>,
+    last_gauges: Instant,
+}
+
+impl AuditProcessor {
+    pub(crate) fn new(
+        settings: &hitl_runtime::Settings<AuditSettings>,
+        keys: Keys,
+        codec: Codec,
+        metrics: Arc<AuditMetrics>,
+    ) -> Self {
+        Self {
+            core: AuditCore::new(Arc::new(keys)),
+            codec,
+            topics: settings.topics.clone(),
+            kafka: settings.kafka.clone(),
+            settings: settings.service.clone(),
+            metrics,
+            checkpointers: BTreeMap::new(),
+            effects: Vec::new(),
+            last_gauges: Instant::now(),
+        }
+    }
+
+    /// Restores partition p: the latest record of every decision from the audit topic, and the
+    /// checkpoint chain; records no checkpoint covers yet are queued for the next one.
+    fn restore(&mut self, partition: i32) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let timeout = self.settings.restore_timeout;
+        let mut last_checkpoint: Option<AuditCheckpoint> = None;
+        let mut covered: HashSet<(String, i64)> = HashSet::new();
+        let codec = &self.codec;
+        read_partition(
+            &self.kafka,
+            &self.topics.audit_checkpoints,
+            partition,
+            timeout,
+            |message| {
+                let Some(payload) = message.payload() else {
+                    return;
+                };
+                match codec.decode::<AuditCheckpoint>(payload) {
+                    Ok(checkpoint) if checkpoint.partition == partition => {
+                        covered.extend(
+                            checkpoint
+                                .entries
+                                .iter()
+                                .map(|e| (e.decision_id.clone(), e.version)),
+                        );
+                        last_checkpoint = Some(checkpoint);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(%error, partition, offset = message.offset(), "unreadable checkpoint skipped")
+                    }
+                }
+            },
+        )?;
+        let mut checkpointer = Checkpointer::resume(
+            partition,
+            last_checkpoint.as_ref(),
+            hitl_runtime::now_millis(),
+        );
+        let core = &mut self.core;
+        let records = read_partition(
+            &self.kafka,
+            &self.topics.audit,
+            partition,
+            timeout,
+            |message| {
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned());
+                match message.payload() {
+                    None => {
+                        if let Some(key) = key {
+                            core.forget(&key);
+                        }
+                    }
+                    Some(payload) => match codec.decode::<AuditRecord>(payload) {
+                        Ok(record) => {
+                            if !covered.contains(&(record.decision_id.clone(), record.version)) {
+                                checkpointer.append(&record);
+                            }
+                            let newer = core
+                                .trail(&record.decision_id)
+                                .is_none_or(|trail| trail.version < record.version);
+                            if newer {
+                                core.restore(partition, record);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, partition, offset = message.offset(), "unreadable audit record skipped")
+                        }
+                    },
+                }
+            },
+        )?;
+        self.checkpointers.insert(partition, checkpointer);
+        let took = started.elapsed();
+        self.metrics.restored(took);
+        tracing::info!(
+            partition,
+            records,
+            trails = self.core.len(),
+            took_ms = took.as_millis() as u64,
+            "audit state restored"
+        );
+        Ok(())
+    }
+
+    fn emit(&mut self, output: &mut Vec<OutputRecord>) {
+        let now = hitl_runtime::now_millis();
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Record { partition, record } => {
+                    match self.codec.encode_to_vec(&self.topics.audit, &record) {
+                        Ok(payload) => {
+                            let mut out = OutputRecord::new(
+                                &self.topics.audit,
+                                record.decision_id.as_bytes(),
+                                payload,
+                            );
+                            out.partition = Some(partition);
+                            output.push(out);
+                            self.checkpointers
+                                .entry(partition)
+                                .or_insert_with(|| Checkpointer::new(partition, now))
+                                .append(&record);
+                        }
+                        Err(error) => tracing::error!(%error, "cannot encode an audit record"),
+                    }
+                }
+                Effect::Feedback(feedback) => {
+                    match self.codec.encode_to_vec(&self.topics.feedback, &feedback) {
+                        Ok(payload) => output.push(OutputRecord::new(
+                            &self.topics.feedback,
+                            feedback.decision_id.as_bytes(),
+                            payload,
+                        )),
+                        Err(error) => tracing::error!(%error, "cannot encode a feedback record"),
+                    }
+                }
+                Effect::Observed(observation) => self.metrics.observe(&observation, now),
+            }
+        }
+    }
+
+    fn checkpoints(&mut self, now: i64, force: bool, output: &mut Vec<OutputRecord>) {
+        let every_ms = self.settings.checkpoint_interval.as_millis() as i64;
+        for (partition, checkpointer) in &mut self.checkpointers {
+            let due = checkpointer.due(now, self.settings.checkpoint_every_records, every_ms)
+                || (force && !checkpointer.pending.is_empty());
+            if !due {
+                continue;
+            }
+            let checkpoint = checkpointer.cut(self.core.keys(), now);
+            match self
+                .codec
+                .encode_to_vec(&self.topics.audit_checkpoints, &checkpoint)
+            {
+                Ok(payload) => {
+                    let mut out = OutputRecord::new(
+                        &self.topics.audit_checkpoints,
+                        partition.to_string().into_bytes(),
+                        payload,
+                    );
+                    out.partition = Some(*partition);
+                    output.push(out);
+                    self.metrics.checkpoint();
+                }
+                Err(error) => tracing::error!(%error, "cannot encode a checkpoint"),
+            }
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        input: &InputRecord<'_>,
+        class: &str,
+        message: &str,
+        output: &mut Vec<OutputRecord>,
+    ) {
+        self.metrics.dead_lettered(class);
+        tracing::warn!(topic = input.topic(), partition = input.partition(), offset = input.offset(), %class, error = %message, "dead-lettered");
+        output.push(
+            OutputRecord {
+                topic: self.topics.decisions_dlq.clone(),
+                key: input.key().unwrap_or_default().to_vec(),
+                payload: input.payload().map(<[u8]>::to_vec),
+                headers: Vec::new(),
+                partition: None,
+            }
+            .with_header("hitl.error.class", class)
+            .with_header("hitl.error.message", message)
+            .with_header("hitl.error.stage", "decode")
+            .with_header("hitl.source.topic", input.topic())
+            .with_header("hitl.source.partition", input.partition().to_string())
+            .with_header("hitl.source.offset", input.offset().to_string()),
+        );
+    }
+}
+
+impl Processor for AuditProcessor {
+    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+        let Some(payload) = input.payload() else {
+            return self.dead_letter(input, "empty", "record has no value", output);
+        };
+        if payload.len() > self.settings.max_record_bytes {
+            let message = format!("record of {} bytes exceeds max_record_bytes", payload.len());
+            return self.dead_letter(input, "oversize", &message, output);
+        }
+        let event = match self.codec.decode::<LifecycleEvent>(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                let class = format!("decode.{}", error.class());
+                return self.dead_letter(input, &class, &error.to_string(), output);
+            }
+        };
+        if event.decision_id.is_empty() || event.event_id.is_empty() {
+            return self.dead_letter(
+                input,
+                "validation",
+                "decision_id and event_id are required",
+                output,
+            );
+        }
+        self.core
+            .event(input.partition(), &event, &mut self.effects);
+        self.emit(output);
+    }
+
+    fn tick(&mut self, now_millis: i64, output: &mut Vec<OutputRecord>) {
+        self.checkpoints(now_millis, false, output);
+        if self.last_gauges.elapsed() >= Duration::from_secs(2) {
+            self.last_gauges = Instant::now();
+            let (decided, complete) = self.core.completeness();
+            self.metrics.gauges(self.core.len(), decided, complete);
+        }
+    }
+
+    fn aborted(&mut self) {
+        tracing::warn!("transaction aborted: rebuilding state from the audit topic");
+        let keys = Arc::new(self.core.keys().clone());
+        self.core = AuditCore::new(keys);
+        self.effects.clear();
+        let partitions: Vec<i32> = self.checkpointers.keys().copied().collect();
+        self.checkpointers.clear();
+        for partition in partitions {
+            if let Err(error) = self.restore(partition) {
+                tracing::error!(%error, partition, "cannot restore audit state; exiting");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) {
+        let owned: BTreeSet<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| *topic == self.topics.lifecycle)
+            .map(|(_, partition)| *partition)
+            .collect();
+        self.core.retain_partitions(|p| owned.contains(&p));
+        let new: Vec<i32> = owned
+            .iter()
+            .copied()
+            .filter(|p| !self.checkpointers.contains_key(p))
+            .collect();
+        self.checkpointers.retain(|p, _| owned.contains(p));
+        for partition in new {
+            if let Err(error) = self.restore(partition) {
+                tracing::error!(%error, partition, "cannot restore audit state; exiting");
+                std::process::exit(1);
+            }
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The audit service, as a real process, against a real broker: a full run of the three services,
+//! re-delivery, kill -9, and `hitl-audit verify` against tampering on the topics.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use hitl_schema::*;
+use hitl_tests::*;
+
+const SIGNING_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Run {
+    dir: tempfile::TempDir,
+    topics: hitl_runtime::config::Topics,
+    name: String,
+}
+
+impl Run {
+    fn new(test: &str) -> Self {
+        let topics = unique_topics(test);
+        create_topics(&topics);
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            topics,
+            name: unique(test),
+        }
+    }
+
+    fn shared(&self) -> String {
+        format!("{}\n{}\n", kafka_toml(), topics_toml(&self.topics))
+    }
+
+    fn audit_config(&self) -> String {
+        format!(
+            "{}[service]\ninstance_id = \"{n}\"\ngroup_id = \"{n}-audit\"\nsigning_key = \"{SIGNING_KEY}\"\n\
+             key_id = \"test-1\"\nhash_key = \"test-hash-key-0123456789\"\ncheckpoint_interval = \"500ms\"\n\
+             checkpoint_every_records = 50\ntick_interval = \"100ms\"\n",
+            self.shared(),
+            n = self.name
+        )
+    }
+
+    fn start_audit(&self) -> Service {
+        Service::start("hitl-audit", self.dir.path(), &self.audit_config())
+    }
+
+    /// Runs `hitl-audit verify` with this run's topics; returns (clean, report).
+    fn verify(&self, extra: &[&str]) -> (bool, String) {
+        let path = self.dir.path().join(format!("{}.toml", unique("verify")));
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n[http]\nlisten = \"127.0.0.1:0\"\n",
+                self.audit_config()
+            ),
+        )
+        .unwrap();
+        let output = std::process::Command::new(binary("hitl-audit"))
+            .arg("verify")
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            matches!(output.status.code(), Some(0 | 1)),
+            "verify failed to run: {text}"
+        );
+        (output.status.code() == Some(0), text)
+    }
+
+    fn publish_lifecycle(&self, events: &[LifecycleEvent]) {
+        let codec = Codec::single_object();
+        let producer = producer();
+        for event in events {
+            let payload = codec.encode_to_vec(&self.topics.lifecycle, event).unwrap();
+            produce(
+                &producer,
+                &self.topics.lifecycle,
+                &event.decision_id,
+                &payload,
+                &[],
+            );
+        }
+        flush(&producer);
+    }
+}
+
+fn decode<T: Record>(records: &[Received]) -> Vec<T> {
+    let codec = Codec::single_object();
+    records
+        .iter()
+        .filter_map(|r| r.payload.as_deref())
+        .filter_map(|payload| codec.decode::<T>(payload).ok())
+        .collect()
+}
+
+fn decision(id: &str, confidence: f64, amount: f64) -> Decision {
+    Decision {
+        decision_id: id.into(),
+        workflow: "payments.card".into(),
+        subject: format!("txn-{id}"),
+        action: "approve".into(),
+        confidence,
+        risk_score: Some(0.5),
+        amount: Some(amount),
+        priority: None,
+        producer: "fraud-model".into(),
+        model_name: "fraud".into(),
+        model_version: Some("3".into()),
+        features: BTreeMap::from([("velocity".to_owned(), 2.0)]),
+        context: BTreeMap::from([("customer".to_owned(), "Alice Example".to_owned())]),
+        sensitive_fields: vec!["customer".into()],
+        created_at: hitl_runtime::now_millis(),
+        sla_ms: None,
+    }
+}
+
+/// Synthetic lifecycle of a decision routed to people and approved by `reviewer`.
+fn human_lifecycle(id: &str, reviewer: &str, at: i64) -> Vec<LifecycleEvent> {
+    let mut routed = LifecycleEvent::new(
+        format!("{id}:router:routed"),
+        id,
+        LifecycleKind::Routed,
+        "router",
+        at,
+    );
+    routed.decision = Some(Arc::new(decision(id, 0.6, 100.0)));
+    routed.attributes.insert("route".into(), "human".into());
+    routed.policy_rule = Some("default".into());
+    routed.policy_version = Some("v1".into());
+    let mut events = vec![routed];
+    for (sequence, kind) in [
+        (1, LifecycleKind::Queued),
+        (2, LifecycleKind::Assigned),
+        (3, LifecycleKind::Verdict),
+    ] {
+        let mut event = LifecycleEvent::new(
+            format!("{id}:assignment:{sequence}"),
+            id,
+            kind,
+            "assignment",
+            at + sequence * 10,
+        );
+        event.sequence = sequence;
+        event.reviewer_id = (sequence > 1).then(|| reviewer.to_owned());
+        if kind == LifecycleKind::Verdict {
+            event.attributes.insert("verdict".into(), "APPROVE".into());
+        }
+        events.push(event);
+    }
+    let mut done = LifecycleEvent::new(
+        format!("{id}:assignment:4"),
+        id,
+        LifecycleKind::Outcome,
+        "assignment",
+        at + 40,
+    );
+    done.sequence = 4;
+    done.outcome = Some(Outcome {
+        decision_id: id.into(),
+        final_action: "approve".into(),
+        status: OutcomeStatus::Approved,
+        decided_by: DecidedBy::Human,
+        reviewer_ids: vec![reviewer.into()],
+        policy_rule: "default".into(),
+        policy_version: "v1".into(),
+        decided_at: at + 40,
+        time_to_decision_ms: 40,
+        workflow: "payments.card".into(),
+        rationale: None,
+    });
+    events.push(done);
+    events
+}
+
+fn feedback_per_decision(topic: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for record in decode::<FeedbackRecord>(&read_all(topic, Duration::from_secs(2))) {
+        *counts.entry(record.decision_id).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_full_run_yields_a_complete_verified_trail_one_label_per_human_decision_and_redelivery_changes_nothing(
+) {
+    let run = Run::new("audit-full");
+    // Router: confident → auto; large → two-person pool; "urgent" workflow → a pool whose SLA
+    // falls back; the rest → people.
+    let policy = run.dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: audit-full\nrules:\n\
+         - { name: confident, when: { confidence: { gte: 0.9 } }, then: auto_approve }\n\
+         - { name: large, when: { amount: { gte: 10000 } }, then: { review: { pool: two-person, sla: 1h, quorum: 2 } } }\n\
+         - { name: urgent, when: { workflow: [urgent] }, then: { review: { pool: fallback, sla: 3s } } }\n\
+         default: { review: { pool: general, sla: 1h } }\n",
+    )
+    .unwrap();
+    let _router = Service::start(
+        "hitl-router",
+        run.dir.path(),
+        &format!(
+            "{}[service]\npolicy_path = \"{}\"\ninstance_id = \"{n}\"\ngroup_id = \"{n}-router\"\n",
+            run.shared(),
+            policy.display(),
+            n = run.name
+        ),
+    );
+    let _assignment = Service::start(
+        "hitl-assignment",
+        run.dir.path(),
+        &format!(
+            "{}[service]\ninstance_id = \"{n}\"\ngroup_id = \"{n}-assignment\"\ntick_interval = \"100ms\"\n\
+             [service.pools.fallback]\nescalate_at_sla = []\n\
+             on_sla_breach = {{ action = \"fallback\", status = \"REJECTED\", final_action = \"hold\" }}\n",
+            run.shared(),
+            n = run.name
+        ),
+    );
+    let audit = run.start_audit();
+
+    // Reviewers: ann and bob answer everything except the fallback pool.
+    let codec = Codec::single_object();
+    let producer = producer();
+    for (name, partition) in [("ann", 0), ("bob", 1)] {
+        let status = ReviewerStatus {
+            reviewer_id: name.into(),
+            roles: vec![],
+            skills: vec![],
+            pools: vec!["general".into(), "two-person".into()],
+            capacity: 10,
+            partition: Some(partition),
+            presence: Presence::Online,
+            updated_at: hitl_runtime::now_millis(),
+        };
+        let payload = codec.encode_to_vec(&run.topics.reviewers, &status).unwrap();
+        produce(&producer, &run.topics.reviewers, name, &payload, &[]);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reviewers = {
+        let (stop, topics) = (stop.clone(), run.topics.clone());
+        std::thread::spawn(move || {
+            let tail = Tail::new(&topics.assignments);
+            let codec = Codec::single_object();
+            let producer = hitl_tests::producer();
+            let mut first = true;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(record) = tail.next(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let Ok(event) =
+                    codec.decode::<AssignmentEvent>(record.payload.as_deref().unwrap_or_default())
+                else {
+                    continue;
+                };
+                if event.kind != AssignmentKind::Assigned || event.reason.is_some() {
+                    continue;
+                }
+                let mut verdict = Verdict {
+                    decision_id: event.decision_id.clone(),
+                    assignment_id: event.assignment_id.clone(),
+                    reviewer_id: event.reviewer_id.clone(),
+                    verdict: VerdictKind::Approve,
+                    amended_action: None,
+                    rationale: "fine".into(),
+                    decided_at: hitl_runtime::now_millis(),
+                    pool: event.pool.clone(),
+                };
+                if first {
+                    // One bad verdict: someone else's lease.
+                    first = false;
+                    let mut bad = verdict.clone();
+                    bad.reviewer_id = "mallory".into();
+                    let payload = codec.encode_to_vec(&topics.verdicts, &bad).unwrap();
+                    produce(&producer, &topics.verdicts, &bad.pool, &payload, &[]);
+                }
+                verdict.decided_at = hitl_runtime::now_millis();
+                let payload = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
+                produce(&producer, &topics.verdicts, &verdict.pool, &payload, &[]);
+                producer.poll(Duration::ZERO);
+            }
+        })
+    };
+
+    let mut decisions = Vec::new();
+    for i in 0..10 {
+        decisions.push(decision(&format!("auto-{i}"), 0.95, 10.0));
+        decisions.push(decision(&format!("human-{i}"), 0.5, 10.0));
+    }
+    for i in 0..4 {
+        decisions.push(decision(&format!("quorum-{i}"), 0.5, 50_000.0));
+        let mut urgent = decision(&format!("urgent-{i}"), 0.5, 10.0);
+        urgent.workflow = "urgent".into();
+        decisions.push(urgent);
+    }
+    for decision in &decisions {
+        let payload = codec
+            .encode_to_vec(&run.topics.decisions, decision)
+            .unwrap();
+        produce(
+            &producer,
+            &run.topics.decisions,
+            &decision.decision_id,
+            &payload,
+            &[],
+        );
+    }
+    flush(&producer);
+
+    // Every decision ends with an outcome; then the audit catches up and checkpoints.
+    let outcomes: Vec<Outcome> = decode(&read_topic(&run.topics.outcomes, WAIT, |records| {
+        decode::<Outcome>(records)
+            .iter()
+            .map(|o| o.decision_id.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= decisions.len()
+    }));
+    let by: BTreeMap<&str, DecidedBy> = outcomes
+        .iter()
+        .map(|o| (o.decision_id.as_str(), o.decided_by))
+        .collect();
+    assert_eq!(by.len(), decisions.len(), "outcomes: {by:?}");
+    assert!(by
+        .iter()
+        .filter(|(id, _)| id.starts_with("urgent"))
+        .all(|(_, d)| *d == DecidedBy::SlaFallback));
+    assert!(by
+        .iter()
+        .filter(|(id, _)| id.starts_with("quorum"))
+        .all(|(_, d)| *d == DecidedBy::Quorum));
+    stop.store(true, Ordering::Relaxed);
+    reviewers.join().unwrap();
+    wait_for(WAIT, "the audit trail to be complete", || {
+        let (clean, report) = run.verify(&[]);
+        clean.then_some(()).or_else(|| {
+            eprintln!("not yet: {report}");
+            None
+        })
+    });
+    // One label per human-decided outcome (human and quorum), none for auto or fallback.
+    let labels = feedback_per_decision(&run.topics.feedback);
+    let expected: BTreeSet<String> = by
+        .iter()
+        .filter(|(_, d)| matches!(d, DecidedBy::Human | DecidedBy::Quorum))
+        .map(|(id, _)| (*id).to_owned())
+        .collect();
+    assert_eq!(labels.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert!(labels.values().all(|n| *n == 1), "{labels:?}");
+    let feedback: Vec<FeedbackRecord> =
+        decode(&read_all(&run.topics.feedback, Duration::from_secs(1)));
+    let quorum = feedback
+        .iter()
+        .find(|f| f.decision_id == "quorum-0")
+        .unwrap();
+    assert_eq!(quorum.label_source, LabelSource::Quorum);
+    assert_eq!(quorum.reviewer_pseudonyms.len(), 2);
+    assert!(quorum
+        .reviewer_pseudonyms
+        .iter()
+        .all(|p| p.starts_with("rv-") && !p.contains("ann")));
+    // The trail holds the rejected verdict, and no PII in clear.
+    let audit_records = read_all(&run.topics.audit, Duration::from_secs(1));
+    let records: Vec<AuditRecord> = decode(&audit_records);
+    assert!(records
+        .iter()
+        .any(|r| r.timeline.iter().any(|e| e.kind == "VERDICT_REJECTED")));
+    assert!(!audit_records.iter().any(|r| r
+        .payload
+        .as_deref()
+        .is_some_and(|p| p.windows(5).any(|w| w == b"Alice"))));
+
+    // Re-deliver every lifecycle event: nothing changes.
+    let lifecycle = read_all(&run.topics.lifecycle, Duration::from_secs(1));
+    let producer = hitl_tests::producer();
+    for record in &lifecycle {
+        produce(
+            &producer,
+            &run.topics.lifecycle,
+            record.key.as_deref().unwrap(),
+            record.payload.as_deref().unwrap(),
+            &[],
+        );
+    }
+    flush(&producer);
+    wait_for(WAIT, "the re-deliveries to be read", || {
+        (audit.metric("hitl_audit_duplicate_events_total")? >= lifecycle.len() as f64).then_some(())
+    });
+    assert_eq!(
+        read_all(&run.topics.audit, Duration::from_secs(1)).len(),
+        audit_records.len()
+    );
+    assert_eq!(feedback_per_decision(&run.topics.feedback), labels);
+    let (clean, report) = run.verify(&[]);
+    assert!(clean, "{report}");
+}
+
+#[test]
+fn kill_9_and_restart_keep_one_label_per_decision_and_a_complete_trail() {
+    const DECISIONS: usize = 300;
+    let run = Run::new("audit-kill");
+    let first = run.start_audit();
+    let at = hitl_runtime::now_millis();
+    let events: Vec<LifecycleEvent> = (0..DECISIONS)
+        .flat_map(|i| {
+            human_lifecycle(
+                &format!("k-{i:03}"),
+                ["ann", "bob", "cy"][i % 3],
+                at + i as i64,
+            )
+        })
+        .collect();
+    let (head, tail) = events.split_at(events.len() / 2);
+    run.publish_lifecycle(head);
+    wait_for(WAIT, "a third of the labels", || {
+        (feedback_per_decision(&run.topics.feedback).len() >= DECISIONS / 3).then_some(())
+    });
+    first.kill9();
+    run.publish_lifecycle(tail);
+    let second = run.start_audit();
+    wait_for(WAIT, "every label", || {
+        (feedback_per_decision(&run.topics.feedback).len() >= DECISIONS).then_some(())
+    });
+    let labels = feedback_per_decision(&run.topics.feedback);
+    assert_eq!(labels.len(), DECISIONS);
+    let repeated: Vec<_> = labels.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "labeled more than once: {repeated:?}");
+    wait_for(WAIT, "a complete, verified trail", || {
+        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
+        clean.then_some(()).or_else(|| {
+            eprintln!("not yet: {report}");
+            None
+        })
+    });
+    let records: Vec<AuditRecord> = decode(&read_all(&run.topics.audit, Duration::from_secs(1)));
+    let latest: BTreeMap<&str, &AuditRecord> = records
+        .iter()
+        .map(|r| (r.decision_id.as_str(), r))
+        .collect();
+    assert_eq!(latest.len(), DECISIONS);
+    assert!(latest
+        .values()
+        .all(|r| r.timeline.len() == 5 && r.outcome.is_some()));
+    assert!(second.metric("hitl_audit_restore_seconds").is_some());
+}
+
+#[test]
+fn verify_detects_tampering_on_the_topics() {
+    let run = Run::new("audit-tamper");
+    let _audit = run.start_audit();
+    let at = hitl_runtime::now_millis();
+    let ids = ["flip", "tomb", "replay", "forge", "fine"];
+    let events: Vec<LifecycleEvent> = ids
+        .iter()
+        .flat_map(|id| human_lifecycle(id, "ann", at))
+        .collect();
+    run.publish_lifecycle(&events);
+    wait_for(WAIT, "a clean, checkpointed trail", || {
+        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
+        (clean && report.contains("of 5 decisions")).then_some(())
+    });
+    let audit = read_all(&run.topics.audit, Duration::from_secs(1));
+    let latest = |id: &str| {
+        audit
+            .iter()
+            .rev()
+            .find(|r| r.key.as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    let first = |id: &str| {
+        audit
+            .iter()
+            .find(|r| r.key.as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    let producer = producer();
+    // Flip one byte of the latest record (as a rewrite would leave it).
+    let mut flipped = latest("flip").payload.unwrap();
+    let position = flipped.windows(8).position(|w| w == b"txn-flip").unwrap() + 4;
+    flipped[position] ^= 0x20;
+    produce(&producer, &run.topics.audit, "flip", &flipped, &[]);
+    // Delete the latest record of a decision.
+    let mut record = BaseRecord::<str, [u8]>::to(&run.topics.audit).key("tomb");
+    while let Err((_, back)) = producer.send(record) {
+        producer.poll(Duration::from_millis(10));
+        record = back;
+    }
+    // Replay an old version.
+    produce(
+        &producer,
+        &run.topics.audit,
+        "replay",
+        &first("replay").payload.unwrap(),
+        &[],
+    );
+    // Forge a newer version, signed with another key under the same key id.
+    let codec = Codec::single_object();
+    let mut forged: AuditRecord = codec.decode(&latest("forge").payload.unwrap()).unwrap();
+    forged.outcome.as_mut().unwrap().status = OutcomeStatus::Rejected;
+    forged.prev_hash = Some(forged.content_hash.clone());
+    forged.version += 1;
+    hitl_audit::crypto::Keys::new(
+        &hitl_audit::crypto::random_seed_hex().unwrap(),
+        "test-1",
+        "whatever-key-123",
+    )
+    .unwrap()
+    .seal_record(&mut forged);
+    produce(
+        &producer,
+        &run.topics.audit,
+        "forge",
+        &codec.encode_to_vec("", &forged).unwrap(),
+        &[],
+    );
+    flush(&producer);
+    let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes", "--allow-uncovered"]);
+    assert!(!clean, "{report}");
+    for expected in [
+        "decision flip: ",
+        "altered",
+        "decision tomb: deleted: tombstone",
+        "decision replay: ",
+        "old version replayed",
+        "decision forge: ",
+        "signature invalid",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+    assert!(!report.contains("decision fine:"), "{report}");
+
+    // Drop a checkpoint: copy the checkpoint topic without its first record, verify against it.
+    let checkpoints = read_all(&run.topics.audit_checkpoints, Duration::from_secs(1));
+    assert!(!checkpoints.is_empty());
+    let copy = format!("{}.copy", run.topics.audit_checkpoints);
+    let mut topics = run.topics.clone();
+    topics.audit_checkpoints = copy.clone();
+    create_topics(&topics);
+    for record in checkpoints.iter().skip(1) {
+        let mut out = BaseRecord::<str, [u8]>::to(&copy)
+            .key(record.key.as_deref().unwrap_or_default())
+            .payload(record.payload.as_deref().unwrap())
+            .partition(record.partition);
+        while let Err((_, back)) = producer.send(out) {
+            producer.poll(Duration::from_millis(10));
+            out = back;
+        }
+    }
+    flush(&producer);
+    let (clean, report) = run.verify(&[
+        "--no-decisions",
+        "--no-outcomes",
+        "--checkpoints-topic",
+        &copy,
+    ]);
+    assert!(!clean);
+    assert!(
+        report.contains("are missing") || report.contains("not covered by any checkpoint"),
+        "{report}"
+    );
+}
+
+use rdkafka::producer::BaseRecord;
