@@ -62,8 +62,8 @@ impl<P: Processor> Processor for Counting<P> {
 }
 
 /// Copies every input record to `topic`: the baseline.
-struct Passthrough {
-    topic: String,
+pub struct Passthrough {
+    pub topic: String,
 }
 
 impl Processor for Passthrough {
@@ -85,6 +85,24 @@ fn measure<P: Processor>(
     processor: P,
     count: u64,
 ) -> f64 {
+    measure_on(
+        &settings.kafka,
+        &settings.topics.decisions,
+        name,
+        processor,
+        count,
+    )
+}
+
+/// Input records per second of `processor` on the loop over `input_topic`, from the first record
+/// processed to the commit covering the `count`-th.
+pub fn measure_on<P: Processor>(
+    kafka: &hitl_runtime::config::KafkaSettings,
+    input_topic: &str,
+    name: &str,
+    processor: P,
+    count: u64,
+) -> f64 {
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -92,12 +110,12 @@ fn measure<P: Processor>(
         service: name.to_owned(),
         group_id: format!("bench-{name}-{}", hitl_runtime::now_millis()),
         transactional_id: format!("bench-{name}-{}", hitl_runtime::now_millis()),
-        input_topics: vec![settings.topics.decisions.clone()],
+        input_topics: vec![input_topic.to_owned()],
         tick_interval: Some(Duration::from_millis(200)),
         max_records_per_second: None,
     };
     let handle = pipeline::spawn(
-        settings.kafka.clone(),
+        kafka.clone(),
         loop_settings,
         Counting {
             inner: processor,

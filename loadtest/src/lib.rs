@@ -2,6 +2,7 @@
 //! few invalid records, so the DLQ path is exercised), a live summary read back from the output
 //! topics, and the router-vs-passthrough throughput benchmark.
 
+pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod mix;

@@ -14,6 +14,7 @@ const USAGE: &str = "usage:
   hitl-loadtest demo [--config FILE] [--rate N] [--duration SECS] [--no-reviewers]
   hitl-loadtest bench-router [--config FILE] [--count N] [--rounds N]
   hitl-loadtest bench-restore [--config FILE] [--count N]
+  hitl-loadtest bench-audit [--config FILE] [--decisions N]
 Settings come from the router's config file and HITL_* variables (see config/router.toml).";
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
@@ -55,6 +56,11 @@ fn main() -> anyhow::Result<()> {
                 tally.routed() > 0,
                 "nothing was routed: is the router running?"
             );
+            Ok(())
+        }
+        Some("bench-audit") => {
+            let decisions = flag(&args, "--decisions", 100_000u64)?;
+            hitl_loadtest::audit::run(&settings.kafka, &runtime, decisions)?;
             Ok(())
         }
         Some("bench-restore") => {

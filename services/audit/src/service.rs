@@ -162,6 +162,20 @@ pub struct AuditProcessor {
 }
 
 impl AuditProcessor {
+    /// Builds the processor and registers its metrics (the service does this in `run`; the
+    /// benchmark harness runs it on its own loop).
+    pub fn build(
+        settings: &hitl_runtime::Settings<AuditSettings>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<Self> {
+        let keys = settings.service.keys().map_err(|problems| {
+            anyhow::anyhow!("refusing to start:\n  - {}", problems.join("\n  - "))
+        })?;
+        let codec = settings.codec.build(settings.kafka.request_timeout)?;
+        let metrics = Arc::new(AuditMetrics::register(registry));
+        Ok(Self::new(settings, keys, codec, metrics))
+    }
+
     pub(crate) fn new(
         settings: &hitl_runtime::Settings<AuditSettings>,
         keys: Keys,

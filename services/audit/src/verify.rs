@@ -107,6 +107,84 @@ struct Latest {
     logged_at: String,
 }
 
+/// Decodes one audit record and checks its hash and signature.
+fn check_one(
+    logged: &Logged,
+    keys: &BTreeMap<String, VerifyingKey>,
+    codec: &Codec,
+) -> (Option<AuditRecord>, Vec<String>) {
+    let mut problems = Vec::new();
+    let Some(payload) = &logged.payload else {
+        problems.push(format!("deleted: tombstone at {}", at(logged)));
+        return (None, problems);
+    };
+    let record: AuditRecord = match codec.decode(payload) {
+        Ok(record) => record,
+        Err(error) => {
+            problems.push(format!("undecodable record at {}: {error}", at(logged)));
+            return (None, problems);
+        }
+    };
+    if Some(&record.decision_id) != logged.key.as_ref() {
+        problems.push(format!(
+            "record at {} is about {}",
+            at(logged),
+            record.decision_id
+        ));
+    }
+    if sha256_hex(&record_content(&record)) != record.content_hash {
+        problems.push(format!(
+            "version {} at {} altered: content does not match its content_hash",
+            record.version,
+            at(logged)
+        ));
+    }
+    match keys.get(&record.key_id) {
+        None => problems.push(format!(
+            "version {} at {} signed with unknown key `{}`",
+            record.version,
+            at(logged),
+            record.key_id
+        )),
+        Some(public) => {
+            if !crate::crypto::verify(public, record.content_hash.as_bytes(), &record.signature) {
+                problems.push(format!(
+                    "version {} at {}: signature invalid (forged or altered)",
+                    record.version,
+                    at(logged)
+                ));
+            }
+        }
+    }
+    (Some(record), problems)
+}
+
+/// `check_one` over every record, on every core.
+fn check_all(
+    audit: &[Logged],
+    keys: &BTreeMap<String, VerifyingKey>,
+) -> Vec<(Option<AuditRecord>, Vec<String>)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = audit.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = audit
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let codec = Codec::single_object();
+                    part.iter()
+                        .map(|logged| check_one(logged, keys, &codec))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("verify worker"))
+            .collect()
+    })
+}
+
 /// Verifies everything in `input` with the public keys by key id.
 pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
     let codec = Codec::single_object();
@@ -116,67 +194,21 @@ pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
     let mut latest: BTreeMap<String, Latest> = BTreeMap::new();
     let mut deleted: BTreeSet<String> = BTreeSet::new();
 
-    for logged in &input.audit {
+    // Each record on its own (decode, hash, signature) in parallel; the chains in log order after.
+    let checked = check_all(&input.audit, keys);
+    for (logged, (record, problems)) in input.audit.iter().zip(checked) {
         let key = logged.key.clone().unwrap_or_default();
         let subject = format!("decision {key}");
-        let Some(payload) = &logged.payload else {
-            report.problem(&subject, format!("deleted: tombstone at {}", at(logged)));
+        for what in problems {
+            report.problem(&subject, what);
+        }
+        if logged.payload.is_none() {
             deleted.insert(key.clone());
             latest.remove(&key);
             continue;
-        };
+        }
         report.records += 1;
-        let record: AuditRecord = match codec.decode(payload) {
-            Ok(record) => record,
-            Err(error) => {
-                report.problem(
-                    &subject,
-                    format!("undecodable record at {}: {error}", at(logged)),
-                );
-                continue;
-            }
-        };
-        if record.decision_id != key {
-            report.problem(
-                &subject,
-                format!("record at {} is about {}", at(logged), record.decision_id),
-            );
-        }
-        let content_hash = sha256_hex(&record_content(&record));
-        if content_hash != record.content_hash {
-            report.problem(
-                &subject,
-                format!(
-                    "version {} at {} altered: content does not match its content_hash",
-                    record.version,
-                    at(logged)
-                ),
-            );
-        }
-        match keys.get(&record.key_id) {
-            None => report.problem(
-                &subject,
-                format!(
-                    "version {} at {} signed with unknown key `{}`",
-                    record.version,
-                    at(logged),
-                    record.key_id
-                ),
-            ),
-            Some(public) => {
-                if !crate::crypto::verify(public, record.content_hash.as_bytes(), &record.signature)
-                {
-                    report.problem(
-                        &subject,
-                        format!(
-                            "version {} at {}: signature invalid (forged or altered)",
-                            record.version,
-                            at(logged)
-                        ),
-                    );
-                }
-            }
-        }
+        let Some(record) = record else { continue };
         // Chain: versions only go up along the log; each names the previous version's hash.
         if let Some(previous) = latest.get(&key) {
             if record.version <= previous.record.version {

@@ -1,0 +1,236 @@
+//! `bench-audit`: the audit service's throughput on the dev broker (lifecycle events in, signed
+//! audit records, checkpoints and feedback out), as a ratio to a raw passthrough over the same input;
+//! then `verify` over the trail it wrote (N decisions).
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use hitl_audit::{
+    reader,
+    verify::{verify, Input},
+    AuditProcessor, AuditSettings,
+};
+use hitl_runtime::config::{KafkaSettings, Secret, Settings, Topics};
+use hitl_schema::{
+    Codec, DecidedBy, Decision, LifecycleEvent, LifecycleKind, Outcome, OutcomeStatus,
+};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::bench::{measure_on, Passthrough};
+
+/// The lifecycle of decision `i`: 70% auto-approved (one ROUTED event with the outcome), 30% sent
+/// to people (routed, queued, assigned, verdict, outcome).
+fn lifecycle(i: u64, at: i64) -> Vec<LifecycleEvent> {
+    let id = format!("bench-{i:08}");
+    let decision = Decision {
+        decision_id: id.clone(),
+        workflow: "payments.card".into(),
+        subject: format!("txn-{i}"),
+        action: "approve".into(),
+        confidence: 0.8,
+        risk_score: Some(0.3),
+        amount: Some((i % 5000) as f64),
+        priority: None,
+        producer: "fraud-model".into(),
+        model_name: "fraud".into(),
+        model_version: Some("7".into()),
+        features: BTreeMap::from([("velocity".to_owned(), 2.0), ("age_days".to_owned(), 400.0)]),
+        context: BTreeMap::from([
+            ("customer".to_owned(), format!("customer-{i}")),
+            ("country".to_owned(), "DE".to_owned()),
+        ]),
+        sensitive_fields: vec!["customer".into()],
+        created_at: at,
+        sla_ms: None,
+    };
+    let human = i % 10 < 3;
+    let outcome = |decided_by, reviewers: Vec<String>, decided_at| Outcome {
+        decision_id: id.clone(),
+        final_action: "approve".into(),
+        status: OutcomeStatus::Approved,
+        decided_by,
+        reviewer_ids: reviewers,
+        policy_rule: "rule".into(),
+        policy_version: "v1".into(),
+        decided_at,
+        time_to_decision_ms: decided_at - at,
+        workflow: "payments.card".into(),
+        rationale: None,
+    };
+    let mut routed = LifecycleEvent::new(
+        format!("{id}:router:routed"),
+        &id,
+        LifecycleKind::Routed,
+        "router",
+        at,
+    );
+    routed.decision = Some(Arc::new(decision));
+    routed.policy_rule = Some("rule".into());
+    routed.policy_version = Some("v1".into());
+    routed.attributes.insert(
+        "route".into(),
+        if human { "human" } else { "auto_approve" }.into(),
+    );
+    if !human {
+        routed.outcome = Some(outcome(DecidedBy::Auto, vec![], at));
+        return vec![routed];
+    }
+    let mut events = vec![routed];
+    for (sequence, kind) in [
+        (1, LifecycleKind::Queued),
+        (2, LifecycleKind::Assigned),
+        (3, LifecycleKind::Verdict),
+    ] {
+        let mut event = LifecycleEvent::new(
+            format!("{id}:assignment:{sequence}"),
+            &id,
+            kind,
+            "assignment",
+            at + sequence,
+        );
+        event.sequence = sequence;
+        event.reviewer_id = (sequence > 1).then(|| format!("reviewer-{}", i % 20));
+        events.push(event);
+    }
+    let mut done = LifecycleEvent::new(
+        format!("{id}:assignment:4"),
+        &id,
+        LifecycleKind::Outcome,
+        "assignment",
+        at + 4,
+    );
+    done.sequence = 4;
+    done.outcome = Some(outcome(
+        DecidedBy::Human,
+        vec![format!("reviewer-{}", i % 20)],
+        at + 4,
+    ));
+    events.push(done);
+    events
+}
+
+/// Publishes the lifecycle of `decisions` decisions; returns the number of events.
+fn publish(kafka: &KafkaSettings, topic: &str, decisions: u64) -> u64 {
+    let producer: BaseProducer = hitl_runtime::kafka::producer_config(kafka)
+        .create()
+        .expect("producer");
+    let codec = Codec::single_object();
+    let at = hitl_runtime::now_millis();
+    let mut events = 0;
+    for i in 0..decisions {
+        for event in lifecycle(i, at) {
+            let payload = codec.encode_to_vec(topic, &event).expect("encodes");
+            let mut record = BaseRecord::<str, [u8]>::to(topic)
+                .key(event.decision_id.as_str())
+                .payload(&payload[..]);
+            while let Err((_, back)) = producer.send(record) {
+                producer.poll(std::time::Duration::from_millis(5));
+                record = back;
+            }
+            events += 1;
+        }
+    }
+    producer
+        .flush(std::time::Duration::from_secs(300))
+        .expect("flush");
+    events
+}
+
+pub fn run(
+    kafka: &KafkaSettings,
+    runtime: &tokio::runtime::Runtime,
+    decisions: u64,
+) -> anyhow::Result<()> {
+    let prefix = format!("bench-audit-{:x}", hitl_runtime::now_millis());
+    let defaults = Topics::default();
+    let topics = Topics {
+        lifecycle: format!("{prefix}.lifecycle"),
+        audit: format!("{prefix}.audit"),
+        audit_checkpoints: format!("{prefix}.audit.checkpoints"),
+        feedback: format!("{prefix}.feedback"),
+        decisions_dlq: format!("{prefix}.dlq"),
+        outcomes: format!("{prefix}.outcomes"),
+        decisions: format!("{prefix}.decisions"),
+        ..defaults
+    };
+    let mut specs = topics.specs();
+    specs.retain(|spec| spec.name.starts_with(&prefix));
+    specs.push(hitl_runtime::config::TopicSpec {
+        name: format!("{prefix}.passthrough"),
+        partitions: topics.partitions,
+        configs: vec![],
+    });
+    runtime.block_on(hitl_runtime::kafka::ensure_topics(kafka, &specs, 1))?;
+
+    println!(
+        "publishing the lifecycle of {decisions} decisions to {} ...",
+        topics.lifecycle
+    );
+    let started = Instant::now();
+    let events = publish(kafka, &topics.lifecycle, decisions);
+    println!("{events} events in {:.1}s", started.elapsed().as_secs_f64());
+
+    let passthrough = measure_on(
+        kafka,
+        &topics.lifecycle,
+        "passthrough",
+        Passthrough {
+            topic: format!("{prefix}.passthrough"),
+        },
+        events,
+    );
+    let settings = Settings {
+        kafka: kafka.clone(),
+        topics: topics.clone(),
+        service: AuditSettings {
+            signing_key: Some(Secret::new(hitl_audit::crypto::random_seed_hex()?)),
+            hash_key: Some(Secret::new("bench-hash-key-0123456789")),
+            key_id: "bench".into(),
+            ..AuditSettings::default()
+        },
+        ..Settings::default()
+    };
+    let processor = AuditProcessor::build(
+        &settings,
+        &mut prometheus_client::registry::Registry::default(),
+    )?;
+    let public = settings
+        .service
+        .keys()
+        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let audit = measure_on(kafka, &topics.lifecycle, "audit", processor, events);
+    println!(
+        "audit: {audit:.0} events/s (each a signed audit record; {:.0}% also a feedback record)   \
+         passthrough: {passthrough:.0}/s   ratio {:.3}",
+        100.0 * 0.3 / (0.7 + 0.3 * 5.0),
+        audit / passthrough
+    );
+
+    // Give the last checkpoints time to be cut (the loop stopped after the last commit; the trail
+    // is complete up to it), then verify.
+    let timeout = std::time::Duration::from_secs(1800);
+    let started = Instant::now();
+    let input = Input {
+        audit: reader::read_topic(kafka, &topics.audit, timeout)?,
+        checkpoints: reader::read_topic(kafka, &topics.audit_checkpoints, timeout)?,
+        decisions: None,
+        outcomes: None,
+        require_checkpointed: false,
+    };
+    let read = started.elapsed();
+    let keys = BTreeMap::from([("bench".to_owned(), public.verifying_key())]);
+    let verified = Instant::now();
+    let report = verify(&input, &keys);
+    let verify_time = verified.elapsed();
+    print!("{report}");
+    println!(
+        "verify: {} decisions ({} records, {} checkpoints): read {:.2}s, checked {:.2}s ({:.0} records/s)",
+        report.decisions,
+        report.records,
+        report.checkpoints,
+        read.as_secs_f64(),
+        verify_time.as_secs_f64(),
+        report.records as f64 / verify_time.as_secs_f64()
+    );
+    anyhow::ensure!(report.is_clean(), "the benchmark trail does not verify");
+    Ok(())
+}
