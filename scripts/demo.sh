@@ -51,11 +51,14 @@ target/release/hitl-router --config config/router.toml >"$logs/router.log" 2>&1 
 pids+=($!)
 target/release/hitl-assignment --config config/assignment.toml >"$logs/assignment.log" 2>&1 &
 pids+=($!)
+target/release/hitl-audit --config config/audit.toml >"$logs/audit.log" 2>&1 &
+pids+=($!)
 wait_ready router 9601 0
 echo "router ready: metrics on http://127.0.0.1:9601/metrics, log in $logs/router.log"
 wait_ready assignment 9602 1
 echo "assignment ready: metrics on http://127.0.0.1:9602/metrics, log in $logs/assignment.log"
-echo "audit service: not built yet (issue #4)"
+wait_ready audit 9603 2
+echo "audit ready: metrics on http://127.0.0.1:9603/metrics, log in $logs/audit.log"
 echo
 target/release/hitl-loadtest demo --config config/router.toml --rate "$rate" --duration "$duration"
 echo
@@ -64,6 +67,17 @@ curl -fsS http://127.0.0.1:9601/metrics | grep -E '^hitl_router_(decisions|dead_
 echo
 echo "assignment metrics (http://127.0.0.1:9602/metrics):"
 curl -fsS http://127.0.0.1:9602/metrics | grep -E '^hitl_assignment_(outcomes|escalations|sla_breaches|rejected_verdicts|reassignments)_total|^hitl_assignment_(queue_depth|reviewer_utilisation)' | grep -v ' 0$' | sed 's/^/  /'
+echo
+echo "audit metrics (http://127.0.0.1:9603/metrics):"
+curl -fsS http://127.0.0.1:9603/metrics | grep -E '^hitl_audit_(records_written|feedback_records|outcomes_recorded|checkpoints|duplicate_events)_total|^hitl_audit_completeness' | sed 's/^/  /'
+echo
+echo "verifying the audit trail (signatures, hash chains, checkpoints, completeness) ..."
+sleep 6   # one checkpoint interval (config/audit.toml), so every record is covered
+if target/release/hitl-audit verify --config config/audit.toml | sed 's/^/  /'; then
+  echo "  audit trail verified"
+else
+  echo "  audit trail verification FAILED" >&2
+fi
 echo
 echo "last dead letters:"
 target/release/hitl-admin dlq tail --count 3 --config config/router.toml | head -8 | sed 's/^/  /'

@@ -209,9 +209,10 @@ pub fn run(
     // is complete up to it), then verify.
     let timeout = std::time::Duration::from_secs(1800);
     let started = Instant::now();
+    let checkpoints = reader::read_topic(kafka, &topics.audit_checkpoints, timeout)?;
     let input = Input {
         audit: reader::read_topic(kafka, &topics.audit, timeout)?,
-        checkpoints: reader::read_topic(kafka, &topics.audit_checkpoints, timeout)?,
+        checkpoints,
         decisions: None,
         outcomes: None,
         require_checkpointed: false,

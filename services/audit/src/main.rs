@@ -65,9 +65,12 @@ fn run_verify(args: &[String]) -> anyhow::Result<bool> {
     let timeout = Duration::from_secs(600);
     let codec = settings.codec.build(settings.kafka.request_timeout)?;
     let started = std::time::Instant::now();
+    // Checkpoints first: on a live system, every record a checkpoint names was written before it,
+    // so reading the audit topic afterwards finds it.
+    let checkpoints = reader::read_topic(&settings.kafka, &checkpoints_topic, timeout)?;
     let input = Input {
         audit: reader::read_topic(&settings.kafka, &audit_topic, timeout)?,
-        checkpoints: reader::read_topic(&settings.kafka, &checkpoints_topic, timeout)?,
+        checkpoints,
         decisions: (!args.iter().any(|a| a == "--no-decisions"))
             .then(|| reader::decision_ids(&settings.kafka, &topics.decisions, &codec, timeout))
             .transpose()?,

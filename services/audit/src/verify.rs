@@ -36,7 +36,8 @@ pub struct Logged {
 pub struct Input {
     /// `hitl.audit`, every partition, in log order per partition.
     pub audit: Vec<Logged>,
-    /// `hitl.audit.checkpoints`, in log order per partition.
+    /// `hitl.audit.checkpoints`, in log order per partition. On a live system, read these before
+    /// the audit topic (a checkpoint only names records written before it).
     pub checkpoints: Vec<Logged>,
     /// Ids of every decision received (from `hitl.decisions`), if completeness is to be checked.
     pub decisions: Option<BTreeSet<String>>,
