@@ -242,3 +242,59 @@ pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, Rea
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len() as i32))
 }
+
+/// Reads every partition of `topic` from its start to its end with one consumer, calling `each`
+/// for every record (in order within a partition). Returns how many there were.
+pub fn read_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64, ReadError> {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer},
+        Message, Offset, TopicPartitionList,
+    };
+    let started = std::time::Instant::now();
+    let partitions = partition_count(settings, topic)?;
+    if partitions == 0 {
+        return Ok(0);
+    }
+    let consumer: BaseConsumer = reader_config(
+        settings,
+        settings.delivery == crate::config::Delivery::Transactional,
+    )
+    .create()?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        ends.push(high);
+    }
+    consumer.assign(&assignment)?;
+    let mut next = vec![0i64; partitions as usize];
+    let mut records = 0u64;
+    loop {
+        if started.elapsed() > timeout {
+            return Err(ReadError::Timeout {
+                topic: topic.to_owned(),
+                partition: -1,
+                timeout,
+                records,
+            });
+        }
+        match consumer.poll(Duration::from_millis(300)) {
+            None if next.iter().zip(&ends).all(|(next, end)| next >= end) => return Ok(records),
+            None => {}
+            Some(Err(error)) => tracing::warn!(%error, %topic, "read error"),
+            Some(Ok(message)) => {
+                if let Some(slot) = next.get_mut(message.partition() as usize) {
+                    *slot = message.offset() + 1;
+                }
+                records += 1;
+                each(&message);
+            }
+        }
+    }
+}

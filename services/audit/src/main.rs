@@ -65,25 +65,28 @@ fn run_verify(args: &[String]) -> anyhow::Result<bool> {
     let timeout = Duration::from_secs(600);
     let codec = settings.codec.build(settings.kafka.request_timeout)?;
     let started = std::time::Instant::now();
-    // Checkpoints first: on a live system, every record a checkpoint names was written before it,
-    // so reading the audit topic afterwards finds it.
+    // Read in this order on a live system: what must be in the trail (decisions, outcomes), then
+    // the checkpoints, then the trail itself — each thing read earlier was written before what the
+    // later reads must contain. (An audit service lagging behind still shows as incomplete.)
+    let decisions = (!args.iter().any(|a| a == "--no-decisions"))
+        .then(|| reader::decision_ids(&settings.kafka, &topics.decisions, &codec, timeout))
+        .transpose()?;
+    let outcomes = (!args.iter().any(|a| a == "--no-outcomes"))
+        .then(|| {
+            reader::outcomes(
+                &settings.kafka,
+                &topics.outcomes,
+                &Codec::single_object(),
+                timeout,
+            )
+        })
+        .transpose()?;
     let checkpoints = reader::read_topic(&settings.kafka, &checkpoints_topic, timeout)?;
     let input = Input {
         audit: reader::read_topic(&settings.kafka, &audit_topic, timeout)?,
         checkpoints,
-        decisions: (!args.iter().any(|a| a == "--no-decisions"))
-            .then(|| reader::decision_ids(&settings.kafka, &topics.decisions, &codec, timeout))
-            .transpose()?,
-        outcomes: (!args.iter().any(|a| a == "--no-outcomes"))
-            .then(|| {
-                reader::outcomes(
-                    &settings.kafka,
-                    &topics.outcomes,
-                    &Codec::single_object(),
-                    timeout,
-                )
-            })
-            .transpose()?,
+        decisions,
+        outcomes,
         require_checkpointed: !args.iter().any(|a| a == "--allow-uncovered"),
     };
     let read = started.elapsed();

@@ -4,32 +4,32 @@ use std::{collections::BTreeSet, time::Duration};
 
 use hitl_runtime::{
     config::KafkaSettings,
-    kafka::{partition_count, read_partition, ReadError},
+    kafka::{self, ReadError},
 };
 use hitl_schema::{Codec, Decision, Outcome};
 use rdkafka::{message::Headers, Message};
 
 use crate::verify::Logged;
 
-/// Every record of `topic`, partition by partition.
+/// Every record of `topic`, in log order per partition.
 pub fn read_topic(
     settings: &KafkaSettings,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<Logged>, ReadError> {
     let mut records = Vec::new();
-    for partition in 0..partition_count(settings, topic)? {
-        read_partition(settings, topic, partition, timeout, |message| {
-            records.push(Logged {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                payload: message.payload().map(<[u8]>::to_vec),
-            });
-        })?;
-    }
+    kafka::read_topic(settings, topic, timeout, |message| {
+        records.push(Logged {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: message.payload().map(<[u8]>::to_vec),
+        });
+    })?;
+    // The consumer interleaves partitions; each partition's order is kept.
+    records.sort_by_key(|r| (r.partition, r.offset));
     Ok(records)
 }
 
@@ -42,28 +42,26 @@ pub fn decision_ids(
     timeout: Duration,
 ) -> Result<BTreeSet<String>, ReadError> {
     let mut ids = BTreeSet::new();
-    for partition in 0..partition_count(settings, topic)? {
-        read_partition(settings, topic, partition, timeout, |message| {
-            let Some(payload) = message.payload() else {
-                return;
-            };
-            let json = message
-                .headers()
-                .and_then(|headers| headers.iter().find(|h| h.key == "content-type"))
-                .and_then(|h| h.value)
-                .is_some_and(|v| v.starts_with(b"application/json"));
-            let decoded = if json {
-                codec.decode_json::<Decision>(payload)
-            } else {
-                codec.decode::<Decision>(payload)
-            };
-            if let Ok(decision) = decoded {
-                if !decision.decision_id.trim().is_empty() {
-                    ids.insert(decision.decision_id);
-                }
+    kafka::read_topic(settings, topic, timeout, |message| {
+        let Some(payload) = message.payload() else {
+            return;
+        };
+        let json = message
+            .headers()
+            .and_then(|headers| headers.iter().find(|h| h.key == "content-type"))
+            .and_then(|h| h.value)
+            .is_some_and(|v| v.starts_with(b"application/json"));
+        let decoded = if json {
+            codec.decode_json::<Decision>(payload)
+        } else {
+            codec.decode::<Decision>(payload)
+        };
+        if let Ok(decision) = decoded {
+            if !decision.decision_id.trim().is_empty() {
+                ids.insert(decision.decision_id);
             }
-        })?;
-    }
+        }
+    })?;
     Ok(ids)
 }
 
@@ -75,12 +73,10 @@ pub fn outcomes(
     timeout: Duration,
 ) -> Result<Vec<Outcome>, ReadError> {
     let mut outcomes = Vec::new();
-    for partition in 0..partition_count(settings, topic)? {
-        read_partition(settings, topic, partition, timeout, |message| {
-            if let Some(Ok(outcome)) = message.payload().map(|p| codec.decode::<Outcome>(p)) {
-                outcomes.push(outcome);
-            }
-        })?;
-    }
+    kafka::read_topic(settings, topic, timeout, |message| {
+        if let Some(Ok(outcome)) = message.payload().map(|p| codec.decode::<Outcome>(p)) {
+            outcomes.push(outcome);
+        }
+    })?;
     Ok(outcomes)
 }
