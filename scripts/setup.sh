@@ -26,8 +26,8 @@ fi
 scripts/broker.sh install
 
 venv="$here/.hitl/venv"
-if ! "$venv/bin/python" -c "import confluent_kafka, fastavro" 2>/dev/null; then
-  echo "creating $venv with confluent-kafka and fastavro" >&2
+if ! "$venv/bin/python" -c "import confluent_kafka, fastavro, cryptography" 2>/dev/null; then
+  echo "creating $venv with confluent-kafka, fastavro and cryptography" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 fi

@@ -66,3 +66,140 @@ fn python_client_interop() {
     );
     println!("{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// An ML pipeline and a compliance reader in Python decode `hitl.feedback` and `hitl.audit` from
+/// `schemas/*.avsc` alone, recompute every audit record's hash and check its signature with the
+/// public key.
+#[test]
+fn python_reads_feedback_and_audit() {
+    use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+    use hitl_schema::*;
+
+    let python = python();
+    let topics = unique_topics("python-audit");
+    create_topics(&topics);
+    let dir = tempfile::tempdir().unwrap();
+    let seed = "1f".repeat(32);
+    let keys = hitl_audit::crypto::Keys::new(&seed, "py-1", "python-test-hash-key").unwrap();
+    let name = unique("py-audit");
+    let config = format!(
+        "{}\n{}\n[service]\ninstance_id = \"{name}\"\ngroup_id = \"{name}\"\nsigning_key = \"{seed}\"\n\
+         key_id = \"py-1\"\nhash_key = \"python-test-hash-key\"\ncheckpoint_interval = \"500ms\"\n",
+        kafka_toml(),
+        topics_toml(&topics),
+    );
+    let _audit = Service::start("hitl-audit", dir.path(), &config);
+
+    // Two decisions: one decided by a reviewer, one auto-approved and labeled as a QA sample.
+    let at = hitl_runtime::now_millis();
+    let decision = |id: &str| Decision {
+        decision_id: id.into(),
+        workflow: "payments.card".into(),
+        subject: format!("txn-{id}"),
+        action: "approve".into(),
+        confidence: 0.8,
+        risk_score: Some(0.2),
+        amount: Some(10.0),
+        priority: None,
+        producer: "model".into(),
+        model_name: "gbm".into(),
+        model_version: Some("2".into()),
+        features: BTreeMap::from([("velocity".to_owned(), 1.5)]),
+        context: BTreeMap::from([("customer".to_owned(), "Alice Example".to_owned())]),
+        sensitive_fields: vec!["customer".into()],
+        created_at: at,
+        sla_ms: None,
+    };
+    let outcome = |id: &str, decided_by, reviewers: Vec<String>| Outcome {
+        decision_id: id.into(),
+        final_action: "approve".into(),
+        status: OutcomeStatus::Approved,
+        decided_by,
+        reviewer_ids: reviewers,
+        policy_rule: "r".into(),
+        policy_version: "v".into(),
+        decided_at: at + 5,
+        time_to_decision_ms: 5,
+        workflow: "payments.card".into(),
+        rationale: None,
+    };
+    let mut events = Vec::new();
+    for (id, auto) in [("py-human", false), ("py-qa", true)] {
+        let mut routed = LifecycleEvent::new(
+            format!("{id}:router:routed"),
+            id,
+            LifecycleKind::Routed,
+            "router",
+            at,
+        );
+        routed.decision = Some(Arc::new(decision(id)));
+        routed.attributes.insert(
+            "route".into(),
+            if auto { "auto_approve" } else { "human" }.into(),
+        );
+        if auto {
+            routed.outcome = Some(outcome(id, DecidedBy::Auto, vec![]));
+        }
+        let mut verdict = LifecycleEvent::new(
+            format!("{id}:assignment:1"),
+            id,
+            LifecycleKind::Verdict,
+            "assignment",
+            at + 5,
+        );
+        verdict.sequence = 1;
+        verdict.reviewer_id = Some(if auto { "cy" } else { "ann" }.into());
+        verdict
+            .attributes
+            .insert("verdict".into(), "APPROVE".into());
+        if auto {
+            verdict.attributes.insert("qa_sample".into(), "true".into());
+        }
+        events.push(routed);
+        events.push(verdict);
+        if !auto {
+            let mut done = LifecycleEvent::new(
+                format!("{id}:assignment:2"),
+                id,
+                LifecycleKind::Outcome,
+                "assignment",
+                at + 5,
+            );
+            done.sequence = 2;
+            done.outcome = Some(outcome(id, DecidedBy::Human, vec!["ann".into()]));
+            events.push(done);
+        }
+    }
+    let codec = Codec::single_object();
+    let producer = producer();
+    for event in &events {
+        let payload = codec.encode_to_vec(&topics.lifecycle, event).unwrap();
+        produce(
+            &producer,
+            &topics.lifecycle,
+            &event.decision_id,
+            &payload,
+            &[],
+        );
+    }
+    flush(&producer);
+    read_at_least(&topics.feedback, 2, Duration::from_secs(60));
+
+    let output = Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/ml_pipeline.py"))
+        .env("HITL_BOOTSTRAP", &broker().bootstrap)
+        .env("HITL_TOPIC_FEEDBACK", &topics.feedback)
+        .env("HITL_TOPIC_AUDIT", &topics.audit)
+        .env("HITL_EXPECT_FEEDBACK", "2")
+        .env("HITL_PUBLIC_KEY", keys.public_hex())
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python ML pipeline failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+}
