@@ -9,7 +9,7 @@ RUN cargo build --release --locked --bins
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libssl3 zlib1g ca-certificates \
     && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 hitl
-COPY --from=build /src/target/release/hitl-router /src/target/release/hitl-assignment \
+COPY --from=build /src/target/release/hitl-router /src/target/release/hitl-assignment /src/target/release/hitl-audit \
      /src/target/release/hitl-admin /src/target/release/hitl-loadtest /usr/local/bin/
 COPY config /etc/hitl
 USER hitl

@@ -10,6 +10,7 @@ use std::{
 };
 
 use hitl_assignment::AssignmentSettings;
+use hitl_audit::AuditSettings;
 use hitl_router::RouterSettings;
 use hitl_runtime::config::Settings;
 use hitl_tests::*;
@@ -130,12 +131,38 @@ fn dashboards_and_alerts_only_use_metrics_the_services_expose() {
             unique("deploy-asg-group"),
         ),
     );
+    let audit = Service::start(
+        "hitl-audit",
+        dir.path(),
+        &format!(
+            "{}\n{}\n[service]\ninstance_id = \"{}\"\ngroup_id = \"{}\"\nsigning_key = \"{}\"\n\
+             hash_key = \"deploy-test-hash-key\"\ncheckpoint_interval = \"500ms\"\n",
+            kafka_toml(),
+            topics_toml(&topics),
+            unique("deploy-audit"),
+            unique("deploy-audit-group"),
+            "ab".repeat(32),
+        ),
+    );
     exercise_assignment(&topics, &assignment);
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "every audit family",
+        || {
+            for series in [
+                r#"hitl_audit_feedback_records_total{source="QA_SAMPLE",overridden="false"}"#,
+                r#"hitl_audit_feedback_records_total{source="HUMAN",overridden="false"}"#,
+            ] {
+                audit.metric(series)?;
+            }
+            Some(())
+        },
+    );
     // Samples, and families declared by their HELP line (labelled families have no sample until a
     // labelled value exists), from both services.
     let mut exposed = BTreeSet::new();
     let mut declared = BTreeSet::new();
-    for service in [&router, &assignment] {
+    for service in [&router, &assignment, &audit] {
         let (_, raw) = http_get(&service.http, "/metrics").unwrap();
         exposed.extend(
             raw.lines()
@@ -230,6 +257,20 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
         auto_status: None,
         routed_at: now,
     };
+    // The router's part of their lifecycle (the audit labels only decisions it has seen).
+    for id in ["expires", "qa", "human"] {
+        let mut routed = LifecycleEvent::new(
+            format!("{id}:router:routed"),
+            id,
+            LifecycleKind::Routed,
+            "router",
+            now,
+        );
+        routed.decision = Some(request(id, ReviewKind::Review, 0).decision.clone());
+        routed.attributes.insert("route".into(), "human".into());
+        let bytes = codec.encode_to_vec(&topics.lifecycle, &routed).unwrap();
+        produce(&producer, &topics.lifecycle, id, &bytes, &[]);
+    }
     // "expires" is held and never answered; "qa" is labeled; "human" follows once "qa" is done.
     for (id, kind, sla) in [
         ("expires", ReviewKind::Review, 4_000),
@@ -304,6 +345,7 @@ fn compose_file_is_valid_pinned_and_its_settings_load() {
         "topics",
         "router",
         "assignment",
+        "audit",
         "prometheus",
         "grafana",
     ] {
@@ -340,13 +382,19 @@ fn compose_file_is_valid_pinned_and_its_settings_load() {
         }
         let mut environment = environment;
         // Inside the image these paths exist; here, point them at the repository's copies.
-        if name.as_str() != Some("assignment") {
+        if !matches!(name.as_str(), Some("assignment" | "audit")) {
             environment.insert(
                 "HITL_SERVICE__POLICY_PATH".into(),
                 repo().join("config/policy.yaml").display().to_string(),
             );
         }
-        let loaded = if name.as_str() == Some("assignment") {
+        let loaded = if name.as_str() == Some("audit") {
+            hitl_runtime::load::<Settings<AuditSettings>>(
+                Some(&repo().join("config/audit.toml")),
+                &environment,
+            )
+            .map(|_| ())
+        } else if name.as_str() == Some("assignment") {
             hitl_runtime::load::<Settings<AssignmentSettings>>(
                 Some(&repo().join("config/assignment.toml")),
                 &environment,
