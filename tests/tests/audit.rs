@@ -431,11 +431,30 @@ fn kill_9_and_restart_keep_one_label_per_decision_and_a_complete_trail() {
     });
     first.kill9();
     run.publish_lifecycle(tail);
+    // Tansu 0.6.0 can hand a replacement that joins within the dead member's session timeout no
+    // partitions, and never rebalance after (README, "Broker"): restart after the session ends.
+    if on_tansu() {
+        std::thread::sleep(Duration::from_secs(7));
+    }
     let second = run.start_audit();
-    wait_for(WAIT, "every label", || {
-        (feedback_per_decision(&run.topics.feedback).len() >= DECISIONS).then_some(())
-    });
-    let labels = feedback_per_decision(&run.topics.feedback);
+    let deadline = std::time::Instant::now() + WAIT;
+    let labels = loop {
+        let labels = feedback_per_decision(&run.topics.feedback);
+        if labels.len() >= DECISIONS {
+            break labels;
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<String> = (0..DECISIONS)
+                .map(|i| format!("k-{i:03}"))
+                .filter(|id| !labels.contains_key(id))
+                .collect();
+            panic!(
+                "{} of {DECISIONS} labeled; missing {missing:?}\nsecond instance:\n{}",
+                labels.len(),
+                second.log_tail()
+            );
+        }
+    };
     assert_eq!(labels.len(), DECISIONS);
     let repeated: Vec<_> = labels.iter().filter(|(_, n)| **n > 1).collect();
     assert!(repeated.is_empty(), "labeled more than once: {repeated:?}");

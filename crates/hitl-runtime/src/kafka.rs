@@ -207,8 +207,8 @@ pub fn read_partition(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-    let (mut next, mut records) = (0i64, 0u64);
+    let mut high = consumer.fetch_watermarks(topic, partition, timeout)?.1;
+    let (mut next, mut records, mut quiet) = (0i64, 0u64, 0u32);
     loop {
         if started.elapsed() > timeout {
             return Err(ReadError::Timeout {
@@ -219,10 +219,21 @@ pub fn read_partition(
             });
         }
         match consumer.poll(Duration::from_millis(300)) {
-            None if next >= high => return Ok(records),
-            None => {}
+            None => {
+                // Done only when past a fresh high watermark and quiet twice in a row: a slow
+                // fetch under load, or a watermark that lags the real end, must not end a restore
+                // early (a restore that misses records would break chains and lose state).
+                quiet += 1;
+                if next >= high {
+                    high = consumer.fetch_watermarks(topic, partition, timeout)?.1;
+                    if next >= high && quiet >= END_QUIET_POLLS {
+                        return Ok(records);
+                    }
+                }
+            }
             Some(Err(error)) => tracing::warn!(%error, %topic, partition, "read error"),
             Some(Ok(message)) => {
+                quiet = 0;
                 next = message.offset() + 1;
                 records += 1;
                 each(&message);
@@ -230,6 +241,9 @@ pub fn read_partition(
         }
     }
 }
+
+/// Consecutive empty polls (of 300 ms) that, past the high watermark, mean the end of a partition.
+const END_QUIET_POLLS: u32 = 2;
 
 /// The number of partitions of `topic` (0 if it does not exist).
 pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, ReadError> {
@@ -274,7 +288,7 @@ pub fn read_topic(
     }
     consumer.assign(&assignment)?;
     let mut next = vec![0i64; partitions as usize];
-    let mut records = 0u64;
+    let (mut records, mut quiet) = (0u64, 0u32);
     loop {
         if started.elapsed() > timeout {
             return Err(ReadError::Timeout {
@@ -285,10 +299,24 @@ pub fn read_topic(
             });
         }
         match consumer.poll(Duration::from_millis(300)) {
-            None if next.iter().zip(&ends).all(|(next, end)| next >= end) => return Ok(records),
-            None => {}
+            None => {
+                quiet += 1;
+                if next.iter().zip(&ends).all(|(next, end)| next >= end) {
+                    for (partition, end) in ends.iter_mut().enumerate() {
+                        *end = consumer
+                            .fetch_watermarks(topic, partition as i32, timeout)?
+                            .1;
+                    }
+                    if quiet >= END_QUIET_POLLS
+                        && next.iter().zip(&ends).all(|(next, end)| next >= end)
+                    {
+                        return Ok(records);
+                    }
+                }
+            }
             Some(Err(error)) => tracing::warn!(%error, %topic, "read error"),
             Some(Ok(message)) => {
+                quiet = 0;
                 if let Some(slot) = next.get_mut(message.partition() as usize) {
                     *slot = message.offset() + 1;
                 }

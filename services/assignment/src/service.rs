@@ -241,53 +241,32 @@ pub fn restore_partition(
     timeout: Duration,
 ) -> anyhow::Result<Restored> {
     let started = Instant::now();
-    let consumer: BaseConsumer =
-        reader_config(kafka, kafka.delivery == Delivery::Transactional).create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let deadline = started + timeout;
-    let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
     let mut restored = Restored::default();
-    let mut next = 0i64;
-    // Until the end: past the high watermark and then one empty poll (the dev broker's watermarks
-    // can lag the real end).
-    loop {
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "restoring {topic}[{partition}] took more than {timeout:?} ({} records read)",
-                restored.records
-            );
-        }
-        let message = match consumer.poll(Duration::from_millis(300)) {
-            None if next >= high => break,
-            None => continue,
-            Some(Err(error)) => {
-                tracing::warn!(%error, %topic, partition, "restore: consume error");
-                continue;
+    restored.records = hitl_runtime::kafka::read_partition(
+        kafka,
+        topic,
+        partition,
+        timeout,
+        |message| {
+            let Some(key) = message.key() else { return };
+            let decision_id = String::from_utf8_lossy(key);
+            let record = match message.payload().map(serde_json::from_slice::<StateRecord>) {
+                None => None,
+                Some(Ok(record)) => Some(record),
+                Some(Err(error)) => {
+                    restored.unreadable += 1;
+                    tracing::error!(%decision_id, %error, partition, offset = message.offset(), "unreadable changelog entry skipped");
+                    return;
+                }
+            };
+            if let Some(record) = &record {
+                if !restored.pools.contains(record.pool()) {
+                    restored.pools.insert(record.pool().to_owned());
+                }
             }
-            Some(Ok(message)) => message,
-        };
-        next = message.offset() + 1;
-        restored.records += 1;
-        let Some(key) = message.key() else { continue };
-        let decision_id = String::from_utf8_lossy(key);
-        let record = match message.payload().map(serde_json::from_slice::<StateRecord>) {
-            None => None,
-            Some(Ok(record)) => Some(record),
-            Some(Err(error)) => {
-                restored.unreadable += 1;
-                tracing::error!(%decision_id, %error, partition, offset = message.offset(), "unreadable changelog entry skipped");
-                continue;
-            }
-        };
-        if let Some(record) = &record {
-            if !restored.pools.contains(record.pool()) {
-                restored.pools.insert(record.pool().to_owned());
-            }
-        }
-        core.restore_entry(&decision_id, record);
-    }
+            core.restore_entry(&decision_id, record);
+        },
+    )?;
     core.finish_restore();
     restored.took = started.elapsed();
     Ok(restored)
