@@ -74,6 +74,7 @@ impl Processor for Passthrough {
             payload: input.payload().map(<[u8]>::to_vec),
             headers: Vec::new(),
             partition: None,
+            last: false,
         });
     }
 }

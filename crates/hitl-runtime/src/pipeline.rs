@@ -107,6 +107,11 @@ pub struct OutputRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Explicit partition; `None` lets the partitioner hash the key.
     pub partition: Option<i32>,
+    /// State that must never get ahead of the outputs it accounts for (a changelog entry, an audit
+    /// record a restore reads back). With `Delivery::Idempotent` such records are sent only once
+    /// every other record of the commit is acknowledged, so a crash in between repeats outputs
+    /// (removed downstream by key) instead of losing them. Transactions need no ordering.
+    pub last: bool,
 }
 
 impl OutputRecord {
@@ -117,6 +122,7 @@ impl OutputRecord {
             payload: Some(payload),
             headers: Vec::new(),
             partition: None,
+            last: false,
         }
     }
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
@@ -181,6 +187,8 @@ struct Txn {
     next_offsets: BTreeMap<PartitionKey, i64>,
     /// First offset the transaction read per partition: where an abort rewinds to.
     rewind_offsets: BTreeMap<PartitionKey, i64>,
+    /// `last` records held until the others are acknowledged (idempotent delivery).
+    held: Vec<OutputRecord>,
 }
 
 /// What happened inside a rebalance callback that the loop must pass on to the processor.
@@ -404,20 +412,14 @@ impl Shared {
                 .map_err(classify)?;
             }
             Delivery::Idempotent => {
-                // Every output acknowledged before the input counts as done.
-                self.producer
-                    .flush(self.request_timeout)
-                    .map_err(classify)?;
-                if self
-                    .producer
-                    .context()
-                    .failed_deliveries
-                    .swap(0, Ordering::Relaxed)
-                    > 0
-                {
-                    return Err(CommitFailure::Abortable(KafkaError::MessageProduction(
-                        RDKafkaErrorCode::Fail,
-                    )));
+                // Every output acknowledged before the input counts as done; state records
+                // (`last`) only after the outputs they account for.
+                self.flush_acknowledged().map_err(classify)?;
+                if !txn.held.is_empty() {
+                    for record in std::mem::take(&mut txn.held) {
+                        self.send(&record).map_err(classify)?;
+                    }
+                    self.flush_acknowledged().map_err(classify)?;
                 }
                 if offsets.count() > 0 {
                     consumer
@@ -428,6 +430,21 @@ impl Shared {
         }
         self.metrics.observe_commit(started.elapsed(), txn.records);
         *txn = Txn::default();
+        Ok(())
+    }
+
+    /// Waits until every record sent is acknowledged; fails if any delivery failed.
+    fn flush_acknowledged(&self) -> Result<(), KafkaError> {
+        self.producer.flush(self.request_timeout)?;
+        if self
+            .producer
+            .context()
+            .failed_deliveries
+            .swap(0, Ordering::Relaxed)
+            > 0
+        {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+        }
         Ok(())
     }
 
@@ -739,8 +756,18 @@ fn produce_outputs<P: Processor>(
 ) -> Result<(), LoopError> {
     let mut txn = shared.txn.lock().expect("txn lock");
     let begun = shared.begin_if_needed(&mut txn);
-    let sent = begun.and_then(|()| output.iter().try_for_each(|record| shared.send(record)));
     shared.metrics.records_out(output.len());
+    let hold = shared.delivery == Delivery::Idempotent;
+    let sent = begun.and_then(|()| {
+        output.drain(..).try_for_each(|record| {
+            if hold && record.last {
+                txn.held.push(record);
+                Ok(())
+            } else {
+                shared.send(&record)
+            }
+        })
+    });
     output.clear();
     match sent {
         Ok(()) => Ok(()),

@@ -422,6 +422,8 @@ impl AssignmentProcessor {
                         payload: self.core.state_payload(&decision_id, &pool, change),
                         headers: Vec::new(),
                         partition: Some(partition),
+                        // The changelog must never get ahead of the outputs it accounts for.
+                        last: true,
                     });
                 }
                 Effect::Observed(observation) => self.metrics.observe(&observation),
@@ -449,6 +451,7 @@ impl AssignmentProcessor {
                 payload: input.payload().map(<[u8]>::to_vec),
                 headers: Vec::new(),
                 partition: None,
+                last: false,
             }
             .with_header("hitl.error.class", class)
             .with_header("hitl.error.message", message)

@@ -295,6 +295,8 @@ impl AuditProcessor {
                                 payload,
                             );
                             out.partition = Some(partition);
+                            // Restores read it back: after the labels it accounts for.
+                            out.last = true;
                             output.push(out);
                             self.checkpointers
                                 .entry(partition)
@@ -339,6 +341,7 @@ impl AuditProcessor {
                         payload,
                     );
                     out.partition = Some(*partition);
+                    out.last = true;
                     output.push(out);
                     self.metrics.checkpoint();
                 }
@@ -363,6 +366,7 @@ impl AuditProcessor {
                 payload: input.payload().map(<[u8]>::to_vec),
                 headers: Vec::new(),
                 partition: None,
+                last: false,
             }
             .with_header("hitl.error.class", class)
             .with_header("hitl.error.message", message)

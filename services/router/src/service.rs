@@ -385,6 +385,7 @@ impl RouterProcessor {
             payload: input.payload().map(<[u8]>::to_vec),
             headers: Vec::new(),
             partition: None,
+            last: false,
         }
         .with_header("hitl.error.class", rejection.class.as_str())
         .with_header("hitl.error.message", rejection.message.as_str())
