@@ -150,10 +150,22 @@ struct Item {
     tier: u8,
     quorum: u8,
     level: u8,
-    qa_sample: bool,
+    /// `QA_SAMPLE` and `AUTO_REJECTED` bits (one byte keeps the item at 176 bytes).
+    flags: u8,
 }
 
+/// The item is a QA sample of an automatic decision.
+const QA_SAMPLE: u8 = 1;
+/// For a QA sample: the automatic decision rejected (rather than approved) the action.
+const AUTO_REJECTED: u8 = 2;
+
 impl Item {
+    fn qa_sample(&self) -> bool {
+        self.flags & QA_SAMPLE != 0
+    }
+    fn auto_rejected(&self) -> bool {
+        self.flags & AUTO_REJECTED != 0
+    }
     fn progress(&self) -> &Progress {
         self.progress.as_deref().unwrap_or(&NO_PROGRESS)
     }
@@ -173,6 +185,9 @@ pub struct ItemRecord {
     pub decision_id: String,
     pub pool: String,
     pub qa_sample: bool,
+    /// For a QA sample: the automatic decision was a rejection.
+    #[serde(default)]
+    pub auto_rejected: bool,
     pub workflow: String,
     pub subject: String,
     pub action: String,
@@ -242,6 +257,7 @@ struct ItemView<'a> {
     decision_id: &'a str,
     pool: &'a str,
     qa_sample: bool,
+    auto_rejected: bool,
     workflow: &'a str,
     subject: &'a str,
     action: &'a str,
@@ -709,7 +725,11 @@ impl Core {
             tier,
             quorum: request.quorum.clamp(1, 16) as u8,
             level: 0,
-            qa_sample: request.kind == ReviewKind::QaSample,
+            flags: match (request.kind, request.auto_status.as_deref()) {
+                (ReviewKind::QaSample, Some("REJECTED")) => QA_SAMPLE | AUTO_REJECTED,
+                (ReviewKind::QaSample, _) => QA_SAMPLE,
+                (ReviewKind::Review, _) => 0,
+            },
         };
         let slot = self.insert(item);
         self.pools
@@ -954,7 +974,8 @@ impl Core {
                 StateView::Active(ItemView {
                     decision_id: &item.decision_id,
                     pool: name(item.pool),
-                    qa_sample: item.qa_sample,
+                    qa_sample: item.qa_sample(),
+                    auto_rejected: item.auto_rejected(),
                     workflow: name(item.workflow),
                     subject: &item.subject,
                     action: name(item.action),
@@ -985,7 +1006,8 @@ impl Core {
         ItemRecord {
             decision_id: item.decision_id.to_string(),
             pool: name(item.pool),
-            qa_sample: item.qa_sample,
+            qa_sample: item.qa_sample(),
+            auto_rejected: item.auto_rejected(),
             workflow: name(item.workflow),
             subject: item.subject.to_string(),
             action: name(item.action),
@@ -1041,7 +1063,12 @@ impl Core {
             tier: record.tier,
             quorum: record.quorum.max(1),
             level: record.level,
-            qa_sample: record.qa_sample,
+            flags: if record.qa_sample { QA_SAMPLE } else { 0 }
+                | if record.auto_rejected {
+                    AUTO_REJECTED
+                } else {
+                    0
+                },
         }
     }
 
@@ -1328,7 +1355,7 @@ impl Core {
         let item = self.item_mut(slot);
         item.progress_mut().breached = true;
         let overdue_by = now - item.sla_deadline;
-        let (pool, qa) = (item.pool, item.qa_sample);
+        let (pool, qa) = (item.pool, item.qa_sample());
         let mut event = self.event(slot, LifecycleKind::SlaBreached, now);
         event
             .attributes
@@ -1531,7 +1558,7 @@ impl Core {
             reason: reason.map(str::to_owned),
             workflow: self.symbols.name(item.workflow).to_string(),
             subject: item.subject.to_string(),
-            qa_sample: item.qa_sample,
+            qa_sample: item.qa_sample(),
         }
     }
 
@@ -1860,7 +1887,7 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let item = self.item_ref(slot);
-        let (pool, qa_sample) = (item.pool, item.qa_sample);
+        let (pool, qa_sample) = (item.pool, item.qa_sample());
         let assigned_at = item.progress().leases[lease_index].assigned_at;
         let mut event = self.event(slot, LifecycleKind::Verdict, now);
         event.reviewer_id = Some(verdict.reviewer_id.clone());
@@ -1953,8 +1980,14 @@ impl Core {
             VerdictKind::Amend => verdict.amended_action.clone().unwrap_or_default(),
             _ => self.symbols.name(item.action).to_string(),
         };
-        if item.qa_sample {
-            let agrees = verdict.verdict == VerdictKind::Approve;
+        if item.qa_sample() {
+            // Agreement with the automatic decision: approving an auto-approval, rejecting an
+            // auto-rejection.
+            let agrees = match verdict.verdict {
+                VerdictKind::Approve => !item.auto_rejected(),
+                VerdictKind::Reject => item.auto_rejected(),
+                _ => false,
+            };
             out.push(Effect::Observed(Observation::QaLabeled {
                 pool: self.pool_name(pool),
                 agrees,

@@ -624,6 +624,25 @@ fn qa_samples_are_labeled_without_an_outcome_and_expire_unlabeled() {
     )));
     assert!(core.is_decided("q1"));
 
+    // Rejecting an automatic rejection agrees with it.
+    let mut core = core_with(&[reviewer("ann", &[], 1, Presence::Online)]);
+    let mut out = Vec::new();
+    let mut req = request("q3", "qa", "model", 10 * MINUTE, T0);
+    req.kind = ReviewKind::QaSample;
+    req.auto_status = Some("REJECTED".into());
+    core.request(&req, T0, &mut out);
+    let lease = assignments(&out, AssignmentKind::Assigned).remove(0);
+    out.clear();
+    core.verdict(
+        &verdict(&lease, VerdictKind::Reject, T0 + 1),
+        T0 + 1,
+        &mut out,
+    );
+    assert!(out.iter().any(|e| matches!(
+        e,
+        Effect::Observed(Observation::QaLabeled { agrees: true, .. })
+    )));
+
     let mut req = request("q2", "qa", "model", 10 * MINUTE, T0);
     req.kind = ReviewKind::QaSample;
     let mut core = core_with(&[]);
