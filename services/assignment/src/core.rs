@@ -1480,11 +1480,11 @@ impl Core {
                 return;
             }
             let mut found = None;
-            let candidates: Box<dyn Iterator<Item = (&Key, &u32)>> = match cursor {
-                None => Box::new(state.queue.iter()),
-                Some(key) => Box::new(state.queue.range(key..)),
-            };
-            for (key, slot) in candidates {
+            let start = cursor.unwrap_or(Key {
+                virtual_deadline: i64::MIN,
+                sequence: 0,
+            });
+            for (key, slot) in state.queue.range(start..) {
                 if scanned >= max_scan {
                     break;
                 }
