@@ -415,6 +415,19 @@ pub fn read_topic_with(
     within: Duration,
     mut done: impl FnMut(&[Received]) -> bool,
 ) -> Vec<Received> {
+    let consumer = reader_from_start(topic, read_committed);
+    let deadline = Instant::now() + within;
+    let mut records = Vec::new();
+    while !done(&records) && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            records.push(received(&message));
+        }
+    }
+    records
+}
+
+/// A consumer assigned every partition of `topic`, from the start.
+fn reader_from_start(topic: &str, read_committed: bool) -> BaseConsumer {
     let consumer: BaseConsumer =
         hitl_runtime::kafka::reader_config(&kafka_settings(), read_committed)
             .create()
@@ -434,36 +447,34 @@ pub fn read_topic_with(
             .unwrap();
     }
     consumer.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + within;
-    let mut records = Vec::new();
-    while !done(&records) && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let headers = message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
+    consumer
+}
+
+/// A consumed record as the tests keep it.
+fn received(message: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
                 })
-                .unwrap_or_default();
-            records.push(Received {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8_lossy(k).into_owned()),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers,
-            });
-        }
+                .collect()
+        })
+        .unwrap_or_default();
+    Received {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers,
     }
-    records
 }
 
 /// Reads until at least `count` records arrived, or `within` passes.
@@ -527,53 +538,15 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(topic: &str) -> Self {
-        let consumer: BaseConsumer = hitl_runtime::kafka::reader_config(&kafka_settings(), true)
-            .create()
-            .expect("consumer");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("metadata");
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions as i32 {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .unwrap();
+        Self {
+            consumer: reader_from_start(topic, true),
         }
-        consumer.assign(&assignment).expect("assign");
-        Self { consumer }
     }
 
     /// The next record, if one arrives within `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<Received> {
         let message = self.consumer.poll(timeout)?.ok()?;
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(Received {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers,
-        })
+        Some(received(&message))
     }
 
     /// Reads until `done` returns true for the records read so far (kept in `seen`), or `within`

@@ -47,6 +47,23 @@ pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);
 }
 
+/// The checks every service makes of its `service.instance_id` (it names the stable
+/// `transactional.id`) and `service.group_id`.
+pub fn validate_instance(instance_id: &str, group_id: &str, errors: &mut Vec<String>) {
+    if instance_id.is_empty()
+        || !instance_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        errors.push(format!(
+            "service.instance_id: `{instance_id}` must be letters, digits, - _ ."
+        ));
+    }
+    if group_id.is_empty() {
+        errors.push("service.group_id: must not be empty".into());
+    }
+}
+
 /// Loads `T` from its defaults, an optional TOML file and the given environment (pass
 /// `std::env::vars().collect()` in `main`; tests pass their own map), then validates it.
 pub fn load<T>(file: Option<&Path>, environment: &HashMap<String, String>) -> Result<T, ConfigError>

@@ -8,6 +8,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

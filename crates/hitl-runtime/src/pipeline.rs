@@ -125,6 +125,30 @@ impl OutputRecord {
             last: false,
         }
     }
+    /// The contract's dead letter of `input`: its key and bytes, unchanged, to `dlq_topic`, with the
+    /// `hitl.error.*` and `hitl.source.*` headers.
+    pub fn dead_letter(
+        dlq_topic: &str,
+        input: &InputRecord<'_>,
+        stage: &str,
+        class: &str,
+        message: &str,
+    ) -> Self {
+        Self {
+            topic: dlq_topic.to_owned(),
+            key: input.key().unwrap_or_default().to_vec(),
+            payload: input.payload().map(<[u8]>::to_vec),
+            headers: Vec::new(),
+            partition: None,
+            last: false,
+        }
+        .with_header("hitl.error.class", class)
+        .with_header("hitl.error.message", message)
+        .with_header("hitl.error.stage", stage)
+        .with_header("hitl.source.topic", input.topic())
+        .with_header("hitl.source.partition", input.partition().to_string())
+        .with_header("hitl.source.offset", input.offset().to_string())
+    }
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

@@ -296,19 +296,6 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 11] = [
-        Self::UnknownDecision,
-        Self::AlreadyDecided,
-        Self::UnknownLease,
-        Self::StaleLease,
-        Self::LeaseRevoked,
-        Self::WrongReviewer,
-        Self::LeaseExpired,
-        Self::UnknownReviewer,
-        Self::MissingRole,
-        Self::Duplicate,
-        Self::InvalidAmendment,
-    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UnknownDecision => "unknown_decision",
@@ -537,10 +524,6 @@ impl Core {
         }
     }
 
-    pub fn config(&self) -> &CoreConfig {
-        &self.config
-    }
-
     /// Undecided items.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -570,10 +553,6 @@ impl Core {
 
     pub fn is_decided(&self, decision_id: &str) -> bool {
         self.done.contains_key(decision_id)
-    }
-
-    pub fn reviewer(&self, id: &str) -> Option<&Reviewer> {
-        self.roster.get(id)
     }
 
     /// Active leases of a reviewer in a pool.

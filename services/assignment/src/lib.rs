@@ -12,7 +12,7 @@ pub mod service;
 
 use std::sync::{mpsc, Arc};
 
-use hitl_runtime::{config::Settings, http, kafka, pipeline, Health, LoopMetrics, LoopSettings};
+use hitl_runtime::{config::Settings, LoopSettings};
 use tokio_util::sync::CancellationToken;
 
 pub use service::{AssignmentProcessor, AssignmentSettings};
@@ -32,23 +32,8 @@ pub async fn run(
         );
     }
     let mut registry = prometheus_client::registry::Registry::default();
-    let loop_metrics = LoopMetrics::register(&mut registry);
     let metrics = Arc::new(metrics::AssignmentMetrics::register(&mut registry));
-    let health = Health::default();
     let codec = settings.codec.build(settings.kafka.request_timeout)?;
-
-    if settings.service.create_topics {
-        let created = kafka::ensure_topics(
-            &settings.kafka,
-            &settings.topics.specs(),
-            settings.topics.replication_factor,
-        )
-        .await?;
-        if !created.is_empty() {
-            tracing::info!(topics = ?created, "created topics");
-        }
-    }
-
     let (updates, roster) = mpsc::channel();
     let roster_thread = service::spawn_roster_reader(
         &settings.kafka,
@@ -58,33 +43,18 @@ pub async fn run(
         shutdown.clone(),
     )?;
     let processor = AssignmentProcessor::new(&settings, codec, metrics, roster);
-
-    let (address, http_task) = http::serve(
-        settings.http.listen,
-        Arc::new(registry),
-        health.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(%address, "assignment http endpoint");
-
-    let handle = pipeline::spawn(
-        settings.kafka.clone(),
+    let result = hitl_runtime::service::run_loop(
+        &settings,
+        settings.service.create_topics,
         loop_settings(&settings),
         processor,
+        registry,
         shutdown.clone(),
-        health,
-        loop_metrics,
-    );
-    let result = tokio::task::spawn_blocking(move || handle.join()).await?;
+    )
+    .await;
     shutdown.cancel();
-    let _ = http_task.await;
     let _ = tokio::task::spawn_blocking(move || roster_thread.join()).await;
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => anyhow::bail!("assignment loop thread panicked"),
-    }
+    Ok(result?)
 }
 
 /// The loop settings the assignment service runs with.

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    ops::Bound,
     sync::Arc,
 };
 
@@ -146,16 +145,12 @@ impl Queue {
 
     /// Adds an item (idempotent by id: a known id keeps its place). Returns its key.
     pub fn push(&mut self, item: &Pending) -> Key {
-        self.push_shared(Arc::from(item.id.as_str()), item)
-    }
-
-    /// `push` with the id already shared (the caller keeps another reference to it).
-    pub fn push_shared(&mut self, id: Arc<str>, item: &Pending) -> Key {
-        if let Some(key) = self.keys.get(&id) {
+        if let Some(key) = self.keys.get(item.id.as_str()) {
             return *key;
         }
         let key = self.key_for(item, self.next_sequence);
         self.next_sequence += 1;
+        let id: Arc<str> = Arc::from(item.id.as_str());
         self.order.insert(key, id.clone());
         self.keys.insert(id, key);
         key
@@ -192,16 +187,6 @@ impl Queue {
     /// Items in the order they would be served.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Arc<str>)> {
         self.order.iter()
-    }
-
-    /// Items from `start` on (inclusive), in the order they would be served.
-    pub fn iter_from(&self, start: Key) -> impl Iterator<Item = (&Key, &Arc<str>)> {
-        self.order.range((Bound::Included(start), Bound::Unbounded))
-    }
-
-    /// The key of an item in the queue.
-    pub fn key_of(&self, id: &str) -> Option<Key> {
-        self.keys.get(id).copied()
     }
 
     /// Effective priority at `now`: seconds past the virtual deadline (negative before it). Rises

@@ -102,20 +102,7 @@ impl AssignmentSettings {
 
 impl Validate for AssignmentSettings {
     fn validate(&self, errors: &mut Vec<String>) {
-        if self.instance_id.is_empty()
-            || !self
-                .instance_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            errors.push(format!(
-                "service.instance_id: `{}` must be letters, digits, - _ .",
-                self.instance_id
-            ));
-        }
-        if self.group_id.is_empty() {
-            errors.push("service.group_id: must not be empty".into());
-        }
+        hitl_runtime::config::validate_instance(&self.instance_id, &self.group_id, errors);
         if self.tick_interval < Duration::from_millis(10) {
             errors.push("service.tick_interval: must be at least 10ms".into());
         }
@@ -444,22 +431,13 @@ impl AssignmentProcessor {
             topic = input.topic(), partition = input.partition(), offset = input.offset(),
             %class, error = %message, "dead-lettered"
         );
-        output.push(
-            OutputRecord {
-                topic: self.topics.decisions_dlq.clone(),
-                key: input.key().unwrap_or_default().to_vec(),
-                payload: input.payload().map(<[u8]>::to_vec),
-                headers: Vec::new(),
-                partition: None,
-                last: false,
-            }
-            .with_header("hitl.error.class", class)
-            .with_header("hitl.error.message", message)
-            .with_header("hitl.error.stage", stage)
-            .with_header("hitl.source.topic", input.topic())
-            .with_header("hitl.source.partition", input.partition().to_string())
-            .with_header("hitl.source.offset", input.offset().to_string()),
-        );
+        output.push(OutputRecord::dead_letter(
+            &self.topics.decisions_dlq,
+            input,
+            stage,
+            class,
+            message,
+        ));
     }
 
     fn payload<'a>(&self, input: &'a InputRecord<'_>) -> Result<&'a [u8], (String, String)> {

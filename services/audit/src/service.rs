@@ -110,20 +110,7 @@ impl AuditSettings {
 
 impl Validate for AuditSettings {
     fn validate(&self, errors: &mut Vec<String>) {
-        if self.instance_id.is_empty()
-            || !self
-                .instance_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            errors.push(format!(
-                "service.instance_id: `{}` must be letters, digits, - _ .",
-                self.instance_id
-            ));
-        }
-        if self.group_id.is_empty() {
-            errors.push("service.group_id: must not be empty".into());
-        }
+        hitl_runtime::config::validate_instance(&self.instance_id, &self.group_id, errors);
         if self.key_id.is_empty() {
             errors.push("service.key_id: must not be empty".into());
         }
@@ -171,12 +158,13 @@ impl AuditProcessor {
         let keys = settings.service.keys().map_err(|problems| {
             anyhow::anyhow!("refusing to start:\n  - {}", problems.join("\n  - "))
         })?;
+        tracing::info!(key_id = %keys.key_id(), public_key = %keys.public_hex(), "audit signing key");
         let codec = settings.codec.build(settings.kafka.request_timeout)?;
         let metrics = Arc::new(AuditMetrics::register(registry));
         Ok(Self::new(settings, keys, codec, metrics))
     }
 
-    pub(crate) fn new(
+    fn new(
         settings: &hitl_runtime::Settings<AuditSettings>,
         keys: Keys,
         codec: Codec,
@@ -359,22 +347,13 @@ impl AuditProcessor {
     ) {
         self.metrics.dead_lettered(class);
         tracing::warn!(topic = input.topic(), partition = input.partition(), offset = input.offset(), %class, error = %message, "dead-lettered");
-        output.push(
-            OutputRecord {
-                topic: self.topics.decisions_dlq.clone(),
-                key: input.key().unwrap_or_default().to_vec(),
-                payload: input.payload().map(<[u8]>::to_vec),
-                headers: Vec::new(),
-                partition: None,
-                last: false,
-            }
-            .with_header("hitl.error.class", class)
-            .with_header("hitl.error.message", message)
-            .with_header("hitl.error.stage", "decode")
-            .with_header("hitl.source.topic", input.topic())
-            .with_header("hitl.source.partition", input.partition().to_string())
-            .with_header("hitl.source.offset", input.offset().to_string()),
-        );
+        output.push(OutputRecord::dead_letter(
+            &self.topics.decisions_dlq,
+            input,
+            "decode",
+            class,
+            message,
+        ));
     }
 }
 

@@ -12,7 +12,7 @@ pub mod validate;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
-use hitl_runtime::{config::Settings, http, kafka, pipeline, Health, LoopMetrics, LoopSettings};
+use hitl_runtime::{config::Settings, LoopSettings};
 use tokio_util::sync::CancellationToken;
 
 pub use service::{RouterProcessor, RouterSettings};
@@ -23,51 +23,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
-    let loop_metrics = LoopMetrics::register(&mut registry);
-    let health = Health::default();
-
     let reload_requested = Arc::new(AtomicBool::new(false));
     let processor =
         service::RouterProcessor::build(&settings, &mut registry, reload_requested.clone())?;
     spawn_sighup_listener(reload_requested, shutdown.clone());
-    if settings.service.create_topics {
-        let created = kafka::ensure_topics(
-            &settings.kafka,
-            &settings.topics.specs(),
-            settings.topics.replication_factor,
-        )
-        .await?;
-        if !created.is_empty() {
-            tracing::info!(topics = ?created, "created topics");
-        }
-    }
-
-    let (address, http_task) = http::serve(
-        settings.http.listen,
-        Arc::new(registry),
-        health.clone(),
-        shutdown.clone(),
+    hitl_runtime::service::run_loop(
+        &settings,
+        settings.service.create_topics,
+        loop_settings(&settings),
+        processor,
+        registry,
+        shutdown,
     )
     .await?;
-    tracing::info!(%address, "router http endpoint");
-
-    let loop_settings = loop_settings(&settings);
-    let handle = pipeline::spawn(
-        settings.kafka.clone(),
-        loop_settings,
-        processor,
-        shutdown.clone(),
-        health,
-        loop_metrics,
-    );
-    let result = tokio::task::spawn_blocking(move || handle.join()).await?;
-    shutdown.cancel();
-    let _ = http_task.await;
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => anyhow::bail!("router loop thread panicked"),
-    }
+    Ok(())
 }
 
 /// The loop settings the router runs with.

@@ -80,20 +80,7 @@ impl Validate for RouterSettings {
                 ));
             }
         }
-        if self.instance_id.is_empty()
-            || !self
-                .instance_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            errors.push(format!(
-                "service.instance_id: `{}` must be letters, digits, - _ .",
-                self.instance_id
-            ));
-        }
-        if self.group_id.is_empty() {
-            errors.push("service.group_id: must not be empty".into());
-        }
+        hitl_runtime::config::validate_instance(&self.instance_id, &self.group_id, errors);
         if self.max_record_bytes < 64 {
             errors.push("service.max_record_bytes: must be at least 64".into());
         }
@@ -379,20 +366,13 @@ impl RouterProcessor {
             topic = input.topic(), partition = input.partition(), offset = input.offset(),
             class = %rejection.class, error = %rejection.message, "dead-lettered"
         );
-        let mut record = OutputRecord {
-            topic: self.topics.decisions_dlq.clone(),
-            key: input.key().unwrap_or_default().to_vec(),
-            payload: input.payload().map(<[u8]>::to_vec),
-            headers: Vec::new(),
-            partition: None,
-            last: false,
-        }
-        .with_header("hitl.error.class", rejection.class.as_str())
-        .with_header("hitl.error.message", rejection.message.as_str())
-        .with_header("hitl.error.stage", rejection.stage.as_str())
-        .with_header("hitl.source.topic", input.topic())
-        .with_header("hitl.source.partition", input.partition().to_string())
-        .with_header("hitl.source.offset", input.offset().to_string());
+        let mut record = OutputRecord::dead_letter(
+            &self.topics.decisions_dlq,
+            input,
+            rejection.stage.as_str(),
+            &rejection.class,
+            &rejection.message,
+        );
         if let Some(content_type) = input.header("content-type") {
             record = record.with_header("content-type", content_type);
         }
