@@ -145,7 +145,29 @@ pub fn measure_on<P: Processor>(
         .unwrap()
         .expect("committed something");
     let committed = counters.committed.load(Ordering::Relaxed);
-    committed as f64 / last.duration_since(first).as_secs_f64()
+    let elapsed = last.duration_since(first).as_secs_f64();
+    let (commit_seconds, commits) = commit_time(&registry);
+    println!(
+        "  {name}: {committed} records in {elapsed:.2}s, {commits} commits taking {:.0}% of it ({:.1} ms each)",
+        100.0 * commit_seconds / elapsed,
+        1000.0 * commit_seconds / commits.max(1) as f64,
+    );
+    committed as f64 / elapsed
+}
+
+/// Total seconds the loop spent committing, and how many commits, from its metrics.
+fn commit_time(registry: &prometheus_client::registry::Registry) -> (f64, u64) {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("hitl_loop_commit_seconds_sum"),
+        value("hitl_loop_commit_seconds_count") as u64,
+    )
 }
 
 /// Publishes `count` valid decisions to the input topic.

@@ -430,6 +430,8 @@ impl Shared {
                     })
                     .map_err(classify)?;
                 }
+                // commit_transaction flushes too, but in rust-rdkafka's 100 ms slices.
+                self.flush_promptly().map_err(classify)?;
                 self.retrying("commit_transaction", || {
                     self.producer.commit_transaction(self.request_timeout)
                 })
@@ -459,7 +461,7 @@ impl Shared {
 
     /// Waits until every record sent is acknowledged; fails if any delivery failed.
     fn flush_acknowledged(&self) -> Result<(), KafkaError> {
-        self.producer.flush(self.request_timeout)?;
+        self.flush_promptly()?;
         if self
             .producer
             .context()
@@ -470,6 +472,24 @@ impl Shared {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
         }
         Ok(())
+    }
+
+    /// Waits until the broker has answered for every record sent (or `request_timeout` passes),
+    /// serving delivery reports as they arrive. `BaseProducer::flush` serves them in 100 ms polls
+    /// that never end early, so each commit waited at least 100 ms (measured: 100.0–100.4 ms for
+    /// every flush; the loop spent 79–94% of its time there at 5,000 records per commit).
+    fn flush_promptly(&self) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    self.producer.poll(Duration::from_millis(1));
+                }
+                done => return done,
+            }
+        }
     }
 
     fn abort(&self, txn: &mut Txn) -> Result<(), KafkaError> {
