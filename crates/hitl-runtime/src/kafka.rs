@@ -184,64 +184,6 @@ pub enum ReadError {
     },
 }
 
-/// Reads one partition from its start to its end, calling `each` for every record in order, and
-/// returns how many there were. The end is the high watermark, confirmed by one empty poll (the dev
-/// broker's watermarks can lag the real end).
-pub fn read_partition(
-    settings: &KafkaSettings,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<u64, ReadError> {
-    use rdkafka::{
-        consumer::{BaseConsumer, Consumer},
-        Message, Offset, TopicPartitionList,
-    };
-    let started = std::time::Instant::now();
-    let consumer: BaseConsumer = reader_config(
-        settings,
-        settings.delivery == crate::config::Delivery::Transactional,
-    )
-    .create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let mut high = consumer.fetch_watermarks(topic, partition, timeout)?.1;
-    let (mut next, mut records, mut quiet) = (0i64, 0u64, 0u32);
-    loop {
-        if started.elapsed() > timeout {
-            return Err(ReadError::Timeout {
-                topic: topic.to_owned(),
-                partition,
-                timeout,
-                records,
-            });
-        }
-        match consumer.poll(Duration::from_millis(300)) {
-            None => {
-                // Done only when past a fresh high watermark and quiet twice in a row: a slow
-                // fetch under load, or a watermark that lags the real end, must not end a restore
-                // early (a restore that misses records would break chains and lose state).
-                quiet += 1;
-                if next >= high {
-                    high = consumer.fetch_watermarks(topic, partition, timeout)?.1;
-                    if next >= high && quiet >= END_QUIET_POLLS {
-                        return Ok(records);
-                    }
-                }
-            }
-            Some(Err(error)) => tracing::warn!(%error, %topic, partition, "read error"),
-            Some(Ok(message)) => {
-                quiet = 0;
-                next = message.offset() + 1;
-                records += 1;
-                each(&message);
-            }
-        }
-    }
-}
-
 /// Consecutive empty polls (of 300 ms) that, past the high watermark, mean the end of a partition.
 const END_QUIET_POLLS: u32 = 2;
 
@@ -257,21 +199,50 @@ pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, Rea
         .map_or(0, |t| t.partitions().len() as i32))
 }
 
+/// Reads one partition from its start to its end, calling `each` for every record in order, and
+/// returns how many there were.
+pub fn read_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64, ReadError> {
+    read_to_end(settings, topic, &[partition], timeout, each)
+}
+
 /// Reads every partition of `topic` from its start to its end with one consumer, calling `each`
 /// for every record (in order within a partition). Returns how many there were.
 pub fn read_topic(
     settings: &KafkaSettings,
     topic: &str,
     timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64, ReadError> {
+    let partitions: Vec<i32> = (0..partition_count(settings, topic)?).collect();
+    read_to_end(settings, topic, &partitions, timeout, each)
+}
+
+/// Reads `partitions` of `topic` from their start to their end.
+///
+/// The end is each partition's high watermark (the last stable offset when reading committed),
+/// fetched afresh once the reader's position is past the one it knew, after two consecutive empty
+/// polls: a slow fetch under load, or a watermark that lags the real end (the dev broker's), must
+/// not end a restore early. The position is the consumer's, not the last record's offset + 1:
+/// transaction markers take offsets too, and a partition written by transactions ends with one.
+fn read_to_end(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<u64, ReadError> {
     use rdkafka::{
         consumer::{BaseConsumer, Consumer},
-        Message, Offset, TopicPartitionList,
+        Offset, TopicPartitionList,
     };
     let started = std::time::Instant::now();
-    let partitions = partition_count(settings, topic)?;
-    if partitions == 0 {
+    if partitions.is_empty() {
         return Ok(0);
     }
     let consumer: BaseConsumer = reader_config(
@@ -280,20 +251,32 @@ pub fn read_topic(
     )
     .create()?;
     let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::with_capacity(partitions as usize);
-    for partition in 0..partitions {
+    let mut ends = Vec::with_capacity(partitions.len());
+    for &partition in partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        let (_, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        ends.push(high);
+        ends.push(consumer.fetch_watermarks(topic, partition, timeout)?.1);
     }
     consumer.assign(&assignment)?;
-    let mut next = vec![0i64; partitions as usize];
+    let at_end = |ends: &[i64]| -> Result<bool, ReadError> {
+        let positions = consumer.position()?;
+        Ok(partitions.iter().zip(ends).all(|(&partition, &end)| {
+            end <= 0
+                || matches!(
+                    positions.find_partition(topic, partition).map(|p| p.offset()),
+                    Some(Offset::Offset(position)) if position >= end
+                )
+        }))
+    };
     let (mut records, mut quiet) = (0u64, 0u32);
     loop {
         if started.elapsed() > timeout {
             return Err(ReadError::Timeout {
                 topic: topic.to_owned(),
-                partition: -1,
+                partition: if partitions.len() == 1 {
+                    partitions[0]
+                } else {
+                    -1
+                },
                 timeout,
                 records,
             });
@@ -301,15 +284,11 @@ pub fn read_topic(
         match consumer.poll(Duration::from_millis(300)) {
             None => {
                 quiet += 1;
-                if next.iter().zip(&ends).all(|(next, end)| next >= end) {
-                    for (partition, end) in ends.iter_mut().enumerate() {
-                        *end = consumer
-                            .fetch_watermarks(topic, partition as i32, timeout)?
-                            .1;
+                if at_end(&ends)? {
+                    for (end, &partition) in ends.iter_mut().zip(partitions) {
+                        *end = consumer.fetch_watermarks(topic, partition, timeout)?.1;
                     }
-                    if quiet >= END_QUIET_POLLS
-                        && next.iter().zip(&ends).all(|(next, end)| next >= end)
-                    {
+                    if quiet >= END_QUIET_POLLS && at_end(&ends)? {
                         return Ok(records);
                     }
                 }
@@ -317,9 +296,6 @@ pub fn read_topic(
             Some(Err(error)) => tracing::warn!(%error, %topic, "read error"),
             Some(Ok(message)) => {
                 quiet = 0;
-                if let Some(slot) = next.get_mut(message.partition() as usize) {
-                    *slot = message.offset() + 1;
-                }
                 records += 1;
                 each(&message);
             }
