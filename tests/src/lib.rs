@@ -505,6 +505,14 @@ pub fn on_tansu() -> bool {
     std::env::var("HITL_BOOTSTRAP_SERVERS").is_err()
 }
 
+/// Waits out a killed member's session before its replacement joins, as a supervisor's restart
+/// backoff would. Tansu (0.6.0, and its successor built from source) can hand a replacement that
+/// joins within the dead member's session timeout no partitions, and never rebalance after
+/// (README, "Broker"); on Kafka the wait only costs time.
+pub fn wait_out_the_dead_session() {
+    std::thread::sleep(Duration::from_secs(7)); // session_timeout in `kafka_toml` is 6 s
+}
+
 /// The delivery mode under test: `idempotent` on Tansu 0.6.0 (no EndTxn), else
 /// `HITL_TEST_DELIVERY` (default `transactional`).
 pub fn delivery() -> String {

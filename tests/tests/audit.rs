@@ -431,11 +431,7 @@ fn kill_9_and_restart_keep_one_label_per_decision_and_a_complete_trail() {
     });
     first.kill9();
     run.publish_lifecycle(tail);
-    // Tansu 0.6.0 can hand a replacement that joins within the dead member's session timeout no
-    // partitions, and never rebalance after (README, "Broker"): restart after the session ends.
-    if on_tansu() {
-        std::thread::sleep(Duration::from_secs(7));
-    }
+    wait_out_the_dead_session();
     let second = run.start_audit();
     let deadline = std::time::Instant::now() + WAIT;
     let labels = loop {

@@ -226,6 +226,30 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
     produce(&producer, &topics.reviewers, "deploy-reviewer", &bytes, &[]);
     flush(&producer);
     std::thread::sleep(std::time::Duration::from_secs(1));
+    let verdict = |id: &str, attempt: u32, kind: VerdictKind| {
+        let verdict = Verdict {
+            decision_id: id.into(),
+            assignment_id: format!("{id}#{attempt}"),
+            reviewer_id: "deploy-reviewer".into(),
+            verdict: kind,
+            amended_action: None,
+            rationale: String::new(),
+            decided_at: hitl_runtime::now_millis(),
+            pool: "fast".into(),
+        };
+        let bytes = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
+        produce(&producer, &topics.verdicts, "fast", &bytes, &[]);
+        flush(&producer);
+    };
+    // A verdict nobody asked for, rejected once the service has joined and restored its state:
+    // from then on the SLA clocks below run against a working service.
+    verdict("nobody", 1, VerdictKind::Approve);
+    let within = std::time::Duration::from_secs(60);
+    wait_for(within, "the service to read verdicts", || {
+        assignment
+            .metric(r#"hitl_assignment_rejected_verdicts_total{reason="unknown_decision"}"#)
+            .map(|_| ())
+    });
     let now = hitl_runtime::now_millis();
     let request = |id: &str, kind: ReviewKind, sla_ms: i64| ReviewRequest {
         decision: std::sync::Arc::new(Decision {
@@ -283,22 +307,6 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
         produce(&producer, &topics.review_requests, "fast", &bytes, &[]);
     }
     flush(&producer);
-    let verdict = |id: &str, attempt: u32, kind: VerdictKind| {
-        let verdict = Verdict {
-            decision_id: id.into(),
-            assignment_id: format!("{id}#{attempt}"),
-            reviewer_id: "deploy-reviewer".into(),
-            verdict: kind,
-            amended_action: None,
-            rationale: String::new(),
-            decided_at: hitl_runtime::now_millis(),
-            pool: "fast".into(),
-        };
-        let bytes = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
-        produce(&producer, &topics.verdicts, "fast", &bytes, &[]);
-        flush(&producer);
-    };
-    let within = std::time::Duration::from_secs(60);
     wait_for(within, "two assignments", || {
         (assignment
             .metric(r#"hitl_assignment_verdicts_total{pool="fast",verdict="APPROVE"}"#)
@@ -307,7 +315,6 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
             .then_some(())
     });
     verdict("qa", 1, VerdictKind::Approve);
-    verdict("nobody", 1, VerdictKind::Approve);
     produce(&producer, &topics.verdicts, "fast", b"junk", &[]);
     flush(&producer);
     wait_for(within, "the third item assigned", || {
@@ -317,7 +324,9 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     verdict("human", 1, VerdictKind::Approve);
-    wait_for(within, "every assignment family", || {
+    let mut missing = "";
+    let found = std::iter::repeat_with(|| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
         for series in [
             r#"hitl_assignment_outcomes_total{pool="fast",decided_by="HUMAN",overridden="false"}"#,
             r#"hitl_assignment_outcomes_total{pool="fast",decided_by="SLA_FALLBACK",overridden="true"}"#,
@@ -328,10 +337,20 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
             r#"hitl_assignment_dead_letters_total{class="decode.framing"}"#,
             r#"hitl_assignment_queue_depth{pool="fast",tier="normal"}"#,
         ] {
-            assignment.metric(series)?;
+            if assignment.metric(series).is_none() {
+                missing = series;
+                return false;
+            }
         }
-        Some(())
-    });
+        true
+    })
+    .take(within.as_millis() as usize / 100)
+    .any(|found| found);
+    assert!(
+        found,
+        "{missing} not exposed; log:\n{}",
+        assignment.log_tail()
+    );
 }
 
 #[test]

@@ -409,6 +409,13 @@ fn routes_by_decision(run: &Run) -> BTreeMap<String, BTreeSet<String>> {
     routes
 }
 
+/// Waits until `router` has read `count` decisions (so a reload lands after them).
+fn routed_at_least(router: &Service, count: usize) {
+    wait_for(WAIT, "the router to catch up", || {
+        (router.metric("hitl_loop_records_in_total")? >= count as f64).then_some(())
+    });
+}
+
 #[test]
 fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
     let run = Run::new("reload");
@@ -429,6 +436,7 @@ fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
         );
         if i == total / 3 {
             flush(&producer);
+            routed_at_least(&router, i + 1);
             // A broken policy is refused; the running one stays.
             std::fs::write(
                 &policy_path,
@@ -439,6 +447,7 @@ fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
         }
         if i == total / 2 {
             flush(&producer);
+            routed_at_least(&router, i + 1);
             std::fs::write(&policy_path, ALL_HUMAN).unwrap();
             signal(router.pid(), "HUP");
             std::thread::sleep(Duration::from_millis(600));
@@ -446,7 +455,11 @@ fn policy_reload_mid_stream_loses_and_duplicates_nothing() {
     }
     flush(&producer);
     let outcomes = read_at_least(&run.topics.outcomes, 1, WAIT);
-    assert!(!outcomes.is_empty());
+    assert!(
+        !outcomes.is_empty(),
+        "no outcomes; log:\n{}",
+        router.log_tail()
+    );
     wait_for(WAIT, "all decisions routed", || {
         (routes_by_decision(&run).len() == total).then_some(())
     });
@@ -506,11 +519,7 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
         processed_before_kill < total as f64,
         "the kill must land mid-stream"
     );
-    // Tansu 0.6.0 can hand a replacement that joins within the dead member's session timeout no
-    // partitions (README, "Broker"): restart after the session ends.
-    if on_tansu() {
-        std::thread::sleep(std::time::Duration::from_secs(7));
-    }
+    wait_out_the_dead_session();
     let restarted = run.start(policy, "");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while routes_by_decision(&run).len() < total {
