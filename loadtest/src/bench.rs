@@ -146,17 +146,18 @@ pub fn measure_on<P: Processor>(
         .expect("committed something");
     let committed = counters.committed.load(Ordering::Relaxed);
     let elapsed = last.duration_since(first).as_secs_f64();
-    let (commit_seconds, commits) = commit_time(&registry);
+    let (commit_seconds, commits, queue_full) = loop_waits(&registry);
     println!(
-        "  {name}: {committed} records in {elapsed:.2}s, {commits} commits taking {:.0}% of it ({:.1} ms each)",
+        "  {name}: {committed} records in {elapsed:.2}s, {commits} commits taking {:.0}% of it ({:.1} ms each), producer queue full {queue_full} times",
         100.0 * commit_seconds / elapsed,
         1000.0 * commit_seconds / commits.max(1) as f64,
     );
     committed as f64 / elapsed
 }
 
-/// Total seconds the loop spent committing, and how many commits, from its metrics.
-fn commit_time(registry: &prometheus_client::registry::Registry) -> (f64, u64) {
+/// Where the loop waited, from its metrics: seconds spent committing, commits, and how often the
+/// producer's queue was full.
+fn loop_waits(registry: &prometheus_client::registry::Registry) -> (f64, u64, u64) {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
     let value = |name: &str| {
@@ -167,6 +168,7 @@ fn commit_time(registry: &prometheus_client::registry::Registry) -> (f64, u64) {
     (
         value("hitl_loop_commit_seconds_sum"),
         value("hitl_loop_commit_seconds_count") as u64,
+        value("hitl_loop_producer_queue_full_total") as u64,
     )
 }
 
