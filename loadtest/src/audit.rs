@@ -42,20 +42,15 @@ fn lifecycle(i: u64, at: i64) -> Vec<LifecycleEvent> {
         created_at: at,
         sla_ms: None,
     };
-    let human = i % 10 < 3;
-    let outcome = |decided_by, reviewers: Vec<String>, decided_at| Outcome {
-        decision_id: id.clone(),
-        final_action: "approve".into(),
-        status: OutcomeStatus::Approved,
-        decided_by,
-        reviewer_ids: reviewers,
-        policy_rule: "rule".into(),
-        policy_version: "v1".into(),
-        decided_at,
-        time_to_decision_ms: decided_at - at,
-        workflow: "payments.card".into(),
-        rationale: None,
-    };
+    if i % 10 < 3 {
+        return hitl_schema::sample::human_lifecycle(
+            decision,
+            &format!("reviewer-{}", i % 20),
+            "rule",
+            at,
+            1,
+        );
+    }
     let mut routed = LifecycleEvent::new(
         format!("{id}:router:routed"),
         &id,
@@ -66,46 +61,23 @@ fn lifecycle(i: u64, at: i64) -> Vec<LifecycleEvent> {
     routed.decision = Some(Arc::new(decision));
     routed.policy_rule = Some("rule".into());
     routed.policy_version = Some("v1".into());
-    routed.attributes.insert(
-        "route".into(),
-        if human { "human" } else { "auto_approve" }.into(),
-    );
-    if !human {
-        routed.outcome = Some(outcome(DecidedBy::Auto, vec![], at));
-        return vec![routed];
-    }
-    let mut events = vec![routed];
-    for (sequence, kind) in [
-        (1, LifecycleKind::Queued),
-        (2, LifecycleKind::Assigned),
-        (3, LifecycleKind::Verdict),
-    ] {
-        let mut event = LifecycleEvent::new(
-            format!("{id}:assignment:{sequence}"),
-            &id,
-            kind,
-            "assignment",
-            at + sequence,
-        );
-        event.sequence = sequence;
-        event.reviewer_id = (sequence > 1).then(|| format!("reviewer-{}", i % 20));
-        events.push(event);
-    }
-    let mut done = LifecycleEvent::new(
-        format!("{id}:assignment:4"),
-        &id,
-        LifecycleKind::Outcome,
-        "assignment",
-        at + 4,
-    );
-    done.sequence = 4;
-    done.outcome = Some(outcome(
-        DecidedBy::Human,
-        vec![format!("reviewer-{}", i % 20)],
-        at + 4,
-    ));
-    events.push(done);
-    events
+    routed
+        .attributes
+        .insert("route".into(), "auto_approve".into());
+    routed.outcome = Some(Outcome {
+        decision_id: id,
+        final_action: "approve".into(),
+        status: OutcomeStatus::Approved,
+        decided_by: DecidedBy::Auto,
+        reviewer_ids: vec![],
+        policy_rule: "rule".into(),
+        policy_version: "v1".into(),
+        decided_at: at,
+        time_to_decision_ms: 0,
+        workflow: "payments.card".into(),
+        rationale: None,
+    });
+    vec![routed]
 }
 
 /// Publishes the lifecycle of `decisions` decisions; returns the number of events.

@@ -3,11 +3,7 @@
 //! single-partition topic on the broker, then restores them into an empty core through the
 //! service's own restore path, and reports the time, the rate and the memory it took.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use hitl_assignment::{
     core::{Core, Effect},
@@ -15,58 +11,17 @@ use hitl_assignment::{
     service::restore_partition,
 };
 use hitl_runtime::config::{KafkaSettings, TopicSpec};
-use hitl_schema::{Decision, ReviewKind, ReviewRequest};
+use hitl_schema::ReviewRequest;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 fn request(i: u64, now: i64) -> ReviewRequest {
-    let mut context = BTreeMap::new();
-    context.insert("customer".to_owned(), format!("customer-{}", i % 50_000));
-    context.insert("country".to_owned(), "DE".to_owned());
-    ReviewRequest {
-        decision: Arc::new(Decision {
-            decision_id: format!("restore-{i:010}"),
-            workflow: "payments.card".into(),
-            subject: format!("txn-{i}"),
-            action: "approve".into(),
-            confidence: 0.7,
-            risk_score: Some((i % 100) as f64 / 100.0),
-            amount: Some((i % 50_000) as f64),
-            priority: None,
-            producer: "fraud-model".into(),
-            model_name: "fraud".into(),
-            model_version: None,
-            features: BTreeMap::new(),
-            context,
-            sensitive_fields: vec!["customer".into()],
-            created_at: now - 5,
-            sla_ms: None,
-        }),
-        kind: ReviewKind::Review,
-        pool: format!("pool-{}", i % 8),
-        required_roles: vec![],
-        priority_tier: ["low", "normal", "high", "urgent"][(i % 4) as usize].into(),
-        sla_deadline: now + 3_600_000,
-        quorum: 1,
-        policy_rule: "default".into(),
-        policy_version: "v1".into(),
-        auto_status: None,
-        routed_at: now,
-    }
-}
-
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+    hitl_schema::sample::review_request(
+        format!("restore-{i:010}"),
+        i,
+        format!("pool-{}", i % 8),
+        now,
+        now + 3_600_000,
+    )
 }
 
 /// Writes `count` entries, restores them, prints the numbers. Returns the restore time.
@@ -129,10 +84,10 @@ pub fn run(
         count as f64 / started.elapsed().as_secs_f64()
     );
 
-    let rss_before = resident_bytes();
+    let rss_before = hitl_runtime::metrics::resident_bytes();
     let mut core = Core::new(CoreConfig::default());
     let restored = restore_partition(&mut core, kafka, &topic, 0, Duration::from_secs(1800))?;
-    let rss_after = resident_bytes();
+    let rss_after = hitl_runtime::metrics::resident_bytes();
     println!(
         "restored {} records ({} pending items, {} pools, {} unreadable) in {:.2}s: {:.0} records/s; \
          resident memory +{} MB ({} bytes per item)",

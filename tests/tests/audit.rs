@@ -130,60 +130,7 @@ fn decision(id: &str, confidence: f64, amount: f64) -> Decision {
 
 /// Synthetic lifecycle of a decision routed to people and approved by `reviewer`.
 fn human_lifecycle(id: &str, reviewer: &str, at: i64) -> Vec<LifecycleEvent> {
-    let mut routed = LifecycleEvent::new(
-        format!("{id}:router:routed"),
-        id,
-        LifecycleKind::Routed,
-        "router",
-        at,
-    );
-    routed.decision = Some(Arc::new(decision(id, 0.6, 100.0)));
-    routed.attributes.insert("route".into(), "human".into());
-    routed.policy_rule = Some("default".into());
-    routed.policy_version = Some("v1".into());
-    let mut events = vec![routed];
-    for (sequence, kind) in [
-        (1, LifecycleKind::Queued),
-        (2, LifecycleKind::Assigned),
-        (3, LifecycleKind::Verdict),
-    ] {
-        let mut event = LifecycleEvent::new(
-            format!("{id}:assignment:{sequence}"),
-            id,
-            kind,
-            "assignment",
-            at + sequence * 10,
-        );
-        event.sequence = sequence;
-        event.reviewer_id = (sequence > 1).then(|| reviewer.to_owned());
-        if kind == LifecycleKind::Verdict {
-            event.attributes.insert("verdict".into(), "APPROVE".into());
-        }
-        events.push(event);
-    }
-    let mut done = LifecycleEvent::new(
-        format!("{id}:assignment:4"),
-        id,
-        LifecycleKind::Outcome,
-        "assignment",
-        at + 40,
-    );
-    done.sequence = 4;
-    done.outcome = Some(Outcome {
-        decision_id: id.into(),
-        final_action: "approve".into(),
-        status: OutcomeStatus::Approved,
-        decided_by: DecidedBy::Human,
-        reviewer_ids: vec![reviewer.into()],
-        policy_rule: "default".into(),
-        policy_version: "v1".into(),
-        decided_at: at + 40,
-        time_to_decision_ms: 40,
-        workflow: "payments.card".into(),
-        rationale: None,
-    });
-    events.push(done);
-    events
+    hitl_schema::sample::human_lifecycle(decision(id, 0.6, 100.0), reviewer, "default", at, 10)
 }
 
 fn feedback_per_decision(topic: &str) -> BTreeMap<String, usize> {

@@ -324,31 +324,27 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     verdict("human", 1, VerdictKind::Approve);
-    let mut missing = "";
-    let found = std::iter::repeat_with(|| {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        for series in [
-            r#"hitl_assignment_outcomes_total{pool="fast",decided_by="HUMAN",overridden="false"}"#,
-            r#"hitl_assignment_outcomes_total{pool="fast",decided_by="SLA_FALLBACK",overridden="true"}"#,
-            r#"hitl_assignment_sla_breaches_total{pool="fast"}"#,
-            r#"hitl_assignment_reassignments_total{pool="fast",reason="lease_expired"}"#,
-            r#"hitl_assignment_escalations_total{pool="fast",reason="lease_expiries"}"#,
-            r#"hitl_assignment_rejected_verdicts_total{reason="unknown_decision"}"#,
-            r#"hitl_assignment_dead_letters_total{class="decode.framing"}"#,
-            r#"hitl_assignment_queue_depth{pool="fast",tier="normal"}"#,
-        ] {
-            if assignment.metric(series).is_none() {
-                missing = series;
-                return false;
-            }
+    let series = [
+        r#"hitl_assignment_outcomes_total{pool="fast",decided_by="HUMAN",overridden="false"}"#,
+        r#"hitl_assignment_outcomes_total{pool="fast",decided_by="SLA_FALLBACK",overridden="true"}"#,
+        r#"hitl_assignment_sla_breaches_total{pool="fast"}"#,
+        r#"hitl_assignment_reassignments_total{pool="fast",reason="lease_expired"}"#,
+        r#"hitl_assignment_escalations_total{pool="fast",reason="lease_expiries"}"#,
+        r#"hitl_assignment_rejected_verdicts_total{reason="unknown_decision"}"#,
+        r#"hitl_assignment_dead_letters_total{class="decode.framing"}"#,
+        r#"hitl_assignment_queue_depth{pool="fast",tier="normal"}"#,
+    ];
+    let deadline = std::time::Instant::now() + within;
+    let missing = loop {
+        let missing = series.iter().find(|s| assignment.metric(s).is_none());
+        if missing.is_none() || std::time::Instant::now() >= deadline {
+            break missing;
         }
-        true
-    })
-    .take(within.as_millis() as usize / 100)
-    .any(|found| found);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(
-        found,
-        "{missing} not exposed; log:\n{}",
+        missing.is_none(),
+        "{missing:?} not exposed; log:\n{}",
         assignment.log_tail()
     );
 }

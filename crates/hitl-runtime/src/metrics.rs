@@ -7,6 +7,23 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// This process's resident memory in bytes (`VmRSS`; 0 where `/proc` has none), for benchmarks
+/// that report memory per item.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Exponential buckets from 0.1 ms to ~6.5 s, for latencies in seconds.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17)

@@ -3,6 +3,7 @@
 mod codec;
 mod record;
 mod registry;
+pub mod sample;
 mod splice;
 pub mod types;
 

@@ -6,11 +6,7 @@
 //! subject, action, producer, policy rule and version. Heap bytes are counted exactly by a counting
 //! allocator; the resident-memory delta (allocator overhead included) is printed beside them.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use cap::Cap;
 
@@ -19,10 +15,7 @@ use hitl_assignment::{
     core::{Core, Effect},
     pools::CoreConfig,
 };
-use hitl_schema::{
-    AssignmentKind, Decision, Presence, ReviewKind, ReviewRequest, ReviewerStatus, Verdict,
-    VerdictKind,
-};
+use hitl_schema::{AssignmentKind, Presence, ReviewRequest, ReviewerStatus, Verdict, VerdictKind};
 
 /// mimalloc, as the service binary uses, wrapped to count live heap bytes.
 #[global_allocator]
@@ -38,54 +31,13 @@ const T0: i64 = 1_800_000_000_000;
 
 fn request(i: usize) -> ReviewRequest {
     let routed_at = T0 + (i as i64) * 3;
-    let mut context = BTreeMap::new();
-    context.insert("customer".to_owned(), format!("customer-{}", i % 50_000));
-    context.insert("country".to_owned(), "DE".to_owned());
-    ReviewRequest {
-        decision: Arc::new(Decision {
-            decision_id: format!("payments-{i:010}"),
-            workflow: "payments.card".into(),
-            subject: format!("txn-{i}"),
-            action: "approve".into(),
-            confidence: 0.7,
-            risk_score: Some((i % 100) as f64 / 100.0),
-            amount: Some((i % 50_000) as f64),
-            priority: None,
-            producer: "fraud-model".into(),
-            model_name: "fraud".into(),
-            model_version: None,
-            features: BTreeMap::new(),
-            context,
-            sensitive_fields: vec!["customer".into()],
-            created_at: routed_at - 5,
-            sla_ms: None,
-        }),
-        kind: ReviewKind::Review,
-        pool: "payments".into(),
-        required_roles: vec![],
-        priority_tier: ["low", "normal", "high", "urgent"][i % 4].into(),
-        sla_deadline: routed_at + 60_000 * (60 + (i as i64 % 240)),
-        quorum: 1,
-        policy_rule: "default".into(),
-        policy_version: "v1".into(),
-        auto_status: None,
+    hitl_schema::sample::review_request(
+        format!("payments-{i:010}"),
+        i as u64,
+        "payments".into(),
         routed_at,
-    }
-}
-
-fn resident_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+        routed_at + 60_000 * (60 + (i as i64 % 240)),
+    )
 }
 
 fn reviewer(i: usize, capacity: i32) -> ReviewerStatus {
@@ -115,9 +67,15 @@ fn full_core() -> Core {
 }
 
 fn bench(c: &mut Criterion) {
-    let (heap_before, rss_before) = (heap_bytes(), resident_bytes());
+    let (heap_before, rss_before) = (
+        heap_bytes(),
+        hitl_runtime::metrics::resident_bytes() as usize,
+    );
     let mut core = full_core();
-    let (heap_after, rss_after) = (heap_bytes(), resident_bytes());
+    let (heap_after, rss_after) = (
+        heap_bytes(),
+        hitl_runtime::metrics::resident_bytes() as usize,
+    );
     println!(
         "core with {ITEMS} pending items: {} heap bytes per item (counted), ~{} bytes per item resident",
         (heap_after - heap_before) / ITEMS as isize,

@@ -23,29 +23,14 @@ fn items() -> Vec<Pending> {
         .collect()
 }
 
-fn resident_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn bench(c: &mut Criterion) {
     let items = items();
-    let before = resident_bytes();
+    let before = hitl_runtime::metrics::resident_bytes() as usize;
     let mut full = Queue::new(DecayParams::default());
     for item in &items {
         full.push(item);
     }
-    let after = resident_bytes();
+    let after = hitl_runtime::metrics::resident_bytes() as usize;
     println!(
         "queue of {ITEMS} pending items: ~{} bytes per item (resident memory delta)",
         (after.saturating_sub(before)) / ITEMS

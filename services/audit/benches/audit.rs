@@ -8,22 +8,13 @@ use hitl_audit::{
     crypto::{record_content, sha256_hex, verify, Keys},
     trail::{AuditCore, Effect},
 };
-use hitl_schema::{
-    AuditRecord, DecidedBy, Decision, LifecycleEvent, LifecycleKind, Outcome, OutcomeStatus,
-};
+use hitl_schema::{AuditRecord, Decision, LifecycleEvent};
 
 const SEED: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 
 fn human_lifecycle(id: &str) -> Vec<LifecycleEvent> {
     let at = 1_800_000_000_000;
-    let mut routed = LifecycleEvent::new(
-        format!("{id}:router:routed"),
-        id,
-        LifecycleKind::Routed,
-        "router",
-        at,
-    );
-    routed.decision = Some(Arc::new(Decision {
+    let decision = Decision {
         decision_id: id.into(),
         workflow: "payments.card".into(),
         subject: "txn-1".into(),
@@ -43,47 +34,8 @@ fn human_lifecycle(id: &str) -> Vec<LifecycleEvent> {
         sensitive_fields: vec!["customer".into()],
         created_at: at,
         sla_ms: None,
-    }));
-    routed.attributes.insert("route".into(), "human".into());
-    let mut events = vec![routed];
-    for (sequence, kind) in [
-        (1, LifecycleKind::Queued),
-        (2, LifecycleKind::Assigned),
-        (3, LifecycleKind::Verdict),
-    ] {
-        let mut event = LifecycleEvent::new(
-            format!("{id}:assignment:{sequence}"),
-            id,
-            kind,
-            "assignment",
-            at + sequence,
-        );
-        event.sequence = sequence;
-        events.push(event);
-    }
-    let mut done = LifecycleEvent::new(
-        format!("{id}:assignment:4"),
-        id,
-        LifecycleKind::Outcome,
-        "assignment",
-        at + 4,
-    );
-    done.sequence = 4;
-    done.outcome = Some(Outcome {
-        decision_id: id.into(),
-        final_action: "approve".into(),
-        status: OutcomeStatus::Approved,
-        decided_by: DecidedBy::Human,
-        reviewer_ids: vec!["ann".into()],
-        policy_rule: "rule".into(),
-        policy_version: "v1".into(),
-        decided_at: at + 4,
-        time_to_decision_ms: 4,
-        workflow: "payments.card".into(),
-        rationale: None,
-    });
-    events.push(done);
-    events
+    };
+    hitl_schema::sample::human_lifecycle(decision, "ann", "rule", at, 1)
 }
 
 fn bench(c: &mut Criterion) {
