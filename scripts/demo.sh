@@ -72,7 +72,12 @@ echo "audit metrics (http://127.0.0.1:9603/metrics):"
 curl -fsS http://127.0.0.1:9603/metrics | grep -E '^hitl_audit_(records_written|feedback_records|outcomes_recorded|checkpoints|duplicate_events)_total|^hitl_audit_completeness' | sed 's/^/  /'
 echo
 echo "verifying the audit trail (signatures, hash chains, checkpoints, completeness) ..."
-sleep 6   # one checkpoint interval (config/audit.toml), so every record is covered
+# Held items keep producing lifecycle events (escalations, SLA breaches): stop the router and the
+# assignment service so the trail stops growing, then wait one checkpoint interval
+# (config/audit.toml) so that every record is covered when it is verified.
+kill "${pids[0]}" "${pids[1]}" 2>/dev/null || true
+wait "${pids[0]}" "${pids[1]}" 2>/dev/null || true
+sleep 6
 if target/release/hitl-audit verify --config config/audit.toml | sed 's/^/  /'; then
   echo "  audit trail verified"
 else
