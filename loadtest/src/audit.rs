@@ -164,6 +164,7 @@ pub fn run(
     let processor = AuditProcessor::build(
         &settings,
         &mut prometheus_client::registry::Registry::default(),
+        hitl_runtime::trace::Tracer::default(),
     )?;
     let public = settings
         .service

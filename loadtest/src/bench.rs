@@ -255,6 +255,7 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 
                     settings,
                     &mut prometheus_client::registry::Registry::default(),
                     Arc::new(AtomicBool::new(false)),
+                    hitl_runtime::trace::Tracer::default(),
                 )
                 .expect("router builds");
                 measure(settings, "router", processor, count)

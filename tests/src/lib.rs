@@ -579,3 +579,17 @@ impl Tail {
         }
     }
 }
+
+/// The Python with the test packages (`tests/python/requirements.txt`): `HITL_PYTHON`, else the
+/// venv `scripts/test.sh` makes in `.hitl/venv`, else `python3`.
+pub fn python() -> PathBuf {
+    if let Ok(python) = std::env::var("HITL_PYTHON") {
+        return python.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.hitl/venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}

@@ -6,18 +6,6 @@ use std::{path::PathBuf, process::Command};
 
 use hitl_tests::*;
 
-fn python() -> PathBuf {
-    if let Ok(python) = std::env::var("HITL_PYTHON") {
-        return python.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.hitl/venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
 #[test]
 fn python_client_interop() {
     let python = python();

@@ -438,6 +438,20 @@ pub struct TelemetrySettings {
     /// An `EnvFilter` directive, e.g. `info,hitl_router=debug`.
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Base URL of an OTLP/HTTP receiver (an OpenTelemetry collector, Jaeger, Tempo), e.g.
+    /// `http://127.0.0.1:4318`; spans are posted to `<url>/v1/traces` as OTLP JSON. Unset: no
+    /// spans are exported (trace context still travels in the records' headers).
+    pub otlp_endpoint: Option<String>,
+    /// Extra HTTP headers for the OTLP endpoint, e.g. an API key.
+    pub otlp_headers: BTreeMap<String, String>,
+    #[serde(with = "humantime_serde")]
+    pub otlp_timeout: Duration,
+    /// How often queued spans are posted (sooner when a batch of 512 is full).
+    #[serde(with = "humantime_serde")]
+    pub trace_export_interval: Duration,
+    /// Share of new traces recorded (0..=1), decided from the trace id, so every service agrees;
+    /// a producer's own `traceparent` decides for its decisions.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetrySettings {
@@ -445,6 +459,40 @@ impl Default for TelemetrySettings {
         Self {
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            otlp_headers: BTreeMap::new(),
+            otlp_timeout: Duration::from_secs(5),
+            trace_export_interval: Duration::from_secs(1),
+            trace_sample_ratio: 1.0,
+        }
+    }
+}
+
+impl Validate for TelemetrySettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            if endpoint.starts_with("https://") {
+                errors.push(format!(
+                    "telemetry.otlp_endpoint: {endpoint}: https is not built in; export to a \
+                     local OpenTelemetry collector over http:// and let it forward over TLS"
+                ));
+            } else if !endpoint.starts_with("http://") || endpoint.len() <= "http://".len() {
+                errors.push(format!(
+                    "telemetry.otlp_endpoint: {endpoint:?} is not an http:// URL"
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            errors.push(format!(
+                "telemetry.trace_sample_ratio: {} is outside 0..=1",
+                self.trace_sample_ratio
+            ));
+        }
+        if self.otlp_timeout.is_zero() {
+            errors.push("telemetry.otlp_timeout: must be more than 0".into());
+        }
+        if self.trace_export_interval.is_zero() {
+            errors.push("telemetry.trace_export_interval: must be more than 0".into());
         }
     }
 }
@@ -532,6 +580,7 @@ impl<S: Validate> Validate for Settings<S> {
     fn validate(&self, errors: &mut Vec<String>) {
         self.kafka.validate(errors);
         self.topics.validate(errors);
+        self.telemetry.validate(errors);
         self.codec.validate(errors);
         self.service.validate(errors);
     }

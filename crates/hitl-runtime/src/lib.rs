@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::{load, ConfigError, Settings, Validate};
 pub use health::Health;

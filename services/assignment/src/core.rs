@@ -17,6 +17,7 @@ use std::{
 
 use governor::{clock::Clock, nanos::Nanos, state::keyed::HashMapStateStore, Quota, RateLimiter};
 use hashbrown::HashTable;
+use hitl_runtime::trace::TraceContext;
 use hitl_schema::{
     AssignmentEvent, AssignmentKind, DecidedBy, LifecycleEvent, LifecycleKind, Outcome,
     OutcomeStatus, Presence, ReviewKind, ReviewRequest, ReviewerStatus, Verdict, VerdictKind,
@@ -150,8 +151,10 @@ struct Item {
     tier: u8,
     quorum: u8,
     level: u8,
-    /// `QA_SAMPLE` and `AUTO_REJECTED` bits (one byte keeps the item at 176 bytes).
+    /// `QA_SAMPLE` and `AUTO_REJECTED` bits.
     flags: u8,
+    /// The trace context of the review request (the router's span), when it carried one.
+    trace: Option<TraceContext>,
 }
 
 /// The item is a QA sample of an automatic decision.
@@ -211,6 +214,9 @@ pub struct ItemRecord {
     pub sequence: u32,
     #[serde(default)]
     pub progress: Progress,
+    /// The review request's `traceparent` (the router's span).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A changelog entry (`hitl.assignment.state`, keyed by decision_id): the item, or the fact that it
@@ -277,6 +283,8 @@ struct ItemView<'a> {
     level: u8,
     sequence: u32,
     progress: &'a Progress,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 /// Why a verdict was not applied.
@@ -365,8 +373,13 @@ pub enum Effect {
     Assignment {
         partition: Option<i32>,
         event: AssignmentEvent,
+        /// The `traceparent` for the record: this service's span of the item.
+        trace: Option<TraceContext>,
     },
-    Outcome(Outcome),
+    /// To `hitl.outcomes`, with the item's `traceparent`.
+    Outcome(Outcome, Option<TraceContext>),
+    /// The item left this service (decided, labeled or expired): its span, for export.
+    ReviewSpan(ReviewSpan),
     Lifecycle(LifecycleEvent),
     /// A changelog entry changed: encode it with `Core::state_payload` before the next call.
     State {
@@ -375,6 +388,34 @@ pub enum Effect {
         change: StateChange,
     },
     Observed(Observation),
+}
+
+/// An item's time in this service, from queued to decided, as one span of the decision's trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewSpan {
+    /// The span's own context; `parent_span_id` is the router's span.
+    pub context: TraceContext,
+    pub parent_span_id: u64,
+    pub decision_id: String,
+    pub pool: Arc<str>,
+    pub enqueued_at: i64,
+    pub finished_at: i64,
+    /// `decided`, `qa_labeled` or `qa_expired`.
+    pub result: &'static str,
+    pub quorum: u8,
+    pub level: u8,
+    pub verdicts: usize,
+    pub assignments: u32,
+    pub sla_breached: bool,
+    pub qa_sample: bool,
+}
+
+/// The context of this service's span of an item, a child of the request's.
+fn item_span(parent: &TraceContext, decision_id: &str) -> TraceContext {
+    let mut salt = Vec::with_capacity(decision_id.len() + 11);
+    salt.extend_from_slice(decision_id.as_bytes());
+    salt.extend_from_slice(b":assignment");
+    TraceContext::child(Some(parent), &salt, 1.0)
 }
 
 /// A roster entry as the core keeps it.
@@ -645,6 +686,17 @@ impl Core {
     /// A review request from the router. Idempotent by decision_id: a known or decided id
     /// changes nothing.
     pub fn request(&mut self, request: &ReviewRequest, now: i64, out: &mut Vec<Effect>) {
+        self.request_traced(request, None, now, out);
+    }
+
+    /// `request`, for a record that carried the trace context `trace` (its `traceparent`).
+    pub fn request_traced(
+        &mut self,
+        request: &ReviewRequest,
+        trace: Option<TraceContext>,
+        now: i64,
+        out: &mut Vec<Effect>,
+    ) {
         let decision = &request.decision;
         let id = decision.decision_id.as_str();
         if self.slot_of(id).is_some() || self.done.contains_key(id) {
@@ -709,6 +761,7 @@ impl Core {
                 (ReviewKind::QaSample, _) => QA_SAMPLE,
                 (ReviewKind::Review, _) => 0,
             },
+            trace,
         };
         let slot = self.insert(item);
         self.pools
@@ -974,6 +1027,7 @@ impl Core {
                     level: item.level,
                     sequence: item.sequence,
                     progress: item.progress(),
+                    traceparent: item.trace.map(|trace| trace.header()),
                 })
             }
         };
@@ -1010,6 +1064,7 @@ impl Core {
             level: item.level,
             sequence: item.sequence,
             progress: item.progress().clone(),
+            traceparent: item.trace.map(|trace| trace.header()),
         }
     }
 
@@ -1048,6 +1103,10 @@ impl Core {
                 } else {
                     0
                 },
+            trace: record
+                .traceparent
+                .as_deref()
+                .and_then(|header| TraceContext::parse(header.as_bytes())),
         }
     }
 
@@ -1139,7 +1198,16 @@ impl Core {
         event
             .attributes
             .insert("pool".into(), self.symbols.name(item.pool).to_string());
+        event.traceparent = self.span_of(slot).map(|trace| trace.header());
         event
+    }
+
+    /// This service's span of an item, when its request carried a trace context.
+    fn span_of(&self, slot: u32) -> Option<TraceContext> {
+        let item = self.item_ref(slot);
+        item.trace
+            .as_ref()
+            .map(|parent| item_span(parent, &item.decision_id))
     }
 
     fn ensure_pool(&mut self, pool: Sym) {
@@ -1348,7 +1416,7 @@ impl Core {
                 event.with_reason("QA sample expired unlabeled"),
             ));
             self.revoke_every_lease(slot, "sla_expired", now, out);
-            self.finish(slot, now, out);
+            self.finish(slot, "qa_expired", now, out);
             return;
         }
         match &policy.on_sla_breach {
@@ -1572,7 +1640,12 @@ impl Core {
         attributes.insert("level".into(), level.to_string());
         attributes.insert("lease_expires_at".into(), lease.expires_at.to_string());
         let partition = self.roster.get(reviewer_id).and_then(|r| r.partition);
-        out.push(Effect::Assignment { partition, event });
+        let trace = self.span_of(slot);
+        out.push(Effect::Assignment {
+            partition,
+            event,
+            trace,
+        });
         out.push(Effect::Lifecycle(lifecycle));
         out.push(Effect::Observed(Observation::Assigned {
             pool: self.pool_name(pool),
@@ -1637,7 +1710,12 @@ impl Core {
             .roster
             .get(&lease.reviewer)
             .and_then(|reviewer| reviewer.partition);
-        out.push(Effect::Assignment { partition, event });
+        let trace = self.span_of(slot);
+        out.push(Effect::Assignment {
+            partition,
+            event,
+            trace,
+        });
         out.push(Effect::Lifecycle(lifecycle));
         out.push(Effect::Observed(Observation::Revoked {
             pool: self.pool_name(pool),
@@ -1904,6 +1982,7 @@ impl Core {
             out.push(Effect::Assignment {
                 partition,
                 event: renewed,
+                trace: self.span_of(slot),
             });
             return;
         }
@@ -1972,7 +2051,7 @@ impl Core {
                 agrees,
             }));
             self.revoke_every_lease(slot, "decided", now, out);
-            self.finish(slot, now, out);
+            self.finish(slot, "qa_labeled", now, out);
             return true;
         }
         let quorum = item.quorum.max(1);
@@ -2068,14 +2147,33 @@ impl Core {
         }));
         let mut event = self.event(slot, LifecycleKind::Outcome, now);
         event.outcome = Some(outcome.clone());
-        out.push(Effect::Outcome(outcome));
+        out.push(Effect::Outcome(outcome, self.span_of(slot)));
         out.push(Effect::Lifecycle(event));
-        self.finish(slot, now, out);
+        self.finish(slot, "decided", now, out);
     }
 
     /// The item is over: forget it, remember its id as decided.
-    fn finish(&mut self, slot: u32, now: i64, out: &mut Vec<Effect>) {
+    fn finish(&mut self, slot: u32, result: &'static str, now: i64, out: &mut Vec<Effect>) {
+        let span = self.span_of(slot);
         let item = self.remove_slot(slot);
+        if let (Some(context), Some(parent)) = (span, item.trace) {
+            let progress = item.progress();
+            out.push(Effect::ReviewSpan(ReviewSpan {
+                context,
+                parent_span_id: parent.span_id,
+                decision_id: item.decision_id.to_string(),
+                pool: self.pool_name(item.pool),
+                enqueued_at: item.enqueued_at,
+                finished_at: now,
+                result,
+                quorum: item.quorum,
+                level: item.level,
+                verdicts: progress.votes.len(),
+                assignments: progress.attempts,
+                sla_breached: progress.breached,
+                qa_sample: item.qa_sample(),
+            }));
+        }
         for lease in &item.progress().leases {
             self.add_inflight(&lease.reviewer, item.pool, -1);
         }

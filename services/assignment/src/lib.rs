@@ -42,7 +42,9 @@ pub async fn run(
         updates,
         shutdown.clone(),
     )?;
-    let processor = AssignmentProcessor::new(&settings, codec, metrics, roster);
+    let (tracer, exporter) =
+        hitl_runtime::trace::start(&settings.telemetry, "hitl-assignment", &mut registry);
+    let processor = AssignmentProcessor::new(&settings, codec, metrics, roster, tracer);
     let result = hitl_runtime::service::run_loop(
         &settings,
         settings.service.create_topics,
@@ -53,6 +55,7 @@ pub async fn run(
     )
     .await;
     shutdown.cancel();
+    hitl_runtime::trace::finish(exporter).await;
     let _ = tokio::task::spawn_blocking(move || roster_thread.join()).await;
     Ok(result?)
 }

@@ -15,6 +15,7 @@ use std::{
 use hitl_runtime::{
     config::{Delivery, KafkaSettings, Topics},
     kafka::reader_config,
+    trace::{self, Span, SpanKind, TraceContext, Tracer},
     InputRecord, OutputRecord, Processor, Validate,
 };
 use hitl_schema::{Codec, ReviewRequest, ReviewerStatus, Verdict};
@@ -25,7 +26,7 @@ use rdkafka::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    core::{Core, Effect, StateRecord},
+    core::{Core, Effect, ReviewSpan, StateRecord},
     metrics::AssignmentMetrics,
     pools::{CoreConfig, PoolPolicy},
     queue::DecayParams,
@@ -276,6 +277,7 @@ pub struct AssignmentProcessor {
     owned: BTreeSet<i32>,
     effects: Vec<Effect>,
     last_gauges: Instant,
+    tracer: Tracer,
 }
 
 impl AssignmentProcessor {
@@ -284,6 +286,7 @@ impl AssignmentProcessor {
         codec: Codec,
         metrics: Arc<AssignmentMetrics>,
         roster: mpsc::Receiver<RosterUpdate>,
+        tracer: Tracer,
     ) -> Self {
         Self {
             core: Core::new(settings.service.core_config()),
@@ -298,6 +301,7 @@ impl AssignmentProcessor {
             owned: BTreeSet::new(),
             effects: Vec::new(),
             last_gauges: Instant::now(),
+            tracer,
         }
     }
 
@@ -358,7 +362,11 @@ impl AssignmentProcessor {
         let partitions = self.topics.partitions;
         for effect in self.effects.drain(..) {
             match effect {
-                Effect::Assignment { partition, event } => {
+                Effect::Assignment {
+                    partition,
+                    event,
+                    trace,
+                } => {
                     let payload = match self.codec.encode_to_vec(&self.topics.assignments, &event) {
                         Ok(payload) => payload,
                         Err(error) => {
@@ -372,25 +380,34 @@ impl AssignmentProcessor {
                         payload,
                     );
                     record.partition = partition.filter(|p| *p < partitions);
-                    output.push(record);
+                    output.push(with_trace(record, trace));
                 }
-                Effect::Outcome(outcome) => {
+                Effect::Outcome(outcome, trace) => {
                     match self.codec.encode_to_vec(&self.topics.outcomes, &outcome) {
-                        Ok(payload) => output.push(OutputRecord::new(
-                            &self.topics.outcomes,
-                            outcome.decision_id.as_bytes(),
-                            payload,
+                        Ok(payload) => output.push(with_trace(
+                            OutputRecord::new(
+                                &self.topics.outcomes,
+                                outcome.decision_id.as_bytes(),
+                                payload,
+                            ),
+                            trace,
                         )),
                         Err(error) => tracing::error!(%error, "cannot encode an outcome"),
                     }
                 }
                 Effect::Lifecycle(event) => {
                     match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
-                        Ok(payload) => output.push(OutputRecord::new(
-                            &self.topics.lifecycle,
-                            event.decision_id.as_bytes(),
-                            payload,
-                        )),
+                        Ok(payload) => {
+                            let mut record = OutputRecord::new(
+                                &self.topics.lifecycle,
+                                event.decision_id.as_bytes(),
+                                payload,
+                            );
+                            if let Some(traceparent) = event.traceparent {
+                                record = record.with_header("traceparent", traceparent);
+                            }
+                            output.push(record);
+                        }
                         Err(error) => tracing::error!(%error, "cannot encode a lifecycle event"),
                     }
                 }
@@ -414,6 +431,7 @@ impl AssignmentProcessor {
                     });
                 }
                 Effect::Observed(observation) => self.metrics.observe(&observation),
+                Effect::ReviewSpan(span) => self.tracer.export(review_span(&span)),
             }
         }
     }
@@ -495,7 +513,9 @@ impl AssignmentProcessor {
         {
             tracing::warn!(pool = %request.pool, previous, now = input.partition(), "a pool moved partitions: produce review requests and verdicts keyed by pool with one partitioner");
         }
-        self.core.request(&request, now, &mut self.effects);
+        let trace = input.header("traceparent").and_then(TraceContext::parse);
+        self.core
+            .request_traced(&request, trace, now, &mut self.effects);
     }
 
     fn verdict(&mut self, input: &InputRecord<'_>, now: i64, output: &mut Vec<OutputRecord>) {
@@ -515,6 +535,38 @@ impl AssignmentProcessor {
             Err((class, message)) => self.dead_letter(input, "decode", &class, &message, output),
         }
     }
+}
+
+/// `record` with the `traceparent` of `trace`, if any.
+fn with_trace(record: OutputRecord, trace: Option<TraceContext>) -> OutputRecord {
+    match trace {
+        Some(trace) => record.with_header("traceparent", trace.header()),
+        None => record,
+    }
+}
+
+/// The exported span of an item's time in this service.
+fn review_span(span: &ReviewSpan) -> Span {
+    Span {
+        parent_span_id: Some(span.parent_span_id),
+        ..Span::new(
+            "hitl.assignment review",
+            SpanKind::Internal,
+            span.context,
+            None,
+            trace::millis_to_nanos(span.enqueued_at),
+        )
+    }
+    .attribute("hitl.decision_id", span.decision_id.as_str())
+    .attribute("hitl.pool", &*span.pool)
+    .attribute("hitl.result", span.result)
+    .attribute("hitl.quorum", i64::from(span.quorum))
+    .attribute("hitl.escalation_level", i64::from(span.level))
+    .attribute("hitl.verdicts", span.verdicts as i64)
+    .attribute("hitl.assignments", i64::from(span.assignments))
+    .attribute("hitl.sla_breached", span.sla_breached)
+    .attribute("hitl.qa_sample", span.qa_sample)
+    .ended_at(trace::millis_to_nanos(span.finished_at))
 }
 
 impl Processor for AssignmentProcessor {

@@ -130,7 +130,7 @@ fn outcomes(effects: &[Effect]) -> Vec<Outcome> {
     effects
         .iter()
         .filter_map(|effect| match effect {
-            Effect::Outcome(outcome) => Some(outcome.clone()),
+            Effect::Outcome(outcome, _) => Some(outcome.clone()),
             _ => None,
         })
         .collect()
@@ -1009,7 +1009,7 @@ fn check_step(
                     "revoked a lease that was not active"
                 );
             }
-            Effect::Outcome(outcome) => {
+            Effect::Outcome(outcome, _) => {
                 prop_assert!(
                     !model.outcomes.contains_key(&outcome.decision_id),
                     "second outcome for {}",
@@ -1186,7 +1186,7 @@ fn random_runs_exercise_every_path() {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
         for effect in run(&ops).unwrap() {
             let name = match effect {
-                Effect::Outcome(outcome) => format!("outcome:{:?}", outcome.decided_by),
+                Effect::Outcome(outcome, _) => format!("outcome:{:?}", outcome.decided_by),
                 Effect::Assignment { event, .. } => format!("{:?}:{:?}", event.kind, event.reason),
                 Effect::Observed(Observation::VerdictRejected { reason }) => {
                     format!("rejected:{}", reason.as_str())
@@ -1217,4 +1217,76 @@ fn random_runs_exercise_every_path() {
             "{expected} never happened: {seen:?}"
         );
     }
+}
+
+#[test]
+fn a_traced_request_keeps_its_trace_through_every_output_and_a_restore() {
+    use hitl_runtime::trace::TraceContext;
+    let router =
+        TraceContext::parse(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+    let roster = [reviewer("ann", &[], 1, Presence::Online)];
+    let mut live = core_with(&roster);
+    let mut log = Vec::new();
+    live.request_traced(
+        &request("t1", "general", "model", 10 * MINUTE, T0),
+        Some(router),
+        T0,
+        &mut log,
+    );
+    // Restore from the changelog before the verdict: the trace must survive it.
+    let mut core = restored(&live, &log, &roster);
+    let lease = assignments(&log, AssignmentKind::Assigned).remove(0);
+    let mut out = Vec::new();
+    core.verdict(
+        &verdict(&lease, VerdictKind::Approve, T0 + SECOND),
+        T0 + SECOND,
+        &mut out,
+    );
+    let all: Vec<&Effect> = log.iter().chain(&out).collect();
+    let mut spans = Vec::new();
+    let mut contexts = BTreeSet::new();
+    for effect in &all {
+        match effect {
+            Effect::Lifecycle(event) => {
+                let header = event.traceparent.as_deref().expect("every event is traced");
+                contexts.insert(TraceContext::parse(header.as_bytes()).unwrap());
+            }
+            Effect::Assignment { trace, .. } | Effect::Outcome(_, trace) => {
+                contexts.insert(trace.expect("every record is traced"));
+            }
+            Effect::ReviewSpan(span) => spans.push(span.clone()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        contexts.len(),
+        1,
+        "one span of this service for the item: {contexts:?}"
+    );
+    let context = contexts.into_iter().next().unwrap();
+    assert_eq!(context.trace_id, router.trace_id);
+    assert_ne!(context.span_id, router.span_id);
+    assert_eq!(spans.len(), 1, "one review span, when the item is decided");
+    let span = &spans[0];
+    assert_eq!(span.context, context);
+    assert_eq!(span.parent_span_id, router.span_id);
+    assert_eq!((span.enqueued_at, span.finished_at), (T0, T0 + SECOND));
+    assert_eq!(
+        (span.result, span.verdicts, span.assignments),
+        ("decided", 1, 1)
+    );
+
+    // Without a trace context nothing is invented.
+    let mut plain = core_with(&roster);
+    let mut out = Vec::new();
+    plain.request(
+        &request("t2", "general", "model", 10 * MINUTE, T0),
+        T0,
+        &mut out,
+    );
+    assert!(out.iter().all(|effect| match effect {
+        Effect::Lifecycle(event) => event.traceparent.is_none(),
+        Effect::Assignment { trace, .. } => trace.is_none(),
+        _ => true,
+    }));
 }

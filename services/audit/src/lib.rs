@@ -24,8 +24,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
-    let processor = AuditProcessor::build(&settings, &mut registry)?;
-    hitl_runtime::service::run_loop(
+    let (tracer, exporter) =
+        hitl_runtime::trace::start(&settings.telemetry, "hitl-audit", &mut registry);
+    let processor = AuditProcessor::build(&settings, &mut registry, tracer)?;
+    let result = hitl_runtime::service::run_loop(
         &settings,
         settings.service.create_topics,
         loop_settings(&settings),
@@ -33,8 +35,9 @@ pub async fn run(
         registry,
         shutdown,
     )
-    .await?;
-    Ok(())
+    .await;
+    hitl_runtime::trace::finish(exporter).await;
+    Ok(result?)
 }
 
 /// The loop settings the audit service runs with.

@@ -13,6 +13,7 @@ use std::{
 use hitl_runtime::{
     config::{KafkaSettings, Secret, Topics},
     kafka::read_partition,
+    trace::{self, Span, SpanKind, TraceContext, Tracer},
     InputRecord, OutputRecord, Processor, Validate,
 };
 use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, LifecycleEvent};
@@ -146,6 +147,7 @@ pub struct AuditProcessor {
     checkpointers: BTreeMap<i32, Checkpointer>,
     effects: Vec<Effect>,
     last_gauges: Instant,
+    tracer: Tracer,
 }
 
 impl AuditProcessor {
@@ -154,6 +156,7 @@ impl AuditProcessor {
     pub fn build(
         settings: &hitl_runtime::Settings<AuditSettings>,
         registry: &mut prometheus_client::registry::Registry,
+        tracer: Tracer,
     ) -> anyhow::Result<Self> {
         let keys = settings.service.keys().map_err(|problems| {
             anyhow::anyhow!("refusing to start:\n  - {}", problems.join("\n  - "))
@@ -161,7 +164,7 @@ impl AuditProcessor {
         tracing::info!(key_id = %keys.key_id(), public_key = %keys.public_hex(), "audit signing key");
         let codec = settings.codec.build(settings.kafka.request_timeout)?;
         let metrics = Arc::new(AuditMetrics::register(registry));
-        Ok(Self::new(settings, keys, codec, metrics))
+        Ok(Self::new(settings, keys, codec, metrics, tracer))
     }
 
     fn new(
@@ -169,6 +172,7 @@ impl AuditProcessor {
         keys: Keys,
         codec: Codec,
         metrics: Arc<AuditMetrics>,
+        tracer: Tracer,
     ) -> Self {
         Self {
             core: AuditCore::new(Arc::new(keys)),
@@ -180,6 +184,7 @@ impl AuditProcessor {
             checkpointers: BTreeMap::new(),
             effects: Vec::new(),
             last_gauges: Instant::now(),
+            tracer,
         }
     }
 
@@ -270,8 +275,14 @@ impl AuditProcessor {
         Ok(())
     }
 
-    fn emit(&mut self, output: &mut Vec<OutputRecord>) {
+    /// Turns the core's effects into output records (and metrics); records get the
+    /// `traceparent` of `trace`, this service's span of the event that caused them.
+    fn emit(&mut self, trace: Option<&TraceContext>, output: &mut Vec<OutputRecord>) {
         let now = hitl_runtime::now_millis();
+        let traced = |record: OutputRecord| match trace {
+            Some(trace) => record.with_header("traceparent", trace.header()),
+            None => record,
+        };
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Record { partition, record } => {
@@ -285,7 +296,7 @@ impl AuditProcessor {
                             out.partition = Some(partition);
                             // Restores read it back: after the labels it accounts for.
                             out.last = true;
-                            output.push(out);
+                            output.push(traced(out));
                             self.checkpointers
                                 .entry(partition)
                                 .or_insert_with(|| Checkpointer::new(partition, now))
@@ -296,11 +307,11 @@ impl AuditProcessor {
                 }
                 Effect::Feedback(feedback) => {
                     match self.codec.encode_to_vec(&self.topics.feedback, &feedback) {
-                        Ok(payload) => output.push(OutputRecord::new(
+                        Ok(payload) => output.push(traced(OutputRecord::new(
                             &self.topics.feedback,
                             feedback.decision_id.as_bytes(),
                             payload,
-                        )),
+                        ))),
                         Err(error) => tracing::error!(%error, "cannot encode a feedback record"),
                     }
                 }
@@ -381,9 +392,52 @@ impl Processor for AuditProcessor {
                 output,
             );
         }
+        let started = if self.tracer.is_enabled() {
+            trace::now_nanos()
+        } else {
+            0
+        };
         self.core
             .event(input.partition(), &event, &mut self.effects);
-        self.emit(output);
+        // The event's trace context: its own field, or the record's header.
+        let parent = event
+            .traceparent
+            .as_deref()
+            .map(str::as_bytes)
+            .or_else(|| input.header("traceparent"))
+            .and_then(TraceContext::parse);
+        let context = parent.as_ref().map(|parent| {
+            let mut salt = event.event_id.clone().into_bytes();
+            salt.extend_from_slice(b":audit");
+            TraceContext::child(Some(parent), &salt, 1.0)
+        });
+        if let Some(context) = context.filter(|context| self.tracer.records(context)) {
+            let version = self.effects.iter().find_map(|effect| match effect {
+                Effect::Record { record, .. } => Some(record.version),
+                _ => None,
+            });
+            let feedback = self
+                .effects
+                .iter()
+                .any(|effect| matches!(effect, Effect::Feedback(_)));
+            let mut span = Span::new(
+                "hitl.audit record",
+                SpanKind::Consumer,
+                context,
+                parent.as_ref(),
+                started,
+            )
+            .attribute("hitl.decision_id", event.decision_id.as_str())
+            .attribute("hitl.event.kind", format!("{:?}", event.kind))
+            .attribute("hitl.event.service", event.service.as_str())
+            .attribute("hitl.feedback_written", feedback)
+            .ended_at(trace::now_nanos());
+            if let Some(version) = version {
+                span = span.attribute("hitl.audit.version", version);
+            }
+            self.tracer.export(span);
+        }
+        self.emit(context.as_ref(), output);
     }
 
     fn tick(&mut self, now_millis: i64, output: &mut Vec<OutputRecord>) {

@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use hitl_router::{core::route, policy::Policy, service::encode_routed, validate};
-use hitl_runtime::{config::Topics, telemetry::child_traceparent, OutputRecord};
+use hitl_runtime::{config::Topics, trace::TraceContext, OutputRecord};
 use hitl_schema::*;
 
 const POLICY: &str = include_str!("../../../config/policy.yaml");
@@ -55,7 +55,7 @@ fn route_record(
 ) -> usize {
     let decision: Decision = codec.decode(input).unwrap();
     assert!(validate::problems(&decision).is_empty());
-    let traceparent = child_traceparent(None, decision.decision_id.as_bytes());
+    let traceparent = TraceContext::child(None, decision.decision_id.as_bytes(), 1.0).header();
     let routed = route(
         active,
         shadow,

@@ -24,10 +24,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let reload_requested = Arc::new(AtomicBool::new(false));
-    let processor =
-        service::RouterProcessor::build(&settings, &mut registry, reload_requested.clone())?;
+    let (tracer, exporter) =
+        hitl_runtime::trace::start(&settings.telemetry, "hitl-router", &mut registry);
+    let processor = service::RouterProcessor::build(
+        &settings,
+        &mut registry,
+        reload_requested.clone(),
+        tracer,
+    )?;
     spawn_sighup_listener(reload_requested, shutdown.clone());
-    hitl_runtime::service::run_loop(
+    let result = hitl_runtime::service::run_loop(
         &settings,
         settings.service.create_topics,
         loop_settings(&settings),
@@ -35,8 +41,9 @@ pub async fn run(
         registry,
         shutdown,
     )
-    .await?;
-    Ok(())
+    .await;
+    hitl_runtime::trace::finish(exporter).await;
+    Ok(result?)
 }
 
 /// The loop settings the router runs with.

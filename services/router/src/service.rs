@@ -11,7 +11,9 @@ use std::{
 };
 
 use hitl_runtime::{
-    config::Topics, telemetry::child_traceparent, InputRecord, OutputRecord, Processor, Validate,
+    config::Topics,
+    trace::{self, Span, SpanKind, TraceContext, Tracer},
+    InputRecord, OutputRecord, Processor, Validate,
 };
 use hitl_schema::{Codec, Decision, LifecycleEvent, LifecycleKind};
 use serde::{Deserialize, Serialize};
@@ -200,6 +202,31 @@ pub fn encode_routed(
     Ok(())
 }
 
+/// The router's span for one input record, ending now.
+fn record_span(
+    input: &InputRecord<'_>,
+    context: TraceContext,
+    parent: Option<&TraceContext>,
+    started_nanos: u64,
+) -> Span {
+    Span::new(
+        "hitl.router route",
+        SpanKind::Consumer,
+        context,
+        parent,
+        started_nanos,
+    )
+    .attribute("messaging.system", "kafka")
+    .attribute("messaging.operation.type", "process")
+    .attribute("messaging.destination.name", input.topic())
+    .attribute(
+        "messaging.destination.partition.id",
+        input.partition().to_string(),
+    )
+    .attribute("messaging.kafka.offset", input.offset())
+    .ended_at(trace::now_nanos())
+}
+
 /// Why the router processor could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -246,15 +273,17 @@ pub struct RouterProcessor {
     reload_requested: Arc<AtomicBool>,
     check_interval: Duration,
     last_check: Instant,
+    tracer: Tracer,
 }
 
 impl RouterProcessor {
     /// Builds the processor: loads the policies (failing on a bad one), builds the codec, and
-    /// registers the router's metrics. `reload_requested` is set by SIGHUP.
+    /// registers the router's metrics. `reload_requested` is set by SIGHUP; spans go to `tracer`.
     pub fn build(
         settings: &hitl_runtime::Settings<RouterSettings>,
         registry: &mut prometheus_client::registry::Registry,
         reload_requested: Arc<AtomicBool>,
+        tracer: Tracer,
     ) -> Result<Self, BuildError> {
         let codec = settings.codec.build(settings.kafka.request_timeout)?;
         let metrics = Arc::new(RouterMetrics::register(registry));
@@ -264,6 +293,7 @@ impl RouterProcessor {
             settings.topics.clone(),
             metrics,
             reload_requested,
+            tracer,
         )?)
     }
 
@@ -273,6 +303,7 @@ impl RouterProcessor {
         topics: Topics,
         metrics: Arc<RouterMetrics>,
         reload_requested: Arc<AtomicBool>,
+        tracer: Tracer,
     ) -> Result<Self, LoadError> {
         let active = PolicySource::load(&settings.policy_path)?;
         let shadow = settings
@@ -296,6 +327,7 @@ impl RouterProcessor {
             reload_requested,
             check_interval: settings.policy_check_interval,
             last_check: Instant::now(),
+            tracer,
         })
     }
 
@@ -359,6 +391,7 @@ impl RouterProcessor {
         &mut self,
         input: &InputRecord<'_>,
         rejection: Rejection,
+        started: u64,
         output: &mut Vec<OutputRecord>,
     ) {
         self.metrics.dead_lettered(&rejection.class);
@@ -387,12 +420,24 @@ impl RouterProcessor {
                 hitl_runtime::now_millis(),
             )
             .with_reason(format!("{}: {}", rejection.class, rejection.message));
-            let traceparent =
-                child_traceparent(input.header("traceparent"), decision_id.as_bytes());
+            let parent = input.header("traceparent").and_then(TraceContext::parse);
+            let context = TraceContext::child(
+                parent.as_ref(),
+                decision_id.as_bytes(),
+                self.tracer.sample_ratio(),
+            );
+            if self.tracer.records(&context) {
+                self.tracer.export(
+                    record_span(input, context, parent.as_ref(), started)
+                        .attribute("hitl.decision_id", decision_id.as_str())
+                        .attribute("hitl.route", "dead_letter")
+                        .failed(format!("{}: {}", rejection.class, rejection.message)),
+                );
+            }
             match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
                 Ok(payload) => output.push(
                     OutputRecord::new(&self.topics.lifecycle, decision_id.as_bytes(), payload)
-                        .with_header("traceparent", traceparent),
+                        .with_header("traceparent", context.header()),
                 ),
                 Err(error) => {
                     tracing::error!(%error, "cannot encode the dead-letter lifecycle event")
@@ -404,9 +449,14 @@ impl RouterProcessor {
 
 impl Processor for RouterProcessor {
     fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+        let started_nanos = if self.tracer.is_enabled() {
+            trace::now_nanos()
+        } else {
+            0
+        };
         let decision = match self.decode(input) {
             Ok(decision) => decision,
-            Err(rejection) => return self.dead_letter(input, rejection, output),
+            Err(rejection) => return self.dead_letter(input, rejection, started_nanos, output),
         };
         let problems = validate::problems(&decision);
         if !problems.is_empty() {
@@ -416,7 +466,7 @@ impl Processor for RouterProcessor {
                 message: problems.join("; "),
                 decision_id: Some(decision.decision_id),
             };
-            return self.dead_letter(input, rejection, output);
+            return self.dead_letter(input, rejection, started_nanos, output);
         }
         if !self.recent.insert(&decision.decision_id) {
             self.metrics.duplicate();
@@ -425,8 +475,13 @@ impl Processor for RouterProcessor {
         }
 
         let now = hitl_runtime::now_millis();
-        let traceparent =
-            child_traceparent(input.header("traceparent"), decision.decision_id.as_bytes());
+        let parent = input.header("traceparent").and_then(TraceContext::parse);
+        let context = TraceContext::child(
+            parent.as_ref(),
+            decision.decision_id.as_bytes(),
+            self.tracer.sample_ratio(),
+        );
+        let traceparent = context.header();
         let workflow = decision.workflow.clone();
         let age = now - decision.created_at;
         let started = Instant::now();
@@ -458,7 +513,24 @@ impl Processor for RouterProcessor {
                 message: error.to_string(),
                 decision_id: Some(routed.lifecycle.decision_id.clone()),
             };
-            return self.dead_letter(input, rejection, output);
+            return self.dead_letter(input, rejection, started_nanos, output);
+        }
+        if self.tracer.records(&context) {
+            self.tracer.export(
+                record_span(input, context, parent.as_ref(), started_nanos)
+                    .attribute("hitl.decision_id", routed.lifecycle.decision_id.as_str())
+                    .attribute("hitl.workflow", workflow.as_str())
+                    .attribute("hitl.route", routed.route)
+                    .attribute("hitl.policy.rule", routed.rule.as_str())
+                    .attribute("hitl.policy.version", self.active.policy.version.as_str())
+                    .attribute(
+                        "hitl.qa_sample",
+                        routed
+                            .review
+                            .as_ref()
+                            .is_some_and(|review| review.kind == hitl_schema::ReviewKind::QaSample),
+                    ),
+            );
         }
         self.metrics.routed(routed.route, &workflow);
         if routed
