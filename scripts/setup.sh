@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing hitl needs on a fresh Debian machine with a Rust toolchain:
 # C build tools and headers for librdkafka (rdkafka-sys), Tansu 0.6.0 (the dev broker), and a
-# Python venv with confluent-kafka and fastavro (the interop tests). Idempotent; quiet when done.
+# Python venv with confluent-kafka, fastavro, cryptography and opentelemetry-proto (the interop,
+# audit-reader and trace-export tests). Idempotent; quiet when done.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -26,8 +27,8 @@ fi
 scripts/broker.sh install
 
 venv="$here/.hitl/venv"
-if ! "$venv/bin/python" -c "import confluent_kafka, fastavro, cryptography" 2>/dev/null; then
-  echo "creating $venv with confluent-kafka, fastavro and cryptography" >&2
+if ! "$venv/bin/python" -c "import confluent_kafka, fastavro, cryptography, opentelemetry.proto" 2>/dev/null; then
+  echo "creating $venv with tests/python/requirements.txt" >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 fi

@@ -251,14 +251,30 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 
             } else if which == 2 {
                 measure(settings, "two-records", Doubling { topic }, count)
             } else {
+                // Traced as configured (`HITL_TELEMETRY__OTLP_ENDPOINT`), to measure the cost.
+                let mut registry = prometheus_client::registry::Registry::default();
+                let (tracer, exporter) =
+                    hitl_runtime::trace::start(&settings.telemetry, "bench-router", &mut registry);
                 let processor = RouterProcessor::build(
                     settings,
-                    &mut prometheus_client::registry::Registry::default(),
+                    &mut registry,
                     Arc::new(AtomicBool::new(false)),
-                    hitl_runtime::trace::Tracer::default(),
+                    tracer,
                 )
                 .expect("router builds");
-                measure(settings, "router", processor, count)
+                let rate = measure(settings, "router", processor, count);
+                if let Some(exporter) = exporter {
+                    exporter.finish(Duration::from_secs(30));
+                    let mut text = String::new();
+                    prometheus_client::encoding::text::encode(&mut text, &registry)
+                        .expect("encodes");
+                    let spans: Vec<&str> = text
+                        .lines()
+                        .filter(|line| line.starts_with("hitl_trace_spans_"))
+                        .collect();
+                    println!("  router traces: {}", spans.join("; "));
+                }
+                rate
             };
         }
         let ratio = rates[1] / rates[0];

@@ -10,8 +10,13 @@
 //! posts them in batches; a full queue or a failed post drops spans and counts them.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
-    sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -171,19 +176,19 @@ pub enum SpanKind {
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
     Bool(bool),
 }
 
-impl From<&str> for Value {
-    fn from(value: &str) -> Self {
-        Self::Str(value.to_owned())
+impl From<&'static str> for Value {
+    fn from(value: &'static str) -> Self {
+        Self::Str(Cow::Borrowed(value))
     }
 }
 impl From<String> for Value {
     fn from(value: String) -> Self {
-        Self::Str(value)
+        Self::Str(Cow::Owned(value))
     }
 }
 impl From<i64> for Value {
@@ -292,6 +297,8 @@ impl TraceMetrics {
 pub struct Tracer {
     sample_ratio: f64,
     sender: Option<SyncSender<Span>>,
+    /// Spans queued and not yet taken by the exporter.
+    queued: Arc<AtomicUsize>,
     metrics: TraceMetrics,
 }
 
@@ -308,6 +315,7 @@ impl Tracer {
         Self {
             sample_ratio,
             sender: None,
+            queued: Arc::default(),
             metrics: TraceMetrics::default(),
         }
     }
@@ -320,9 +328,17 @@ impl Tracer {
         self.sample_ratio
     }
 
-    /// Whether a span with this context would be exported.
+    /// Whether to build the span of this context: export is on, the trace is sampled, and the
+    /// queue has room (a full queue counts the span as dropped, before it costs anything).
     pub fn records(&self, context: &TraceContext) -> bool {
-        self.sender.is_some() && context.sampled()
+        if self.sender.is_none() || !context.sampled() {
+            return false;
+        }
+        if self.queued.load(Ordering::Relaxed) >= QUEUE {
+            self.metrics.dropped("queue_full", 1);
+            return false;
+        }
+        true
     }
 
     /// Queues `span` for export if its trace is sampled; never blocks.
@@ -332,7 +348,9 @@ impl Tracer {
             return;
         }
         match sender.try_send(span) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => self.metrics.dropped("queue_full", 1),
             Err(TrySendError::Disconnected(_)) => self.metrics.dropped("export_failed", 1),
         }
@@ -403,15 +421,18 @@ pub fn start(
     };
     let exporter_metrics = metrics.clone();
     let interval = settings.trace_export_interval;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let taken = queued.clone();
     let handle = std::thread::Builder::new()
         .name(format!("{service_name}-otlp"))
-        .spawn(move || export_loop(&receiver, &post, &exporter_metrics, interval))
+        .spawn(move || export_loop(&receiver, &taken, &post, &exporter_metrics, interval))
         .expect("spawn exporter thread");
     tracing::info!(endpoint = %post_url_for_log(endpoint), sample_ratio = settings.trace_sample_ratio, "exporting traces over OTLP/HTTP");
     (
         Tracer {
             sample_ratio: settings.trace_sample_ratio,
             sender: Some(sender),
+            queued,
             metrics,
         },
         Some(Exporter { handle }),
@@ -448,6 +469,7 @@ struct Post {
 
 fn export_loop(
     receiver: &mpsc::Receiver<Span>,
+    queued: &AtomicUsize,
     post: &Post,
     metrics: &TraceMetrics,
     interval: Duration,
@@ -455,6 +477,8 @@ fn export_loop(
     let mut batch = Vec::with_capacity(BATCH);
     let mut next_flush = Instant::now() + interval;
     let mut failures_logged = 0u32;
+    // How many spans of `batch` were already subtracted from `queued`.
+    let mut taken = 0;
     loop {
         let wait = next_flush.saturating_duration_since(Instant::now());
         let disconnected = match receiver.recv_timeout(wait) {
@@ -472,6 +496,8 @@ fn export_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
+        queued.fetch_sub(batch.len() - taken, Ordering::Relaxed);
+        taken = batch.len();
         if !batch.is_empty()
             && (batch.len() >= BATCH || Instant::now() >= next_flush || disconnected)
         {
@@ -489,6 +515,7 @@ fn export_loop(
                 }
             }
             batch.clear();
+            taken = 0;
         }
         if Instant::now() >= next_flush {
             next_flush = Instant::now() + interval;
@@ -641,7 +668,7 @@ impl From<&Span> for OtlpSpan {
                 .map(|(key, value)| KeyValue {
                     key: (*key).to_owned(),
                     value: match value {
-                        Value::Str(text) => AnyValue::StringValue(text.clone()),
+                        Value::Str(text) => AnyValue::StringValue(text.to_string()),
                         Value::Int(number) => AnyValue::IntValue(number.to_string()),
                         Value::Bool(flag) => AnyValue::BoolValue(*flag),
                     },

@@ -557,8 +557,8 @@ fn review_span(span: &ReviewSpan) -> Span {
             trace::millis_to_nanos(span.enqueued_at),
         )
     }
-    .attribute("hitl.decision_id", span.decision_id.as_str())
-    .attribute("hitl.pool", &*span.pool)
+    .attribute("hitl.decision_id", span.decision_id.clone())
+    .attribute("hitl.pool", span.pool.to_string())
     .attribute("hitl.result", span.result)
     .attribute("hitl.quorum", i64::from(span.quorum))
     .attribute("hitl.escalation_level", i64::from(span.level))

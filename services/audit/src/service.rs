@@ -427,9 +427,9 @@ impl Processor for AuditProcessor {
                 parent.as_ref(),
                 started,
             )
-            .attribute("hitl.decision_id", event.decision_id.as_str())
+            .attribute("hitl.decision_id", event.decision_id.clone())
             .attribute("hitl.event.kind", format!("{:?}", event.kind))
-            .attribute("hitl.event.service", event.service.as_str())
+            .attribute("hitl.event.service", event.service.clone())
             .attribute("hitl.feedback_written", feedback)
             .ended_at(trace::now_nanos());
             if let Some(version) = version {

@@ -218,7 +218,7 @@ fn record_span(
     )
     .attribute("messaging.system", "kafka")
     .attribute("messaging.operation.type", "process")
-    .attribute("messaging.destination.name", input.topic())
+    .attribute("messaging.destination.name", input.topic().to_owned())
     .attribute(
         "messaging.destination.partition.id",
         input.partition().to_string(),
@@ -429,7 +429,7 @@ impl RouterProcessor {
             if self.tracer.records(&context) {
                 self.tracer.export(
                     record_span(input, context, parent.as_ref(), started)
-                        .attribute("hitl.decision_id", decision_id.as_str())
+                        .attribute("hitl.decision_id", decision_id.clone())
                         .attribute("hitl.route", "dead_letter")
                         .failed(format!("{}: {}", rejection.class, rejection.message)),
                 );
@@ -518,11 +518,11 @@ impl Processor for RouterProcessor {
         if self.tracer.records(&context) {
             self.tracer.export(
                 record_span(input, context, parent.as_ref(), started_nanos)
-                    .attribute("hitl.decision_id", routed.lifecycle.decision_id.as_str())
-                    .attribute("hitl.workflow", workflow.as_str())
+                    .attribute("hitl.decision_id", routed.lifecycle.decision_id.clone())
+                    .attribute("hitl.workflow", workflow.clone())
                     .attribute("hitl.route", routed.route)
-                    .attribute("hitl.policy.rule", routed.rule.as_str())
-                    .attribute("hitl.policy.version", self.active.policy.version.as_str())
+                    .attribute("hitl.policy.rule", routed.rule.clone())
+                    .attribute("hitl.policy.version", self.active.policy.version.clone())
                     .attribute(
                         "hitl.qa_sample",
                         routed
