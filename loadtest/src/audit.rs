@@ -208,3 +208,43 @@ pub fn run(
     anyhow::ensure!(report.is_clean(), "the benchmark trail does not verify");
     Ok(())
 }
+
+/// Resident memory per decision of the audit core's state after `decisions` lifecycles (the
+/// benchmark's 70/30 mix), with finished trails sealed (`seal`) or kept whole. One mode per
+/// process: freed memory a second pass reused would hide the difference.
+pub fn memory(decisions: u64, seal: bool) -> anyhow::Result<()> {
+    let keys = hitl_audit::crypto::Keys::new(
+        &hitl_audit::crypto::random_seed_hex()?,
+        "bench",
+        "bench-hash-key-0123456789",
+    )?;
+    let mut core = hitl_audit::trail::AuditCore::new(std::sync::Arc::new(keys));
+    if seal {
+        core = core.with_seal_after(0);
+    }
+    let at = hitl_runtime::now_millis();
+    let later = at + 3_600_000;
+    let mut effects = Vec::new();
+    let base = hitl_runtime::metrics::resident_bytes();
+    let started = Instant::now();
+    for i in 0..decisions {
+        for event in lifecycle(i, at) {
+            core.event((i % 4) as i32, &event, &mut effects);
+            effects.clear();
+        }
+        if i % 1000 == 999 {
+            core.seal_idle(later);
+        }
+    }
+    core.seal_idle(later);
+    let grown = hitl_runtime::metrics::resident_bytes().saturating_sub(base);
+    println!(
+        "audit state, {decisions} decisions, {}: {} bytes resident per decision ({} whole trails, {} sealed; {:.1}s)",
+        if seal { "finished trails sealed" } else { "every trail whole" },
+        grown / decisions.max(1),
+        core.len(),
+        core.sealed_len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

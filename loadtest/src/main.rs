@@ -1,5 +1,6 @@
-//! hitl-loadtest: `demo` (a live mixed load with a summary), `bench-router` (throughput ratio) and
-//! `bench-restore` (assignment state restore time).
+//! hitl-loadtest: `demo` (a live mixed load with a summary), `bench-router` (throughput ratio),
+//! `bench-restore` (assignment state restore time), `bench-audit` (audit throughput, verify speed)
+//! and `audit-memory` (the audit core's memory per decision).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ const USAGE: &str = "usage:
   hitl-loadtest bench-router [--config FILE] [--count N] [--rounds N]
   hitl-loadtest bench-restore [--config FILE] [--count N]
   hitl-loadtest bench-audit [--config FILE] [--decisions N]
+  hitl-loadtest audit-memory [--decisions N] [--whole]   (no broker needed)
 Settings come from the router's config file and HITL_* variables (see config/router.toml).";
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
@@ -29,6 +31,11 @@ fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("audit-memory") {
+        let decisions = flag(&args, "--decisions", 500_000u64)?;
+        let whole = args.iter().any(|arg| arg == "--whole");
+        return hitl_loadtest::audit::memory(decisions, !whole);
+    }
     let settings: Settings<RouterSettings> = hitl_runtime::cli::load_or_exit();
     hitl_runtime::telemetry::init(&hitl_runtime::config::TelemetrySettings {
         log_level: "warn".into(),

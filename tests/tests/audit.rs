@@ -445,6 +445,83 @@ fn kill_9_and_restart_keep_one_label_per_decision_and_a_complete_trail() {
 }
 
 #[test]
+fn finished_trails_leave_memory_and_come_back_for_a_late_event() {
+    const DECISIONS: usize = 20;
+    let run = Run::new("audit-seal");
+    let config = format!("{}seal_after = \"1s\"\n", run.audit_config());
+    let first = Service::start("hitl-audit", run.dir.path(), &config);
+    let at = hitl_runtime::now_millis();
+    let events: Vec<LifecycleEvent> = (0..DECISIONS)
+        .flat_map(|i| human_lifecycle(&format!("s-{i:02}"), "ann", at + i as i64))
+        .collect();
+    run.publish_lifecycle(&events);
+    let sealed = |service: &Service| {
+        (service.metric("hitl_audit_sealed_trails") == Some(DECISIONS as f64)).then_some(())
+    };
+    wait_for(WAIT, "every decided trail sealed", || sealed(&first));
+
+    // Every event again (nothing may change), then a verdict that came too late for one of them.
+    run.publish_lifecycle(&events);
+    let mut late = LifecycleEvent::new(
+        "s-03:assignment:99",
+        "s-03",
+        LifecycleKind::VerdictRejected,
+        "assignment",
+        hitl_runtime::now_millis(),
+    );
+    late.sequence = 99;
+    late.reviewer_id = Some("mallory".into());
+    late.reason = Some("already_decided".into());
+    run.publish_lifecycle(&[late]);
+    wait_for(WAIT, "the late verdict in s-03's trail", || {
+        let records: Vec<AuditRecord> =
+            decode(&read_all(&run.topics.audit, Duration::from_millis(500)));
+        records
+            .iter()
+            .any(|r| r.decision_id == "s-03" && r.version == 6)
+            .then_some(())
+    });
+    let records: Vec<AuditRecord> = decode(&read_all(&run.topics.audit, Duration::from_secs(1)));
+    let mut versions: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for record in &records {
+        versions
+            .entry(record.decision_id.as_str())
+            .or_default()
+            .push(record.version);
+    }
+    for (id, written) in &versions {
+        let expected: Vec<i64> = (1..=if *id == "s-03" { 6 } else { 5 }).collect();
+        assert_eq!(
+            written, &expected,
+            "{id}: the re-delivery wrote nothing new"
+        );
+    }
+    let s03: Vec<&AuditRecord> = records.iter().filter(|r| r.decision_id == "s-03").collect();
+    assert_eq!(
+        s03[5].prev_hash.as_deref(),
+        Some(s03[4].content_hash.as_str()),
+        "the reloaded trail continues its hash chain"
+    );
+    assert_eq!(s03[5].timeline.len(), 6);
+    assert_eq!(
+        first.metric("hitl_audit_trail_reloads_total{result=\"reloaded\"}"),
+        Some(1.0)
+    );
+    wait_for(WAIT, "a complete, verified trail", || {
+        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
+        clean.then_some(()).or_else(|| {
+            eprintln!("not yet: {report}");
+            None
+        })
+    });
+
+    // A restarted instance restores every trail and seals the finished ones at once.
+    assert_eq!(first.terminate(), Some(0));
+    let second = Service::start("hitl-audit", run.dir.path(), &config);
+    wait_for(WAIT, "the restored trails sealed", || sealed(&second));
+}
+
+#[test]
 fn verify_detects_tampering_on_the_topics() {
     let run = Run::new("audit-tamper");
     let _audit = run.start_audit();

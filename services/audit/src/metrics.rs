@@ -30,6 +30,11 @@ struct ClassLabels {
     class: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 #[derive(Debug)]
 pub(crate) struct AuditMetrics {
     records: Counter,
@@ -41,6 +46,8 @@ pub(crate) struct AuditMetrics {
     checkpoints: Counter,
     dead_letters: Family<ClassLabels, Counter>,
     trails: Gauge,
+    sealed_trails: Gauge,
+    reloads: Family<ResultLabels, Counter>,
     completeness: Gauge<f64, std::sync::atomic::AtomicU64>,
     restore_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -74,6 +81,8 @@ impl AuditMetrics {
             checkpoints: Counter::default(),
             dead_letters: Family::default(),
             trails: Gauge::default(),
+            sealed_trails: Gauge::default(),
+            reloads: Family::default(),
             completeness: Gauge::default(),
             restore_seconds: Gauge::default(),
         };
@@ -125,6 +134,17 @@ impl AuditMetrics {
             metrics.trails.clone(),
         );
         r.register(
+            "sealed_trails",
+            "Finished, idle decisions kept only as a summary (their trails are on the audit topic)",
+            metrics.sealed_trails.clone(),
+        );
+        r.register(
+            "trail_reloads",
+            "Trails read back from the audit topic for a new event on a sealed decision, by result \
+             (reloaded; missing or failed: the event went to the DLQ)",
+            metrics.reloads.clone(),
+        );
+        r.register(
             "completeness",
             "Share of decided trails that also hold the decision as received (M7)",
             metrics.completeness.clone(),
@@ -161,6 +181,7 @@ impl AuditMetrics {
             Observation::ConflictingOutcome => {
                 self.conflicting.inc();
             }
+            Observation::Sealed => self.reloaded("not_reloaded"),
             Observation::Feedback { source, overridden } => {
                 self.feedback
                     .get_or_create(&FeedbackLabels {
@@ -184,8 +205,13 @@ impl AuditMetrics {
             .inc();
     }
 
-    pub(crate) fn gauges(&self, trails: usize, decided: usize, complete: usize) {
+    pub(crate) fn reloaded(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub(crate) fn gauges(&self, trails: usize, sealed: usize, decided: usize, complete: usize) {
         self.trails.set(trails as i64);
+        self.sealed_trails.set(sealed as i64);
         self.completeness.set(if decided == 0 {
             1.0
         } else {

@@ -53,6 +53,10 @@ pub struct AuditSettings {
     pub restore_timeout: Duration,
     /// Larger input records go to the DLQ unread.
     pub max_record_bytes: usize,
+    /// How long a finished trail (decided, QA label in or expired) stays whole in memory after its
+    /// latest event; then only a summary stays, and a new event reads it back from the audit topic.
+    #[serde(with = "humantime_serde")]
+    pub seal_after: Duration,
 }
 
 impl Default for AuditSettings {
@@ -69,6 +73,7 @@ impl Default for AuditSettings {
             tick_interval: Duration::from_millis(250),
             restore_timeout: Duration::from_secs(600),
             max_record_bytes: 4 * 1024 * 1024,
+            seal_after: Duration::from_secs(600),
         }
     }
 }
@@ -127,6 +132,9 @@ impl Validate for AuditSettings {
         if self.max_record_bytes < 64 {
             errors.push("service.max_record_bytes: must be at least 64".into());
         }
+        if self.seal_after.is_zero() {
+            errors.push("service.seal_after: must be more than 0".into());
+        }
         // Keys are checked when the service starts (`verify` needs none of them).
         if self.signing_key.is_some() || self.hash_key.is_some() {
             if let Err(problems) = self.keys() {
@@ -134,6 +142,10 @@ impl Validate for AuditSettings {
             }
         }
     }
+}
+
+fn new_core(keys: Arc<Keys>, settings: &AuditSettings) -> AuditCore {
+    AuditCore::new(keys).with_seal_after(settings.seal_after.as_millis() as i64)
 }
 
 /// The audit service as a `Processor` of the loop.
@@ -175,7 +187,7 @@ impl AuditProcessor {
         tracer: Tracer,
     ) -> Self {
         Self {
-            core: AuditCore::new(Arc::new(keys)),
+            core: new_core(Arc::new(keys), &settings.service),
             codec,
             topics: settings.topics.clone(),
             kafka: settings.kafka.clone(),
@@ -228,6 +240,8 @@ impl AuditProcessor {
             hitl_runtime::now_millis(),
         );
         let core = &mut self.core;
+        let now = hitl_runtime::now_millis();
+        let mut restored = 0u64;
         let records = read_partition(
             &self.kafka,
             &self.topics.audit,
@@ -249,10 +263,15 @@ impl AuditProcessor {
                                 checkpointer.append(&record);
                             }
                             let newer = core
-                                .trail(&record.decision_id)
-                                .is_none_or(|trail| trail.version < record.version);
+                                .version(&record.decision_id)
+                                .is_none_or(|version| version < record.version);
                             if newer {
                                 core.restore(partition, record);
+                                restored += 1;
+                                // Keep memory bounded while restoring a long history.
+                                if restored % 10_000 == 0 {
+                                    core.seal_idle(now);
+                                }
                             }
                         }
                         Err(error) => {
@@ -262,6 +281,7 @@ impl AuditProcessor {
                 }
             },
         )?;
+        self.core.seal_idle(now);
         self.checkpointers.insert(partition, checkpointer);
         let took = started.elapsed();
         self.metrics.restored(took);
@@ -269,10 +289,53 @@ impl AuditProcessor {
             partition,
             records,
             trails = self.core.len(),
+            sealed = self.core.sealed_len(),
             took_ms = took.as_millis() as u64,
             "audit state restored"
         );
         Ok(())
+    }
+
+    /// Reads a sealed decision's latest audit record back from its partition and restores its
+    /// trail. `Ok(false)`: the topic holds none (deleted by a tombstone).
+    fn reload(&mut self, partition: i32, decision_id: &str) -> anyhow::Result<bool> {
+        let started = Instant::now();
+        let codec = &self.codec;
+        let mut latest: Option<AuditRecord> = None;
+        read_partition(
+            &self.kafka,
+            &self.topics.audit,
+            partition,
+            self.settings.restore_timeout,
+            |message| {
+                if message.key() != Some(decision_id.as_bytes()) {
+                    return;
+                }
+                match message
+                    .payload()
+                    .map(|payload| codec.decode::<AuditRecord>(payload))
+                {
+                    None => latest = None,
+                    Some(Ok(record)) => {
+                        if latest
+                            .as_ref()
+                            .is_none_or(|kept| kept.version < record.version)
+                        {
+                            latest = Some(record);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::error!(%error, partition, offset = message.offset(), "unreadable audit record skipped")
+                    }
+                }
+            },
+        )?;
+        let Some(record) = latest else {
+            return Ok(false);
+        };
+        tracing::info!(%decision_id, partition, version = record.version, took_ms = started.elapsed().as_millis() as u64, "sealed trail reloaded for a new event");
+        self.core.restore(partition, record);
+        Ok(true)
     }
 
     /// Turns the core's effects into output records (and metrics); records get the
@@ -392,6 +455,26 @@ impl Processor for AuditProcessor {
                 output,
             );
         }
+        if let Some(partition) = self.core.needs_reload(&event) {
+            match self.reload(partition, &event.decision_id) {
+                Ok(true) => self.metrics.reloaded("reloaded"),
+                Ok(false) => {
+                    self.metrics.reloaded("missing");
+                    let message = format!(
+                        "decision {} was sealed, but its audit record is not on {} partition {partition}",
+                        event.decision_id, self.topics.audit
+                    );
+                    return self.dead_letter(input, "audit.reload", &message, output);
+                }
+                Err(error) => {
+                    // As for a failed restore: without the trail the event cannot be applied, and
+                    // it must not be skipped; the restarted service reads it again.
+                    self.metrics.reloaded("failed");
+                    tracing::error!(%error, partition, decision_id = %event.decision_id, "cannot reload a sealed trail; exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
         let started = if self.tracer.is_enabled() {
             trace::now_nanos()
         } else {
@@ -441,18 +524,20 @@ impl Processor for AuditProcessor {
     }
 
     fn tick(&mut self, now_millis: i64, output: &mut Vec<OutputRecord>) {
+        self.core.seal_idle(now_millis);
         self.checkpoints(now_millis, false, output);
         if self.last_gauges.elapsed() >= Duration::from_secs(2) {
             self.last_gauges = Instant::now();
             let (decided, complete) = self.core.completeness();
-            self.metrics.gauges(self.core.len(), decided, complete);
+            self.metrics
+                .gauges(self.core.len(), self.core.sealed_len(), decided, complete);
         }
     }
 
     fn aborted(&mut self) {
         tracing::warn!("transaction aborted: rebuilding state from the audit topic");
         let keys = Arc::new(self.core.keys().clone());
-        self.core = AuditCore::new(keys);
+        self.core = new_core(keys, &self.settings);
         self.effects.clear();
         let partitions: Vec<i32> = self.checkpointers.keys().copied().collect();
         self.checkpointers.clear();

@@ -4,9 +4,11 @@
 //! record's `written_at` is the time of its latest event, and Ed25519 signatures are deterministic.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::Arc,
 };
+
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use hitl_schema::{
     AuditRecord, DecidedBy, Decision, FeedbackRecord, LabelSource, LifecycleEvent, LifecycleKind,
@@ -52,6 +54,8 @@ pub enum Observation {
     },
     /// Two different final outcomes for one decision: the first is kept.
     ConflictingOutcome,
+    /// A new event for a sealed decision arrived without its trail being reloaded: not applied.
+    Sealed,
     Feedback {
         source: LabelSource,
         overridden: bool,
@@ -71,10 +75,33 @@ pub enum Effect {
     Observed(Observation),
 }
 
+/// A finished trail left idle for `seal_after`, kept as only what idempotence and the hash chain
+/// need (about 100 bytes instead of kilobytes). A new event for it needs the trail back: the shell
+/// reads the decision's latest record from the audit topic and `restore`s it first.
+#[derive(Debug, Clone)]
+struct Sealed {
+    partition: i32,
+    version: i64,
+    /// It had an outcome, and the decision as received (audit completeness).
+    decided: bool,
+    complete: bool,
+    /// xxh3-64 of every event id in the trail, to drop re-deliveries without the trail.
+    event_ids: Box<[u64]>,
+}
+
 /// The trails of the decisions on the partitions this instance owns.
 pub struct AuditCore {
     keys: Arc<Keys>,
     trails: HashMap<String, Trail>,
+    /// Finished, idle trails, by the xxh3-128 digest of the decision id.
+    sealed: HashMap<u128, Sealed>,
+    /// How long a finished trail stays whole after its latest event (milliseconds); `None`: for ever.
+    seal_after: Option<i64>,
+    /// (time of the trail's latest event, decision id) per change, oldest first, for sealing.
+    changed: VecDeque<(i64, String)>,
+    /// Of the sealed: how many were decided, and decided with the decision as received.
+    sealed_decided: usize,
+    sealed_complete: usize,
 }
 
 fn place(entry: &TimelineEntry) -> Place {
@@ -85,11 +112,139 @@ fn status_name(status: OutcomeStatus) -> &'static str {
     status.as_str()
 }
 
+/// The time of a trail's latest event (its record's `written_at`).
+fn latest_event(trail: &Trail) -> i64 {
+    trail
+        .timeline
+        .keys()
+        .map(|(time, _, _)| *time)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether nothing more is expected: decided (or dead-lettered), and not a QA sample waiting for
+/// its label (a QA sample ends labeled, or expired by an SLA breach).
+fn finished(trail: &Trail) -> bool {
+    let ended = trail.outcome.is_some() || trail.route.as_deref() == Some("dead_lettered");
+    let qa_sample = trail.timeline.values().any(|entry| {
+        entry.kind == LifecycleKind::Routed.as_str()
+            && entry
+                .attributes
+                .get("qa_sample")
+                .is_some_and(|v| v == "true")
+    });
+    let qa_ended = trail.labeled_qa
+        || trail
+            .timeline
+            .values()
+            .any(|entry| entry.kind == LifecycleKind::SlaBreached.as_str());
+    ended && (!qa_sample || qa_ended)
+}
+
 impl AuditCore {
     pub fn new(keys: Arc<Keys>) -> Self {
         Self {
             keys,
             trails: HashMap::new(),
+            sealed: HashMap::new(),
+            seal_after: None,
+            changed: VecDeque::new(),
+            sealed_decided: 0,
+            sealed_complete: 0,
+        }
+    }
+
+    /// Seals finished trails `millis` after their latest event (see `seal_idle`).
+    pub fn with_seal_after(mut self, millis: i64) -> Self {
+        self.seal_after = Some(millis.max(0));
+        self
+    }
+
+    /// Seals every finished trail whose latest event is `seal_after` or more before `now`: it
+    /// leaves memory but for a small summary. Returns how many were sealed.
+    pub fn seal_idle(&mut self, now: i64) -> usize {
+        let Some(after) = self.seal_after else {
+            return 0;
+        };
+        let due = now.saturating_sub(after);
+        let mut sealed = 0;
+        while self.changed.front().is_some_and(|(at, _)| *at <= due) {
+            let (_, id) = self.changed.pop_front().expect("front exists");
+            // A trail changed since (a later entry stands for it), or not finished (it comes back
+            // with its next event), stays.
+            let Some(trail) = self.trails.get(&id) else {
+                continue;
+            };
+            if latest_event(trail) > due || !finished(trail) {
+                continue;
+            }
+            let trail = self.trails.remove(&id).expect("present");
+            self.insert_sealed(
+                &id,
+                Sealed {
+                    partition: trail.partition,
+                    version: trail.version,
+                    decided: trail.outcome.is_some(),
+                    complete: trail.outcome.is_some() && trail.decision.is_some(),
+                    event_ids: trail
+                        .timeline
+                        .values()
+                        .map(|entry| xxh3_64(entry.event_id.as_bytes()))
+                        .collect(),
+                },
+            );
+            sealed += 1;
+        }
+        sealed
+    }
+
+    /// The partition to reload a sealed decision's trail from before `event` can be applied:
+    /// `Some` when the decision is sealed and the event is new to it (a re-delivered event needs
+    /// nothing: `event` drops it).
+    pub fn needs_reload(&self, event: &LifecycleEvent) -> Option<i32> {
+        let sealed = self.sealed.get(&xxh3_128(event.decision_id.as_bytes()))?;
+        let id = xxh3_64(event.event_id.as_bytes());
+        (!sealed.event_ids.contains(&id)).then_some(sealed.partition)
+    }
+
+    /// The latest version of a decision's record, whole or sealed.
+    pub fn version(&self, decision_id: &str) -> Option<i64> {
+        match self.trails.get(decision_id) {
+            Some(trail) => Some(trail.version),
+            None => self
+                .sealed
+                .get(&xxh3_128(decision_id.as_bytes()))
+                .map(|sealed| sealed.version),
+        }
+    }
+
+    fn insert_sealed(&mut self, decision_id: &str, sealed: Sealed) {
+        self.sealed_decided += usize::from(sealed.decided);
+        self.sealed_complete += usize::from(sealed.complete);
+        if let Some(old) = self.sealed.insert(xxh3_128(decision_id.as_bytes()), sealed) {
+            self.uncount(&old);
+        }
+    }
+
+    fn remove_sealed(&mut self, decision_id: &str) {
+        if let Some(old) = self.sealed.remove(&xxh3_128(decision_id.as_bytes())) {
+            self.uncount(&old);
+        }
+    }
+
+    fn uncount(&mut self, sealed: &Sealed) {
+        self.sealed_decided -= usize::from(sealed.decided);
+        self.sealed_complete -= usize::from(sealed.complete);
+    }
+
+    /// How many trails are sealed.
+    pub fn sealed_len(&self) -> usize {
+        self.sealed.len()
+    }
+
+    fn changed(&mut self, decision_id: &str, at: i64) {
+        if self.seal_after.is_some() {
+            self.changed.push_back((at, decision_id.to_owned()));
         }
     }
 
@@ -124,16 +279,33 @@ impl AuditCore {
                 complete += 1;
             }
         }
-        (all, complete)
+        (all + self.sealed_decided, complete + self.sealed_complete)
     }
 
     /// Drops the trails of partitions `keep` rejects (they moved to another instance).
     pub fn retain_partitions(&mut self, mut keep: impl FnMut(i32) -> bool) {
         self.trails.retain(|_, trail| keep(trail.partition));
+        self.sealed.retain(|_, sealed| keep(sealed.partition));
+        self.sealed_decided = self.sealed.values().filter(|s| s.decided).count();
+        self.sealed_complete = self.sealed.values().filter(|s| s.complete).count();
     }
 
     /// One lifecycle event of a decision on `partition`. Idempotent by event id.
+    ///
+    /// An event for a sealed decision is a re-delivery (dropped) or needs the trail back first
+    /// (`needs_reload`, then `restore`); without that it is refused and observed as `Sealed`.
     pub fn event(&mut self, partition: i32, event: &LifecycleEvent, out: &mut Vec<Effect>) {
+        if !self.sealed.is_empty() && !self.trails.contains_key(&event.decision_id) {
+            if let Some(sealed) = self.sealed.get(&xxh3_128(event.decision_id.as_bytes())) {
+                let id = xxh3_64(event.event_id.as_bytes());
+                out.push(Effect::Observed(if sealed.event_ids.contains(&id) {
+                    Observation::Duplicate
+                } else {
+                    Observation::Sealed
+                }));
+                return;
+            }
+        }
         let keys = self.keys.clone();
         let trail = self
             .trails
@@ -208,11 +380,13 @@ impl AuditCore {
                 decided_at: outcome.decided_at,
             }));
         }
+        let at = record.written_at;
         out.push(Effect::Record {
             partition: trail.partition,
             record,
         });
         label(&keys, trail, out);
+        self.changed(&event.decision_id, at);
     }
 
     /// Puts back a decision's latest audit record (on start, from the audit topic).
@@ -238,12 +412,15 @@ impl AuditCore {
         // Labels were emitted with the first version where their conditions held.
         trail.labeled_outcome = trail.decision.is_some() && human_outcome(&trail).is_some();
         trail.labeled_qa = trail.decision.is_some() && qa_label(&trail).is_some();
+        self.remove_sealed(&record.decision_id);
+        self.changed(&record.decision_id, record.written_at);
         self.trails.insert(record.decision_id, trail);
     }
 
     /// Forgets a decision (its audit record was deleted by a tombstone).
     pub fn forget(&mut self, decision_id: &str) {
         self.trails.remove(decision_id);
+        self.remove_sealed(decision_id);
     }
 }
 

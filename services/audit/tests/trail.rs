@@ -486,3 +486,137 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+/// Runs `events` through a core that seals every finished trail as soon as it can (after each
+/// event), reloading a sealed trail from the latest record it wrote — what the service does with
+/// the audit topic — whenever a new event needs it. Returns the effects and how many reloads.
+fn run_sealing(events: &[LifecycleEvent]) -> (Vec<Effect>, usize) {
+    let mut core = AuditCore::new(keys()).with_seal_after(0);
+    let mut topic: BTreeMap<String, AuditRecord> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut reloads = 0;
+    for event in events {
+        if let Some(partition) = core.needs_reload(event) {
+            reloads += 1;
+            core.restore(partition, topic[&event.decision_id].clone());
+        }
+        let before = out.len();
+        core.event(0, event, &mut out);
+        for effect in &out[before..] {
+            if let Effect::Record { record, .. } = effect {
+                topic.insert(record.decision_id.clone(), record.clone());
+            }
+        }
+        core.seal_idle(event.event_time.max(T0 + 1_000_000));
+    }
+    (out, reloads)
+}
+
+#[test]
+fn finished_idle_trails_are_sealed_and_waiting_ones_are_not() {
+    let mut core = AuditCore::new(keys()).with_seal_after(60_000);
+    let human = human_events("h1");
+    run(&mut core, &human[..human.len() - 1]); // not decided yet
+    run(&mut core, &auto_events("a1")); // decided
+    let qa = qa_events("q1");
+    run(&mut core, &qa[..1]); // an auto decision still waiting for its QA label
+    assert_eq!(
+        core.seal_idle(T0 + 59_000),
+        0,
+        "nothing is idle long enough yet"
+    );
+    assert_eq!(
+        core.seal_idle(T0 + 3_600_000),
+        1,
+        "only the decided auto one"
+    );
+    assert_eq!(core.sealed_len(), 1);
+    assert!(core.trail("a1").is_none() && core.trail("h1").is_some() && core.trail("q1").is_some());
+    assert_eq!(core.version("a1"), Some(1));
+    assert_eq!(
+        core.completeness(),
+        (2, 2),
+        "sealed trails still count as decided and complete"
+    );
+
+    // A re-delivered event of a sealed trail is a duplicate without the trail; a new one needs it.
+    let mut out = Vec::new();
+    assert_eq!(core.needs_reload(&auto_events("a1")[0]), None);
+    core.event(0, &auto_events("a1")[0], &mut out);
+    assert_eq!(out, vec![Effect::Observed(Observation::Duplicate)]);
+    let late = event(
+        "a1",
+        LifecycleKind::VerdictRejected,
+        "assignment",
+        T0 + 500,
+        9,
+    );
+    assert_eq!(core.needs_reload(&late), Some(0));
+    out.clear();
+    core.event(0, &late, &mut out);
+    assert_eq!(
+        out,
+        vec![Effect::Observed(Observation::Sealed)],
+        "never applied to a trail that is not there"
+    );
+
+    // Once labeled, the QA sample is finished too; the human decision once decided.
+    run(&mut core, &qa[1..]);
+    run(&mut core, &human[human.len() - 1..]);
+    assert_eq!(core.seal_idle(T0 + 7_200_000), 2);
+    assert_eq!((core.len(), core.sealed_len()), (0, 3));
+    core.retain_partitions(|_| false);
+    assert_eq!(core.sealed_len(), 0);
+}
+
+/// A human, an auto, a QA-sampled and a second human decision.
+fn four_decisions() -> Vec<LifecycleEvent> {
+    let mut all = human_events("s-h");
+    all.extend(auto_events("s-a"));
+    all.extend(qa_events("s-q"));
+    all.extend(human_events("s-h2"));
+    all
+}
+
+proptest! {
+    /// Sealing changes nothing anyone sees: the same records, hashes, signatures and labels as a
+    /// core that keeps every trail, for any interleaving of several decisions' events with
+    /// re-deliveries, however often trails are sealed and reloaded.
+    #[test]
+    fn sealing_and_reloading_are_invisible(
+        shuffled in Just(four_decisions()).prop_shuffle(),
+        redeliver in prop::collection::vec(0..16usize, 0..8),
+    ) {
+        let mut events = shuffled.clone();
+        events.extend(redeliver.iter().map(|i| shuffled[*i % shuffled.len()].clone()));
+        let reference = run(&mut AuditCore::new(keys()), &events);
+        let (sealing, _) = run_sealing(&events);
+        prop_assert_eq!(records(&sealing), records(&reference));
+        prop_assert_eq!(feedback(&sealing), feedback(&reference));
+    }
+}
+
+#[test]
+fn a_late_event_after_the_outcome_reloads_and_continues_the_chain() {
+    let mut events = human_events("late");
+    let mut late = event(
+        "late",
+        LifecycleKind::VerdictRejected,
+        "assignment",
+        T0 + 900,
+        7,
+    );
+    late.reviewer_id = Some("carol".into());
+    late.reason = Some("already_decided".into());
+    events.push(late);
+    let (sealing, reloads) = run_sealing(&events);
+    assert!(reloads >= 1, "the decided trail was sealed and read back");
+    let reference = run(&mut AuditCore::new(keys()), &events);
+    assert_eq!(records(&sealing), records(&reference));
+    let written = records(&sealing);
+    let last = written.last().unwrap();
+    assert_eq!(
+        last.prev_hash.as_deref(),
+        Some(written[written.len() - 2].content_hash.as_str())
+    );
+}
