@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine: the dev broker, the services, a demo load of realistic
-# decisions (with a few invalid records), and a live summary of what happened to them.
+# decisions (with a few invalid records), and a live summary of what happened to them; the services'
+# traces go over OTLP to a receiver built on OpenTelemetry's protocol definitions.
 #   scripts/demo.sh [--rate N] [--duration SECS]      (defaults: 200 decisions/s for 30 s)
 # Environment: HITL_DEMO_PORT (broker port, default 19092). Logs go to .hitl/demo/.
 set -euo pipefail
@@ -29,6 +30,12 @@ if ! scripts/broker.sh status >/dev/null 2>&1; then
 fi
 export HITL_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$port
 pids=()
+rm -f "$logs/spans.jsonl"
+.hitl/venv/bin/python tests/python/otlp_receiver.py --out "$logs/spans.jsonl" >"$logs/otlp.port" 2>"$logs/otlp.log" &
+pids+=($!)
+for _ in $(seq 1 50); do [ -s "$logs/otlp.port" ] && break; sleep 0.1; done
+otlp_port=$(sed -n 's/^listening on //p' "$logs/otlp.port")
+export HITL_TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:$otlp_port
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -53,11 +60,11 @@ target/release/hitl-assignment --config config/assignment.toml >"$logs/assignmen
 pids+=($!)
 target/release/hitl-audit --config config/audit.toml >"$logs/audit.log" 2>&1 &
 pids+=($!)
-wait_ready router 9601 0
+wait_ready router 9601 1
 echo "router ready: metrics on http://127.0.0.1:9601/metrics, log in $logs/router.log"
-wait_ready assignment 9602 1
+wait_ready assignment 9602 2
 echo "assignment ready: metrics on http://127.0.0.1:9602/metrics, log in $logs/assignment.log"
-wait_ready audit 9603 2
+wait_ready audit 9603 3
 echo "audit ready: metrics on http://127.0.0.1:9603/metrics, log in $logs/audit.log"
 echo
 target/release/hitl-loadtest demo --config config/router.toml --rate "$rate" --duration "$duration"
@@ -75,8 +82,8 @@ echo "verifying the audit trail (signatures, hash chains, checkpoints, completen
 # Held items keep producing lifecycle events (escalations, SLA breaches): stop the router and the
 # assignment service so the trail stops growing, then wait one checkpoint interval
 # (config/audit.toml) so that every record is covered when it is verified.
-kill "${pids[0]}" "${pids[1]}" 2>/dev/null || true
-wait "${pids[0]}" "${pids[1]}" 2>/dev/null || true
+kill "${pids[1]}" "${pids[2]}" 2>/dev/null || true
+wait "${pids[1]}" "${pids[2]}" 2>/dev/null || true
 sleep 6
 if target/release/hitl-audit verify --config config/audit.toml | sed 's/^/  /'; then
   echo "  audit trail verified"
@@ -86,3 +93,6 @@ fi
 echo
 echo "last dead letters:"
 target/release/hitl-admin dlq tail --count 3 --config config/router.toml | head -8 | sed 's/^/  /'
+echo
+echo "traces (OTLP/HTTP on 127.0.0.1:$otlp_port, spans in $logs/spans.jsonl):"
+.hitl/venv/bin/python scripts/trace_summary.py "$logs/spans.jsonl"
