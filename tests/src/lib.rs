@@ -593,3 +593,58 @@ pub fn python() -> PathBuf {
         "python3".into()
     }
 }
+
+/// A simulated reviewer app until `stop` is set: tails the assignments topic and, for each new
+/// assignment (not a renewal or revocation), sends the verdicts `answer` returns for it (given
+/// the event and the record's headers), keyed by pool.
+pub fn reviewer_app(
+    topics: &Topics,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut answer: impl FnMut(&hitl_schema::AssignmentEvent, &BTreeMap<String, String>) -> Vec<hitl_schema::Verdict>
+        + Send
+        + 'static,
+) -> std::thread::JoinHandle<()> {
+    use hitl_schema::{AssignmentEvent, AssignmentKind, Codec};
+    let topics = topics.clone();
+    std::thread::spawn(move || {
+        let tail = Tail::new(&topics.assignments);
+        let codec = Codec::single_object();
+        let producer = producer();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(record) = tail.next(Duration::from_millis(100)) else {
+                continue;
+            };
+            let Ok(event) =
+                codec.decode::<AssignmentEvent>(record.payload.as_deref().unwrap_or_default())
+            else {
+                continue;
+            };
+            if event.kind != AssignmentKind::Assigned || event.reason.is_some() {
+                continue;
+            }
+            for verdict in answer(&event, &record.headers) {
+                let payload = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
+                produce(&producer, &topics.verdicts, &verdict.pool, &payload, &[]);
+            }
+            producer.poll(Duration::ZERO);
+        }
+        flush(&producer);
+    })
+}
+
+/// A verdict on `event`'s assignment by its reviewer, decided now.
+pub fn verdict_on(
+    event: &hitl_schema::AssignmentEvent,
+    kind: hitl_schema::VerdictKind,
+) -> hitl_schema::Verdict {
+    hitl_schema::Verdict {
+        decision_id: event.decision_id.clone(),
+        assignment_id: event.assignment_id.clone(),
+        reviewer_id: event.reviewer_id.clone(),
+        verdict: kind,
+        amended_action: (kind == hitl_schema::VerdictKind::Amend).then(|| "hold".to_owned()),
+        rationale: "looked at it".into(),
+        decided_at: hitl_runtime::now_millis(),
+        pool: event.pool.clone(),
+    }
+}

@@ -94,7 +94,7 @@ impl Run {
     }
 
     fn verdict(&self, event: &AssignmentEvent, kind: VerdictKind) {
-        self.send_verdict(&verdict(event, kind));
+        self.send_verdict(&verdict_on(event, kind));
     }
 
     fn send_verdict(&self, verdict: &Verdict) {
@@ -152,19 +152,6 @@ fn request(id: &str, pool: &str, sla: Duration) -> ReviewRequest {
         policy_version: "test-1".into(),
         auto_status: None,
         routed_at: now,
-    }
-}
-
-fn verdict(event: &AssignmentEvent, kind: VerdictKind) -> Verdict {
-    Verdict {
-        decision_id: event.decision_id.clone(),
-        assignment_id: event.assignment_id.clone(),
-        reviewer_id: event.reviewer_id.clone(),
-        verdict: kind,
-        amended_action: None,
-        rationale: "checked".into(),
-        decided_at: now_millis(),
-        pool: event.pool.clone(),
     }
 }
 
@@ -476,13 +463,13 @@ fn bad_verdicts_are_rejected_with_reasons_and_recorded() {
             >= 1)
     );
     let lease = assignment_events(&seen)[0].1.clone();
-    let mut unknown = verdict(&lease, VerdictKind::Approve);
+    let mut unknown = verdict_on(&lease, VerdictKind::Approve);
     unknown.decision_id = "never-seen".into();
-    let mut foreign = verdict(&lease, VerdictKind::Approve);
+    let mut foreign = verdict_on(&lease, VerdictKind::Approve);
     foreign.reviewer_id = "bob".into();
-    let mut forged = verdict(&lease, VerdictKind::Approve);
+    let mut forged = verdict_on(&lease, VerdictKind::Approve);
     forged.assignment_id = "bad-1#7".into();
-    let mut amend = verdict(&lease, VerdictKind::Amend);
+    let mut amend = verdict_on(&lease, VerdictKind::Amend);
     amend.amended_action = None;
     for bad in [&unknown, &foreign, &forged, &amend] {
         run.send_verdict(bad);
@@ -564,38 +551,16 @@ fn kill_9_mid_run_then_restart_restores_state_and_every_request_gets_one_outcome
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(Mutex::new(BTreeMap::<String, BTreeSet<String>>::new()));
     let reviewers = {
-        let (stop, answered) = (stop.clone(), answered.clone());
-        let topics = run.topics.clone();
-        std::thread::spawn(move || {
-            let tail = Tail::new(&topics.assignments);
-            let codec = Codec::single_object();
-            let producer = producer();
-            while !stop.load(Ordering::Relaxed) {
-                let Some(record) = tail.next(Duration::from_millis(100)) else {
-                    continue;
-                };
-                let Ok(event) =
-                    codec.decode::<AssignmentEvent>(record.payload.as_deref().unwrap_or_default())
-                else {
-                    continue;
-                };
-                if event.kind != AssignmentKind::Assigned || event.reason.is_some() {
-                    continue;
-                }
-                answered
-                    .lock()
-                    .unwrap()
-                    .entry(event.decision_id.clone())
-                    .or_default()
-                    .insert(format!("{}@{}", event.assignment_id, event.reviewer_id));
-                std::thread::sleep(Duration::from_millis(20));
-                let payload = codec
-                    .encode_to_vec(&topics.verdicts, &verdict(&event, VerdictKind::Approve))
-                    .unwrap();
-                produce(&producer, &topics.verdicts, &event.pool, &payload, &[]);
-                producer.poll(Duration::ZERO);
-            }
-            flush(&producer);
+        let answered = answered.clone();
+        reviewer_app(&run.topics, stop.clone(), move |event, _| {
+            answered
+                .lock()
+                .unwrap()
+                .entry(event.decision_id.clone())
+                .or_default()
+                .insert(format!("{}@{}", event.assignment_id, event.reviewer_id));
+            std::thread::sleep(Duration::from_millis(20));
+            vec![verdict_on(event, VerdictKind::Approve)]
         })
     };
 

@@ -199,47 +199,18 @@ fn a_full_run_yields_a_complete_verified_trail_one_label_per_human_decision_and_
     }
     let stop = Arc::new(AtomicBool::new(false));
     let reviewers = {
-        let (stop, topics) = (stop.clone(), run.topics.clone());
-        std::thread::spawn(move || {
-            let tail = Tail::new(&topics.assignments);
-            let codec = Codec::single_object();
-            let producer = hitl_tests::producer();
-            let mut first = true;
-            while !stop.load(Ordering::Relaxed) {
-                let Some(record) = tail.next(Duration::from_millis(100)) else {
-                    continue;
-                };
-                let Ok(event) =
-                    codec.decode::<AssignmentEvent>(record.payload.as_deref().unwrap_or_default())
-                else {
-                    continue;
-                };
-                if event.kind != AssignmentKind::Assigned || event.reason.is_some() {
-                    continue;
-                }
-                let mut verdict = Verdict {
-                    decision_id: event.decision_id.clone(),
-                    assignment_id: event.assignment_id.clone(),
-                    reviewer_id: event.reviewer_id.clone(),
-                    verdict: VerdictKind::Approve,
-                    amended_action: None,
-                    rationale: "fine".into(),
-                    decided_at: hitl_runtime::now_millis(),
-                    pool: event.pool.clone(),
-                };
-                if first {
-                    // One bad verdict: someone else's lease.
-                    first = false;
-                    let mut bad = verdict.clone();
-                    bad.reviewer_id = "mallory".into();
-                    let payload = codec.encode_to_vec(&topics.verdicts, &bad).unwrap();
-                    produce(&producer, &topics.verdicts, &bad.pool, &payload, &[]);
-                }
-                verdict.decided_at = hitl_runtime::now_millis();
-                let payload = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
-                produce(&producer, &topics.verdicts, &verdict.pool, &payload, &[]);
-                producer.poll(Duration::ZERO);
+        let mut first = true;
+        reviewer_app(&run.topics, stop.clone(), move |event, _| {
+            let mut verdicts = Vec::new();
+            if first {
+                // One bad verdict: someone else's lease.
+                first = false;
+                let mut bad = verdict_on(event, VerdictKind::Approve);
+                bad.reviewer_id = "mallory".into();
+                verdicts.push(bad);
             }
+            verdicts.push(verdict_on(event, VerdictKind::Approve));
+            verdicts
         })
     };
 

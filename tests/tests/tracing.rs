@@ -9,7 +9,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -173,41 +173,15 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
     let payload = codec.encode_to_vec(&topics.reviewers, &status).unwrap();
     produce(&producer, &topics.reviewers, "ann", &payload, &[]);
     let stop = Arc::new(AtomicBool::new(false));
+    let assignment_headers = Arc::new(Mutex::new(Vec::new()));
     let reviewer = {
-        let (stop, topics) = (stop.clone(), topics.clone());
-        std::thread::spawn(move || {
-            let tail = Tail::new(&topics.assignments);
-            let codec = Codec::single_object();
-            let producer = hitl_tests::producer();
-            let mut assignment_headers = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Some(record) = tail.next(Duration::from_millis(100)) else {
-                    continue;
-                };
-                let Ok(event) =
-                    codec.decode::<AssignmentEvent>(record.payload.as_deref().unwrap_or_default())
-                else {
-                    continue;
-                };
-                if event.kind != AssignmentKind::Assigned || event.reason.is_some() {
-                    continue;
-                }
-                assignment_headers.push((event.decision_id.clone(), record.headers.clone()));
-                let verdict = Verdict {
-                    decision_id: event.decision_id.clone(),
-                    assignment_id: event.assignment_id.clone(),
-                    reviewer_id: event.reviewer_id.clone(),
-                    verdict: VerdictKind::Approve,
-                    amended_action: None,
-                    rationale: "fine".into(),
-                    decided_at: hitl_runtime::now_millis(),
-                    pool: event.pool.clone(),
-                };
-                let payload = codec.encode_to_vec(&topics.verdicts, &verdict).unwrap();
-                produce(&producer, &topics.verdicts, &verdict.pool, &payload, &[]);
-                producer.poll(Duration::ZERO);
-            }
+        let assignment_headers = assignment_headers.clone();
+        reviewer_app(&topics, stop.clone(), move |event, headers| {
             assignment_headers
+                .lock()
+                .unwrap()
+                .push((event.decision_id.clone(), headers.clone()));
+            vec![verdict_on(event, VerdictKind::Approve)]
         })
     };
 
@@ -265,7 +239,8 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
         complete.then_some(spans)
     });
     stop.store(true, Ordering::Relaxed);
-    let assignment_headers = reviewer.join().unwrap();
+    reviewer.join().unwrap();
+    let assignment_headers = assignment_headers.lock().unwrap().clone();
 
     let by_id: BTreeMap<&str, &Value> = spans
         .iter()
