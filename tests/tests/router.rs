@@ -627,7 +627,9 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
     let config = dir.path().join("bad.toml");
     std::fs::write(
         &config,
-        "[kafka]\nbootstrap_servers = \"nohost\"\ncommit_interval = \"0s\"\n[service]\npolicy_path = \"/nope.yaml\"\n",
+        "[kafka]\nbootstrap_servers = \"nohost\"\ncommit_interval = \"0s\"\n\
+         [telemetry]\notlp_endpoint = \"https://collector:4318\"\ntrace_sample_ratio = 1.5\n\
+         [service]\npolicy_path = \"/nope.yaml\"\n",
     )
     .unwrap();
     let output = router_with_config(&config);
@@ -636,6 +638,8 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
     for field in [
         "kafka.bootstrap_servers",
         "kafka.commit_interval",
+        "telemetry.otlp_endpoint",
+        "telemetry.trace_sample_ratio",
         "service.policy_path",
     ] {
         assert!(stderr.contains(field), "{field} not named in: {stderr}");
