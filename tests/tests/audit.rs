@@ -478,6 +478,12 @@ fn finished_trails_leave_memory_and_come_back_for_a_late_event() {
         first.metric("hitl_audit_trail_reloads_total{result=\"reloaded\"}"),
         Some(1.0)
     );
+    let log = std::fs::read_to_string(&first.log).unwrap();
+    let reloaded = log
+        .lines()
+        .find(|line| line.contains("sealed trail reloaded"))
+        .expect("the reload is logged");
+    eprintln!("{reloaded}");
     wait_for(WAIT, "a complete, verified trail", || {
         let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
         clean.then_some(()).or_else(|| {

@@ -211,6 +211,27 @@ pub fn read_partition(
     read_to_end(settings, topic, &[partition], timeout, each)
 }
 
+/// Reads one partition from its first record stamped `from_millis` or later (the broker's
+/// ListOffsets by time; from the start if it cannot answer), calling `each` for every record in
+/// order until it returns `false` or the end. Returns how many records were read.
+pub fn read_partition_since(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from_millis: i64,
+    timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) -> Result<u64, ReadError> {
+    read_range(
+        settings,
+        topic,
+        &[partition],
+        Some(from_millis),
+        timeout,
+        each,
+    )
+}
+
 /// Reads every partition of `topic` from its start to its end with one consumer, calling `each`
 /// for every record (in order within a partition). Returns how many there were.
 pub fn read_topic(
@@ -237,6 +258,22 @@ fn read_to_end(
     timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<u64, ReadError> {
+    read_range(settings, topic, partitions, None, timeout, |message| {
+        each(message);
+        true
+    })
+}
+
+/// `read_to_end`, starting at the first record stamped `from_millis` or later when given, and
+/// stopping early when `each` returns `false`.
+fn read_range(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: &[i32],
+    from_millis: Option<i64>,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) -> Result<u64, ReadError> {
     use rdkafka::{
         consumer::{BaseConsumer, Consumer},
         Offset, TopicPartitionList,
@@ -255,6 +292,31 @@ fn read_to_end(
     for &partition in partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         ends.push(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+    }
+    if let Some(from_millis) = from_millis {
+        let mut by_time = TopicPartitionList::new();
+        for &partition in partitions {
+            by_time.add_partition_offset(topic, partition, Offset::Offset(from_millis))?;
+        }
+        match consumer.offsets_for_times(by_time, timeout) {
+            Ok(found) => {
+                for element in found.elements() {
+                    match element.offset() {
+                        // Nothing stamped that late: nothing to read there.
+                        Offset::End => return Ok(0),
+                        Offset::Offset(offset) => assignment.set_partition_offset(
+                            topic,
+                            element.partition(),
+                            Offset::Offset(offset),
+                        )?,
+                        _ => {}
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, %topic, "no offsets by time; reading from the start")
+            }
+        }
     }
     consumer.assign(&assignment)?;
     let at_end = |ends: &[i64]| -> Result<bool, ReadError> {
@@ -297,7 +359,9 @@ fn read_to_end(
             Some(Ok(message)) => {
                 quiet = 0;
                 records += 1;
-                each(&message);
+                if !each(&message) {
+                    return Ok(records);
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use std::{
 
 use hitl_runtime::{
     config::{KafkaSettings, Secret, Topics},
-    kafka::read_partition,
+    kafka::{read_partition, read_partition_since},
     trace::{self, Span, SpanKind, TraceContext, Tracer},
     InputRecord, OutputRecord, Processor, Validate,
 };
@@ -24,7 +24,7 @@ use crate::{
     checkpoint::Checkpointer,
     crypto::Keys,
     metrics::AuditMetrics,
-    trail::{AuditCore, Effect},
+    trail::{AuditCore, Effect, Reload},
 };
 
 /// The audit service's `[service]` settings.
@@ -140,6 +140,37 @@ impl Validate for AuditSettings {
             if let Err(problems) = self.keys() {
                 errors.extend(problems);
             }
+        }
+    }
+}
+
+/// Keeps in `latest` the newest record of `decision_id` seen so far: `Some(None)` after a
+/// tombstone, `None` before any record of it.
+fn keep_latest(
+    codec: &Codec,
+    decision_id: &str,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    latest: &mut Option<Option<AuditRecord>>,
+) {
+    if message.key() != Some(decision_id.as_bytes()) {
+        return;
+    }
+    match message
+        .payload()
+        .map(|payload| codec.decode::<AuditRecord>(payload))
+    {
+        None => *latest = Some(None),
+        Some(Ok(record)) => {
+            let newer = match latest {
+                Some(Some(kept)) => kept.version < record.version,
+                _ => true,
+            };
+            if newer {
+                *latest = Some(Some(record));
+            }
+        }
+        Some(Err(error)) => {
+            tracing::error!(%error, offset = message.offset(), "unreadable audit record skipped")
         }
     }
 }
@@ -298,42 +329,54 @@ impl AuditProcessor {
 
     /// Reads a sealed decision's latest audit record back from its partition and restores its
     /// trail. `Ok(false)`: the topic holds none (deleted by a tombstone).
-    fn reload(&mut self, partition: i32, decision_id: &str) -> anyhow::Result<bool> {
+    ///
+    /// The record was written when its latest event was processed, so it is looked for first in
+    /// the records stamped within `RELOAD_WINDOW` of that time (ListOffsets by time), which
+    /// bounds the read however old the decision is; then, if the sealed version is not found
+    /// there (clocks far apart, a service that was far behind, a broker that cannot seek by
+    /// time), in the whole partition.
+    fn reload(&mut self, reload: Reload, decision_id: &str) -> anyhow::Result<bool> {
+        const RELOAD_WINDOW: i64 = 5 * 60 * 1000;
         let started = Instant::now();
-        let codec = &self.codec;
-        let mut latest: Option<AuditRecord> = None;
-        read_partition(
-            &self.kafka,
-            &self.topics.audit,
-            partition,
-            self.settings.restore_timeout,
-            |message| {
-                if message.key() != Some(decision_id.as_bytes()) {
-                    return;
-                }
-                match message
-                    .payload()
-                    .map(|payload| codec.decode::<AuditRecord>(payload))
-                {
-                    None => latest = None,
-                    Some(Ok(record)) => {
-                        if latest
-                            .as_ref()
-                            .is_none_or(|kept| kept.version < record.version)
-                        {
-                            latest = Some(record);
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::error!(%error, partition, offset = message.offset(), "unreadable audit record skipped")
-                    }
-                }
-            },
-        )?;
-        let Some(record) = latest else {
+        let (partition, from) = (reload.partition, reload.written_at - RELOAD_WINDOW);
+        let until = reload.written_at + RELOAD_WINDOW;
+        let mut latest = None;
+        let mut windowed = 0;
+        if reload.written_at > 0 {
+            windowed = read_partition_since(
+                &self.kafka,
+                &self.topics.audit,
+                partition,
+                from,
+                self.settings.restore_timeout,
+                |message| {
+                    keep_latest(&self.codec, decision_id, message, &mut latest);
+                    // Stop past the window (records without a time are read on).
+                    !matches!(message.timestamp().to_millis(), Some(at) if at > until)
+                },
+            )?;
+        }
+        // Not there, or an older version only (the record was written late, past the window).
+        let found = |latest: &Option<Option<AuditRecord>>| match latest {
+            Some(Some(record)) => record.version >= reload.version,
+            Some(None) => true,
+            None => false,
+        };
+        let mut scanned = 0;
+        if !found(&latest) {
+            latest = None;
+            scanned = read_partition(
+                &self.kafka,
+                &self.topics.audit,
+                partition,
+                self.settings.restore_timeout,
+                |message| keep_latest(&self.codec, decision_id, message, &mut latest),
+            )?;
+        }
+        let Some(Some(record)) = latest else {
             return Ok(false);
         };
-        tracing::info!(%decision_id, partition, version = record.version, took_ms = started.elapsed().as_millis() as u64, "sealed trail reloaded for a new event");
+        tracing::info!(%decision_id, partition, version = record.version, windowed, scanned, took_ms = started.elapsed().as_millis() as u64, "sealed trail reloaded for a new event");
         self.core.restore(partition, record);
         Ok(true)
     }
@@ -455,8 +498,9 @@ impl Processor for AuditProcessor {
                 output,
             );
         }
-        if let Some(partition) = self.core.needs_reload(&event) {
-            match self.reload(partition, &event.decision_id) {
+        if let Some(reload) = self.core.needs_reload(&event) {
+            let partition = reload.partition;
+            match self.reload(reload, &event.decision_id) {
                 Ok(true) => self.metrics.reloaded("reloaded"),
                 Ok(false) => {
                     self.metrics.reloaded("missing");

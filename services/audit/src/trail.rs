@@ -82,11 +82,23 @@ pub enum Effect {
 struct Sealed {
     partition: i32,
     version: i64,
+    /// Its latest record's `written_at`: where to look for it on the audit topic.
+    written_at: i64,
     /// It had an outcome, and the decision as received (audit completeness).
     decided: bool,
     complete: bool,
     /// xxh3-64 of every event id in the trail, to drop re-deliveries without the trail.
     event_ids: Box<[u64]>,
+}
+
+/// Where a sealed decision's latest audit record is: its partition, and the `written_at` (the
+/// time of its latest event) of the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reload {
+    pub partition: i32,
+    /// The version to find.
+    pub version: i64,
+    pub written_at: i64,
 }
 
 /// The trails of the decisions on the partitions this instance owns.
@@ -184,6 +196,7 @@ impl AuditCore {
                 Sealed {
                     partition: trail.partition,
                     version: trail.version,
+                    written_at: latest_event(&trail),
                     decided: trail.outcome.is_some(),
                     complete: trail.outcome.is_some() && trail.decision.is_some(),
                     event_ids: trail
@@ -198,13 +211,17 @@ impl AuditCore {
         sealed
     }
 
-    /// The partition to reload a sealed decision's trail from before `event` can be applied:
-    /// `Some` when the decision is sealed and the event is new to it (a re-delivered event needs
-    /// nothing: `event` drops it).
-    pub fn needs_reload(&self, event: &LifecycleEvent) -> Option<i32> {
+    /// Where to reload a sealed decision's trail from before `event` can be applied: `Some` when
+    /// the decision is sealed and the event is new to it (a re-delivered event needs nothing:
+    /// `event` drops it).
+    pub fn needs_reload(&self, event: &LifecycleEvent) -> Option<Reload> {
         let sealed = self.sealed.get(&xxh3_128(event.decision_id.as_bytes()))?;
         let id = xxh3_64(event.event_id.as_bytes());
-        (!sealed.event_ids.contains(&id)).then_some(sealed.partition)
+        (!sealed.event_ids.contains(&id)).then_some(Reload {
+            partition: sealed.partition,
+            version: sealed.version,
+            written_at: sealed.written_at,
+        })
     }
 
     /// The latest version of a decision's record, whole or sealed.

@@ -496,9 +496,15 @@ fn run_sealing(events: &[LifecycleEvent]) -> (Vec<Effect>, usize) {
     let mut out = Vec::new();
     let mut reloads = 0;
     for event in events {
-        if let Some(partition) = core.needs_reload(event) {
+        if let Some(reload) = core.needs_reload(event) {
             reloads += 1;
-            core.restore(partition, topic[&event.decision_id].clone());
+            let record = topic[&event.decision_id].clone();
+            assert_eq!(
+                reload.written_at, record.written_at,
+                "it knows when to look"
+            );
+            assert_eq!(reload.version, record.version, "and what to look for");
+            core.restore(reload.partition, record);
         }
         let before = out.len();
         core.event(0, event, &mut out);
@@ -551,7 +557,7 @@ fn finished_idle_trails_are_sealed_and_waiting_ones_are_not() {
         T0 + 500,
         9,
     );
-    assert_eq!(core.needs_reload(&late), Some(0));
+    assert_eq!(core.needs_reload(&late).map(|r| r.partition), Some(0));
     out.clear();
     core.event(0, &late, &mut out);
     assert_eq!(
