@@ -281,6 +281,10 @@ impl TraceMetrics {
             "Spans not exported, by reason (queue_full: the exporter fell behind; export_failed: the endpoint refused or could not be reached)",
             metrics.dropped.clone(),
         );
+        // Every series from the start, at 0, so that alerts on their increase work.
+        for reason in ["queue_full", "export_failed"] {
+            metrics.dropped.get_or_create(&ReasonLabel { reason });
+        }
         metrics
     }
 

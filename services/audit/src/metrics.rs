@@ -154,6 +154,10 @@ impl AuditMetrics {
             "Duration of the last restore from the audit topic",
             metrics.restore_seconds.clone(),
         );
+        // Every reload result from the start, at 0, so that alerts on their increase work.
+        for result in ["reloaded", "missing", "failed", "not_reloaded"] {
+            metrics.reloads.get_or_create(&ResultLabels { result });
+        }
         metrics
     }
 
