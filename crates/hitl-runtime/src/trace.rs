@@ -283,7 +283,7 @@ impl TraceMetrics {
         );
         // Every series from the start, at 0, so that alerts on their increase work.
         for reason in ["queue_full", "export_failed"] {
-            metrics.dropped.get_or_create(&ReasonLabel { reason });
+            let _ = metrics.dropped.get_or_create(&ReasonLabel { reason });
         }
         metrics
     }

@@ -156,7 +156,7 @@ impl AuditMetrics {
         );
         // Every reload result from the start, at 0, so that alerts on their increase work.
         for result in ["reloaded", "missing", "failed", "not_reloaded"] {
-            metrics.reloads.get_or_create(&ResultLabels { result });
+            let _ = metrics.reloads.get_or_create(&ResultLabels { result });
         }
         metrics
     }
