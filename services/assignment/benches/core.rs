@@ -53,6 +53,15 @@ fn reviewer(i: usize, capacity: i32) -> ReviewerStatus {
     }
 }
 
+/// The trace context the router gives item `i`'s review request (every request it writes has one).
+fn trace(i: usize) -> Option<hitl_runtime::trace::TraceContext> {
+    Some(hitl_runtime::trace::TraceContext::child(
+        None,
+        format!("bench-{i}").as_bytes(),
+        1.0,
+    ))
+}
+
 /// A core holding `ITEMS` pending items and nobody online.
 fn full_core() -> Core {
     let mut config = CoreConfig::default();
@@ -60,7 +69,7 @@ fn full_core() -> Core {
     let mut core = Core::new(config);
     let mut out = Vec::new();
     for i in 0..ITEMS {
-        core.request(&request(i), T0 + i as i64 * 3, &mut out);
+        core.request_traced(&request(i), trace(i), T0 + i as i64 * 3, &mut out);
         out.clear();
     }
     core
@@ -133,7 +142,7 @@ fn bench(c: &mut Criterion) {
                 core.verdict(&verdict, now, &mut out);
                 total += started.elapsed();
                 // Keep the queue at 1,000,000 (untimed).
-                core.request(&request(next_item), now, &mut Vec::new());
+                core.request_traced(&request(next_item), trace(next_item), now, &mut Vec::new());
                 next_item += 1;
                 for effect in out.drain(..) {
                     if let Effect::Assignment { event, .. } = effect {
@@ -165,7 +174,12 @@ fn bench(c: &mut Criterion) {
                 done += made;
                 out.clear();
                 for _ in 0..made {
-                    core.request(&request(next_item), now, &mut Vec::new());
+                    core.request_traced(
+                        &request(next_item),
+                        trace(next_item),
+                        now,
+                        &mut Vec::new(),
+                    );
                     next_item += 1;
                 }
             }
