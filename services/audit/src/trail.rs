@@ -109,7 +109,8 @@ pub struct AuditCore {
     sealed: HashMap<u128, Sealed>,
     /// How long a finished trail stays whole after its latest event (milliseconds); `None`: for ever.
     seal_after: Option<i64>,
-    /// (time of the trail's latest event, decision id) per change, oldest first, for sealing.
+    /// (time of the trail's latest event, decision id) per change of a finished trail, oldest
+    /// first, for sealing.
     changed: VecDeque<(i64, String)>,
     /// Of the sealed: how many were decided, and decided with the decision as received.
     sealed_decided: usize,
@@ -182,8 +183,7 @@ impl AuditCore {
         let mut sealed = 0;
         while self.changed.front().is_some_and(|(at, _)| *at <= due) {
             let (_, id) = self.changed.pop_front().expect("front exists");
-            // A trail changed since (a later entry stands for it), or not finished (it comes back
-            // with its next event), stays.
+            // A trail changed since (a later entry stands for it) stays.
             let Some(trail) = self.trails.get(&id) else {
                 continue;
             };
@@ -259,6 +259,8 @@ impl AuditCore {
         self.sealed.len()
     }
 
+    /// Notes that a finished trail changed at `at` (only finished trails can be sealed; an
+    /// unfinished one is noted by the event that finishes it), for `seal_idle`.
     fn changed(&mut self, decision_id: &str, at: i64) {
         if self.seal_after.is_some() {
             self.changed.push_back((at, decision_id.to_owned()));
@@ -403,7 +405,9 @@ impl AuditCore {
             record,
         });
         label(&keys, trail, out);
-        self.changed(&event.decision_id, at);
+        if finished(trail) {
+            self.changed(&event.decision_id, at);
+        }
     }
 
     /// Puts back a decision's latest audit record (on start, from the audit topic).
@@ -430,7 +434,9 @@ impl AuditCore {
         trail.labeled_outcome = trail.decision.is_some() && human_outcome(&trail).is_some();
         trail.labeled_qa = trail.decision.is_some() && qa_label(&trail).is_some();
         self.remove_sealed(&record.decision_id);
-        self.changed(&record.decision_id, record.written_at);
+        if finished(&trail) {
+            self.changed(&record.decision_id, record.written_at);
+        }
         self.trails.insert(record.decision_id, trail);
     }
 
