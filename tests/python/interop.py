@@ -5,39 +5,16 @@ confluent-kafka, then reads what the router wrote and decodes it with fastavro. 
 integration test `python_client_interop`, which passes topic names and the broker in the environment.
 """
 
-import io
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
-import fastavro
 from confluent_kafka import Consumer, Producer, TopicPartition
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-SCHEMAS = Path(os.environ.get("HITL_SCHEMA_DIR", Path(__file__).resolve().parents[2] / "schemas"))
+from hitl_avro import decode, encode
 BOOTSTRAP = os.environ["HITL_BOOTSTRAP"]
 TOPICS = {name: os.environ[f"HITL_TOPIC_{name.upper()}"] for name in ("decisions", "outcomes", "review_requests", "lifecycle")}
-
-
-def load(name):
-    schema = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()))
-    header = b"\xc3\x01" + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
-    return schema, header
-
-
-def encode(name, record):
-    schema, header = load(name)
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, schema, record)
-    return header + out.getvalue()
-
-
-def decode(name, payload):
-    schema, header = load(name)
-    assert payload[:10] == header, f"{name}: header {payload[:10].hex()} is not {header.hex()}"
-    return fastavro.schemaless_reader(io.BytesIO(payload[10:]), schema)
 
 
 def decision(decision_id, confidence, action="block"):

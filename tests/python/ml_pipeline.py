@@ -7,43 +7,19 @@ with the public key alone. Driven by the Rust integration test `python_reads_fee
 """
 
 import hashlib
-import io
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
-import fastavro
 from confluent_kafka import Consumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-SCHEMAS = Path(os.environ.get("HITL_SCHEMA_DIR", Path(__file__).resolve().parents[2] / "schemas"))
+from hitl_avro import datum, decode
 BOOTSTRAP = os.environ["HITL_BOOTSTRAP"]
 FEEDBACK = os.environ["HITL_TOPIC_FEEDBACK"]
 AUDIT = os.environ["HITL_TOPIC_AUDIT"]
 EXPECT_FEEDBACK = int(os.environ["HITL_EXPECT_FEEDBACK"])
 PUBLIC_KEY = Ed25519PublicKey.from_public_bytes(bytes.fromhex(os.environ["HITL_PUBLIC_KEY"]))
-
-
-def load(name):
-    schema = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()))
-    header = b"\xc3\x01" + bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
-    return schema, header
-
-
-def decode(name, payload):
-    schema, header = load(name)
-    assert payload[:10] == header, f"{name}: header {payload[:10].hex()} is not {header.hex()}"
-    return fastavro.schemaless_reader(io.BytesIO(payload[10:]), schema)
-
-
-def datum(name, record):
-    schema, _ = load(name)
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, schema, record)
-    return out.getvalue()
 
 
 def read_all(topic, quiet=2.0, within=60.0):

@@ -191,3 +191,138 @@ fn python_reads_feedback_and_audit() {
     );
     println!("{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// A reviewer app in Python (`python/reviewer_app.py`, from `schemas/*.avsc` alone) publishes its
+/// roster entry, reads its partition of the assignments and approves each item, sending every
+/// verdict to the partition the assignment names, with Java's partitioner configured: each item
+/// gets one human outcome by that reviewer.
+#[test]
+fn python_reviewer_app() {
+    use std::time::Duration;
+
+    use hitl_schema::*;
+
+    const ITEMS: usize = 12;
+    let python = python();
+    let topics = unique_topics("python-reviewer");
+    create_topics(&topics);
+    let dir = tempfile::tempdir().unwrap();
+    // Two instances, each owning half the pools' partitions: a verdict on the wrong partition
+    // reaches the instance that does not hold its item.
+    let group = unique("py-reviewer");
+    let instances: Vec<Service> = ["a", "b"]
+        .iter()
+        .map(|instance| {
+            Service::start(
+                "hitl-assignment",
+                dir.path(),
+                &format!(
+                    "{}\n{}\n[service]\ninstance_id = \"{group}-{instance}\"\ngroup_id = \"{group}\"\n\
+                     tick_interval = \"100ms\"\n",
+                    kafka_toml(),
+                    topics_toml(&topics),
+                ),
+            )
+        })
+        .collect();
+    wait_for(
+        Duration::from_secs(60),
+        "the partitions split between the two instances",
+        || {
+            instances
+                .iter()
+                .all(|service| {
+                    let log = std::fs::read_to_string(&service.log).unwrap_or_default();
+                    let plain = strip_ansi(&log);
+                    // Half of the review-request and verdict partitions each.
+                    plain
+                        .lines()
+                        .rev()
+                        .find(|line| line.contains("partitions assigned"))
+                        .is_some_and(|line| {
+                            line.contains(&format!("partitions={}", topics.partitions))
+                        })
+                })
+                .then_some(())
+        },
+    );
+    let codec = Codec::single_object();
+    let producer = producer();
+    let now = hitl_runtime::now_millis();
+    let pools = [
+        "general",
+        "fraud",
+        "payments",
+        "trust-safety",
+        "kyc",
+        "refunds",
+    ];
+    for i in 0..ITEMS {
+        let request = hitl_schema::sample::review_request(
+            format!("py-item-{i}"),
+            i as u64,
+            pools[i % pools.len()].to_owned(),
+            now,
+            now + 3_600_000,
+        );
+        let payload = codec
+            .encode_to_vec(&topics.review_requests, &request)
+            .unwrap();
+        produce(
+            &producer,
+            &topics.review_requests,
+            &request.pool,
+            &payload,
+            &[],
+        );
+    }
+    flush(&producer);
+
+    let output = Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/reviewer_app.py"))
+        .env("HITL_BOOTSTRAP", &broker().bootstrap)
+        .env("HITL_TOPIC_ASSIGNMENTS", &topics.assignments)
+        .env("HITL_TOPIC_VERDICTS", &topics.verdicts)
+        .env("HITL_TOPIC_REVIEWERS", &topics.reviewers)
+        .env("HITL_EXPECT_ASSIGNMENTS", ITEMS.to_string())
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "python reviewer app failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records = read_at_least(&topics.outcomes, ITEMS, Duration::from_secs(60));
+    let outcomes: Vec<Outcome> = records
+        .iter()
+        .filter_map(|r| codec.decode::<Outcome>(r.payload.as_deref()?).ok())
+        .collect();
+    let decided: std::collections::BTreeSet<&str> = outcomes
+        .iter()
+        .map(|outcome| {
+            assert_eq!(outcome.decided_by, DecidedBy::Human);
+            assert_eq!(outcome.reviewer_ids, vec!["py-reviewer".to_owned()]);
+            outcome.decision_id.as_str()
+        })
+        .collect();
+    assert_eq!(decided.len(), ITEMS, "one outcome per item: {decided:?}");
+}
+
+/// `text` without terminal colour codes (the services colour their logs).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -104,6 +104,10 @@ pub struct AssignmentEvent {
     pub subject: String,
     #[serde(default)]
     pub qa_sample: bool,
+    /// The `hitl.verdicts` partition that holds the pool: where the verdict must go, whatever
+    /// the reviewer app's client partitioner (Java's murmur2 and librdkafka's CRC32 differ).
+    #[serde(default)]
+    pub verdict_partition: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

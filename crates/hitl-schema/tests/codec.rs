@@ -134,6 +134,7 @@ fn every_record_type_round_trips() {
         workflow: "w".into(),
         subject: "s".into(),
         qa_sample: true,
+        verdict_partition: Some(3),
     });
     round_trip(&ReviewerStatus {
         reviewer_id: "r".into(),

@@ -1606,6 +1606,8 @@ impl Core {
             workflow: self.symbols.name(item.workflow).to_string(),
             subject: item.subject.to_string(),
             qa_sample: item.qa_sample(),
+            // The shell knows where the pool lives.
+            verdict_partition: None,
         }
     }
 

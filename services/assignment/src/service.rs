@@ -364,9 +364,12 @@ impl AssignmentProcessor {
             match effect {
                 Effect::Assignment {
                     partition,
-                    event,
+                    mut event,
                     trace,
                 } => {
+                    // Where the reviewer app must send the verdict: the partition this pool's
+                    // review requests arrive on (verdicts are co-partitioned with them).
+                    event.verdict_partition = self.pool_partition.get(&event.pool).copied();
                     let payload = match self.codec.encode_to_vec(&self.topics.assignments, &event) {
                         Ok(payload) => payload,
                         Err(error) => {
