@@ -168,17 +168,20 @@ pub fn spawn(
                                     due.push(std::cmp::Reverse((
                                         Instant::now() + think,
                                         sequence,
-                                        VerdictBox(Verdict {
-                                            decision_id: event.decision_id.clone(),
-                                            assignment_id: event.assignment_id.clone(),
-                                            reviewer_id: event.reviewer_id.clone(),
-                                            verdict: kind,
-                                            amended_action: (kind == VerdictKind::Amend)
-                                                .then(|| format!("{}-reduced", event.action)),
-                                            rationale: format!("demo reviewer: {}", name(kind)),
-                                            decided_at: 0,
-                                            pool: event.pool.clone(),
-                                        }),
+                                        VerdictBox(
+                                            event.verdict_partition,
+                                            Verdict {
+                                                decision_id: event.decision_id.clone(),
+                                                assignment_id: event.assignment_id.clone(),
+                                                reviewer_id: event.reviewer_id.clone(),
+                                                verdict: kind,
+                                                amended_action: (kind == VerdictKind::Amend)
+                                                    .then(|| format!("{}-reduced", event.action)),
+                                                rationale: format!("demo reviewer: {}", name(kind)),
+                                                decided_at: 0,
+                                                pool: event.pool.clone(),
+                                            },
+                                        ),
                                     )));
                                 }
                             }
@@ -190,14 +193,19 @@ pub fn spawn(
                 .peek()
                 .is_some_and(|std::cmp::Reverse((at, _, _))| *at <= Instant::now())
             {
-                let std::cmp::Reverse((_, _, VerdictBox(mut verdict))) = due.pop().expect("peeked");
+                let std::cmp::Reverse((_, _, VerdictBox(partition, mut verdict))) =
+                    due.pop().expect("peeked");
                 verdict.decided_at = hitl_runtime::now_millis();
                 let payload = codec
                     .encode_to_vec(&topics.verdicts, &verdict)
                     .expect("encodes");
+                // Where the pool's owner reads it (the assignment names the partition).
                 let mut record = BaseRecord::<str, [u8]>::to(&topics.verdicts)
                     .key(&verdict.pool)
                     .payload(&payload);
+                if let Some(partition) = partition {
+                    record = record.partition(partition);
+                }
                 while let Err((_, returned)) = producer.send(record) {
                     producer.poll(Duration::from_millis(5));
                     record = returned;
@@ -215,9 +223,10 @@ pub fn spawn(
     })
 }
 
-/// A verdict ordered by nothing (the heap orders by time and sequence first).
+/// A verdict to send and the partition to send it to, ordered by nothing (the heap orders by time
+/// and sequence first).
 #[derive(Debug)]
-struct VerdictBox(Verdict);
+struct VerdictBox(Option<i32>, Verdict);
 
 impl PartialEq for VerdictBox {
     fn eq(&self, _: &Self) -> bool {
