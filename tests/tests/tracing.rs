@@ -176,12 +176,22 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
     let assignment_headers = Arc::new(Mutex::new(Vec::new()));
     let reviewer = {
         let assignment_headers = assignment_headers.clone();
+        let mut first = true;
         reviewer_app(&topics, stop.clone(), move |event, headers| {
             assignment_headers
                 .lock()
                 .unwrap()
                 .push((event.decision_id.clone(), headers.clone()));
-            vec![verdict_on(event, VerdictKind::Approve)]
+            let mut verdicts = Vec::new();
+            if first {
+                // Someone else's lease: rejected, an error span in that decision's trace.
+                first = false;
+                let mut bad = verdict_on(event, VerdictKind::Approve);
+                bad.reviewer_id = "mallory".into();
+                verdicts.push(bad);
+            }
+            verdicts.push(verdict_on(event, VerdictKind::Approve));
+            verdicts
         })
     };
 
@@ -235,7 +245,10 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
             named("hitl.router route", id)
                 && (id.starts_with("auto") || named("hitl.assignment review", id))
                 && audited_outcomes(id)
-        }) && named("hitl.router route", "broken-0");
+        }) && named("hitl.router route", "broken-0")
+            && spans.iter().any(|span| {
+                str_of(span, "name") == "hitl.assignment verdict" && span["status_code"] == 2
+            });
         complete.then_some(spans)
     });
     stop.store(true, Ordering::Relaxed);
@@ -316,6 +329,15 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
                 review["end"].as_u64().unwrap(),
             );
             assert!(start > 0 && end >= start, "{review}");
+            // The verdict that decided it hangs under the review span.
+            assert!(
+                of_decision.iter().any(|span| {
+                    str_of(span, "name") == "hitl.assignment verdict"
+                        && span["status_code"] == 0
+                        && str_of(span, "parent_span_id") == str_of(review, "span_id")
+                }),
+                "{id}: no accepted verdict span under the review span"
+            );
             // The assignment record the reviewer app got names the review span.
             let headers = &assignment_headers
                 .iter()
@@ -329,6 +351,14 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
             );
         }
     }
+    let rejected: Vec<&Value> = spans
+        .iter()
+        .filter(|span| {
+            str_of(span, "name") == "hitl.assignment verdict" && span["status_code"] == 2
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1, "one rejected verdict: {rejected:?}");
+    assert!(str_of(rejected[0], "status_message").starts_with("verdict rejected: "));
     let broken = spans
         .iter()
         .find(|span| {

@@ -26,7 +26,7 @@ use rdkafka::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    core::{Core, Effect, ReviewSpan, StateRecord},
+    core::{Core, Effect, Observation, ReviewSpan, StateRecord},
     metrics::AssignmentMetrics,
     pools::{CoreConfig, PoolPolicy},
     queue::DecayParams,
@@ -534,9 +534,64 @@ impl AssignmentProcessor {
             decoded.map_err(|error| (format!("decode.{}", error.class()), error.to_string()))
         });
         match decoded {
-            Ok(verdict) => self.core.verdict(&verdict, now, &mut self.effects),
+            Ok(verdict) => {
+                let started = trace::now_nanos();
+                let from = self.effects.len();
+                self.core.verdict(&verdict, now, &mut self.effects);
+                if self.tracer.is_enabled() {
+                    self.verdict_span(input, &verdict, from, started);
+                }
+            }
             Err((class, message)) => self.dead_letter(input, "decode", &class, &message, output),
         }
+    }
+
+    /// Exports the span of a verdict: a child of the reviewer app's span when its `traceparent`
+    /// is in the decision's trace, else of the item's review span; an error span when rejected.
+    fn verdict_span(&self, input: &InputRecord<'_>, verdict: &Verdict, from: usize, started: u64) {
+        let effects = &self.effects[from..];
+        let item = effects.iter().find_map(|effect| match effect {
+            Effect::Lifecycle(event) => event
+                .traceparent
+                .as_deref()
+                .and_then(|header| TraceContext::parse(header.as_bytes())),
+            _ => None,
+        });
+        let sent = input.header("traceparent").and_then(TraceContext::parse);
+        let parent = match (sent, item) {
+            (Some(sent), Some(item)) if sent.trace_id == item.trace_id => sent,
+            (_, Some(item)) => item,
+            (Some(sent), None) => sent,
+            (None, None) => return,
+        };
+        let salt = format!("{}:{}:{}", input.topic(), input.partition(), input.offset());
+        let context = TraceContext::child(Some(&parent), salt.as_bytes(), 1.0);
+        if !self.tracer.records(&context) {
+            return;
+        }
+        let rejected = effects.iter().find_map(|effect| match effect {
+            Effect::Observed(Observation::VerdictRejected { reason }) => Some(*reason),
+            _ => None,
+        });
+        let mut span = Span::new(
+            "hitl.assignment verdict",
+            SpanKind::Consumer,
+            context,
+            Some(&parent),
+            started,
+        )
+        .attribute("hitl.decision_id", verdict.decision_id.clone())
+        .attribute("hitl.assignment_id", verdict.assignment_id.clone())
+        .attribute(
+            "hitl.verdict",
+            format!("{:?}", verdict.verdict).to_uppercase(),
+        )
+        .attribute("hitl.pool", verdict.pool.clone())
+        .ended_at(trace::now_nanos());
+        if let Some(reason) = rejected {
+            span = span.failed(format!("verdict rejected: {}", reason.as_str()));
+        }
+        self.tracer.export(span);
     }
 }
 
