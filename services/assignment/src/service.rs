@@ -434,7 +434,11 @@ impl AssignmentProcessor {
                     });
                 }
                 Effect::Observed(observation) => self.metrics.observe(&observation),
-                Effect::ReviewSpan(span) => self.tracer.export(review_span(&span)),
+                Effect::ReviewSpan(span) => {
+                    if self.tracer.records(&span.context) {
+                        self.tracer.export(review_span(&span));
+                    }
+                }
             }
         }
     }
