@@ -23,6 +23,7 @@ def describe(span):
         "hitl.policy.rule",
         "hitl.pool",
         "hitl.result",
+        "hitl.verdict",
         "hitl.verdicts",
         "hitl.event.kind",
         "hitl.audit.version",
