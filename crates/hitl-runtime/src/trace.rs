@@ -351,13 +351,15 @@ impl Tracer {
         if !span.context.sampled() {
             return;
         }
-        match sender.try_send(span) {
-            Ok(()) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) => self.metrics.dropped("queue_full", 1),
-            Err(TrySendError::Disconnected(_)) => self.metrics.dropped("export_failed", 1),
-        }
+        // Counted before it is sent, so the exporter never takes one it was not told about.
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let dropped = match sender.try_send(span) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "queue_full",
+            Err(TrySendError::Disconnected(_)) => "export_failed",
+        };
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.dropped(dropped, 1);
     }
 }
 
@@ -793,6 +795,37 @@ mod tests {
         let other = TraceContext::parse(PARENT).unwrap();
         let span = Span::new("x", SpanKind::Internal, context, Some(&other), 0);
         assert_eq!(span.parent_span_id, None);
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_drops_and_counts_without_blocking() {
+        // A port nobody listens on: every post fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = TelemetrySettings {
+            otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+            trace_export_interval: Duration::from_millis(20),
+            ..TelemetrySettings::default()
+        };
+        let mut registry = Registry::default();
+        let (tracer, exporter) = start(&settings, "test", &mut registry);
+        for i in 0..3 {
+            let context = TraceContext::child(None, format!("d-{i}").as_bytes(), 1.0);
+            assert!(tracer.records(&context));
+            tracer.export(Span::new("x", SpanKind::Internal, context, None, 0));
+        }
+        drop(tracer);
+        exporter.unwrap().finish(Duration::from_secs(10));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("hitl_trace_spans_dropped_total{reason=\"export_failed\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("hitl_trace_spans_exported_total 0"), "{text}");
     }
 
     #[test]
