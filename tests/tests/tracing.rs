@@ -368,6 +368,53 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
     assert_eq!(broken["status_code"], 2, "a dead letter is an error span");
     assert!(str_of(broken, "status_message").contains("validation"));
 
+    // A reviewer app that propagates context: a late verdict on a decided item, sent with a
+    // traceparent of its own span (a child of the assignment record's), is a span under it.
+    let (decision, headers) = assignment_headers
+        .iter()
+        .find(|(decision, _)| decision == "human-1")
+        .unwrap();
+    let carried = TraceContext::parse(headers["traceparent"].as_bytes()).unwrap();
+    let app_span = TraceContext::child(Some(&carried), b"reviewer-app", 1.0);
+    let lease = AssignmentEvent {
+        assignment_id: format!("{decision}#1"),
+        decision_id: decision.clone(),
+        reviewer_id: "ann".into(),
+        kind: AssignmentKind::Assigned,
+        pool: "general".into(),
+        priority: 0.0,
+        sla_deadline: 0,
+        lease_expires_at: 0,
+        action: "approve".into(),
+        confidence: 0.5,
+        context: BTreeMap::new(),
+        attempt: 1,
+        reason: None,
+        workflow: String::new(),
+        subject: String::new(),
+        qa_sample: false,
+        verdict_partition: None,
+    };
+    let late = verdict_on(&lease, VerdictKind::Reject);
+    let payload = codec.encode_to_vec(&topics.verdicts, &late).unwrap();
+    produce(
+        &producer,
+        &topics.verdicts,
+        &late.pool,
+        &payload,
+        &[("traceparent", &app_span.header())],
+    );
+    flush(&producer);
+    let late_span = wait_for(WAIT, "the late verdict's span", || {
+        receiver.spans().into_iter().find(|span| {
+            str_of(span, "name") == "hitl.assignment verdict"
+                && str_of(span, "parent_span_id")
+                    == hitl_runtime::trace::span_id_hex(app_span.span_id)
+        })
+    });
+    assert_eq!(str_of(&late_span, "trace_id"), carried.trace_id_hex());
+    assert_eq!(late_span["status_code"], 2, "{late_span}");
+
     for service in [&router, &assignment, &audit] {
         assert!(
             service
