@@ -2,7 +2,7 @@
 //! audit records, checkpoints and feedback out), as a ratio to a raw passthrough over the same input;
 //! then `verify` over the trail it wrote (N decisions).
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 use hitl_audit::{
     reader,
@@ -10,9 +10,7 @@ use hitl_audit::{
     AuditProcessor, AuditSettings,
 };
 use hitl_runtime::config::{KafkaSettings, Secret, Settings, Topics};
-use hitl_schema::{
-    Codec, DecidedBy, Decision, LifecycleEvent, LifecycleKind, Outcome, OutcomeStatus,
-};
+use hitl_schema::{Codec, DecidedBy, Decision, LifecycleEvent, Outcome, OutcomeStatus};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::bench::{measure_on, Passthrough};
@@ -51,19 +49,7 @@ fn lifecycle(i: u64, at: i64) -> Vec<LifecycleEvent> {
             1,
         );
     }
-    let mut routed = LifecycleEvent::new(
-        format!("{id}:router:routed"),
-        &id,
-        LifecycleKind::Routed,
-        "router",
-        at,
-    );
-    routed.decision = Some(Arc::new(decision));
-    routed.policy_rule = Some("rule".into());
-    routed.policy_version = Some("v1".into());
-    routed
-        .attributes
-        .insert("route".into(), "auto_approve".into());
+    let mut routed = hitl_schema::sample::routed(decision, "auto_approve", "rule", at);
     routed.outcome = Some(Outcome {
         decision_id: id,
         final_action: "approve".into(),

@@ -632,6 +632,21 @@ pub fn reviewer_app(
     })
 }
 
+/// For a `reviewer_app`: approve every assignment, and before the first approval send a verdict on
+/// the same lease by someone else ("mallory"), which must be rejected. `first` starts true.
+pub fn approve_after_one_foreign(
+    first: &mut bool,
+    event: &hitl_schema::AssignmentEvent,
+) -> Vec<hitl_schema::Verdict> {
+    let approve = verdict_on(event, hitl_schema::VerdictKind::Approve);
+    if !std::mem::take(first) {
+        return vec![approve];
+    }
+    let mut foreign = approve.clone();
+    foreign.reviewer_id = "mallory".into();
+    vec![foreign, approve]
+}
+
 /// A verdict on `event`'s assignment by its reviewer, decided now.
 pub fn verdict_on(
     event: &hitl_schema::AssignmentEvent,

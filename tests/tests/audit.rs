@@ -201,16 +201,8 @@ fn a_full_run_yields_a_complete_verified_trail_one_label_per_human_decision_and_
     let reviewers = {
         let mut first = true;
         reviewer_app(&run.topics, stop.clone(), move |event, _| {
-            let mut verdicts = Vec::new();
-            if first {
-                // One bad verdict: someone else's lease.
-                first = false;
-                let mut bad = verdict_on(event, VerdictKind::Approve);
-                bad.reviewer_id = "mallory".into();
-                verdicts.push(bad);
-            }
-            verdicts.push(verdict_on(event, VerdictKind::Approve));
-            verdicts
+            // One bad verdict first: someone else's lease.
+            approve_after_one_foreign(&mut first, event)
         })
     };
 

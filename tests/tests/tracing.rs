@@ -182,16 +182,8 @@ fn one_trace_per_decision_across_the_services_exported_over_otlp() {
                 .lock()
                 .unwrap()
                 .push((event.decision_id.clone(), headers.clone()));
-            let mut verdicts = Vec::new();
-            if first {
-                // Someone else's lease: rejected, an error span in that decision's trace.
-                first = false;
-                let mut bad = verdict_on(event, VerdictKind::Approve);
-                bad.reviewer_id = "mallory".into();
-                verdicts.push(bad);
-            }
-            verdicts.push(verdict_on(event, VerdictKind::Approve));
-            verdicts
+            // Someone else's lease first: rejected, an error span in that decision's trace.
+            approve_after_one_foreign(&mut first, event)
         })
     };
 

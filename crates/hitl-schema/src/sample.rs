@@ -53,6 +53,23 @@ pub fn review_request(
     }
 }
 
+/// The router's ROUTED event for `decision` on `route` under `policy_rule` (version `v1`) at `at`.
+pub fn routed(decision: Decision, route: &str, policy_rule: &str, at: i64) -> LifecycleEvent {
+    let id = decision.decision_id.clone();
+    let mut routed = LifecycleEvent::new(
+        format!("{id}:router:routed"),
+        &id,
+        LifecycleKind::Routed,
+        "router",
+        at,
+    );
+    routed.decision = Some(Arc::new(decision));
+    routed.attributes.insert("route".into(), route.into());
+    routed.policy_rule = Some(policy_rule.into());
+    routed.policy_version = Some("v1".into());
+    routed
+}
+
 /// The lifecycle of `decision` sent to people under `policy_rule` (version `v1`) at `at` and
 /// approved by `reviewer`: ROUTED, QUEUED, ASSIGNED, VERDICT and OUTCOME, `step` ms apart.
 pub fn human_lifecycle(
@@ -64,18 +81,7 @@ pub fn human_lifecycle(
 ) -> Vec<LifecycleEvent> {
     let id = decision.decision_id.clone();
     let workflow = decision.workflow.clone();
-    let mut routed = LifecycleEvent::new(
-        format!("{id}:router:routed"),
-        &id,
-        LifecycleKind::Routed,
-        "router",
-        at,
-    );
-    routed.decision = Some(Arc::new(decision));
-    routed.attributes.insert("route".into(), "human".into());
-    routed.policy_rule = Some(policy_rule.into());
-    routed.policy_version = Some("v1".into());
-    let mut events = vec![routed];
+    let mut events = vec![routed(decision, "human", policy_rule, at)];
     for (sequence, kind) in [
         (1, LifecycleKind::Queued),
         (2, LifecycleKind::Assigned),
