@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole system on this machine: the dev broker, the services, a demo load of realistic
+# Runs the whole system on this machine: Apache Kafka (scripts/kafka.sh), the services, a demo load of realistic
 # decisions (with a few invalid records), and a live summary of what happened to them; the services'
 # traces go over OTLP to a receiver built on OpenTelemetry's protocol definitions.
 #   scripts/demo.sh [--rate N] [--duration SECS]      (defaults: 200 decisions/s for 30 s)
 # Environment: HITL_DEMO_PORT (broker port, default 19092). Logs go to .hitl/demo/.
+# Uses the dev broker if `scripts/kafka.sh start` runs one; else starts a fresh broker in
+# .hitl/demo/kafka for this run and stops it at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=200
@@ -24,11 +26,16 @@ echo "building the services (release)..."
 cargo build --release --workspace --bins --locked --quiet
 
 started_broker=0
-if ! scripts/broker.sh status >/dev/null 2>&1; then
-  scripts/broker.sh start "$port"
+if address=$(scripts/kafka.sh address 2>/dev/null); then
+  echo "using the running dev broker on $address"
+else
+  scripts/kafka.sh stop --dir "$logs/kafka" >/dev/null 2>&1 || true
+  rm -rf "$logs/kafka"
+  scripts/kafka.sh start --port "$port" --dir "$logs/kafka"
+  address=127.0.0.1:$port
   started_broker=1
 fi
-export HITL_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$port
+export HITL_KAFKA__BOOTSTRAP_SERVERS=$address
 pids=()
 rm -f "$logs/spans.jsonl"
 .hitl/venv/bin/python tests/python/otlp_receiver.py --out "$logs/spans.jsonl" >"$logs/otlp.port" 2>"$logs/otlp.log" &
@@ -39,7 +46,7 @@ export HITL_TELEMETRY__OTLP_ENDPOINT=http://127.0.0.1:$otlp_port
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ "$started_broker" = 1 ]; then scripts/broker.sh stop >/dev/null; fi
+  if [ "$started_broker" = 1 ]; then scripts/kafka.sh stop --dir "$logs/kafka" >/dev/null; fi
 }
 trap cleanup EXIT INT TERM
 

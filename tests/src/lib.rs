@@ -1,8 +1,8 @@
 //! Integration-test harness: a real broker, real service processes, unique names per test.
 //!
-//! - `broker()` starts one Tansu 0.6.0 (memory engine) on a free loopback port for the whole test
-//!   binary, watched by a shell loop that kills it when the test process exits; or uses
-//!   `HITL_BOOTSTRAP_SERVERS` (an external Kafka).
+//! - `broker()` starts one Apache Kafka (`scripts/kafka.sh`: single node, KRaft, free loopback
+//!   ports, a fresh log dir) for the whole test binary, watched by a shell loop that kills it when
+//!   the test process exits; or uses `HITL_BOOTSTRAP_SERVERS` (an external Kafka).
 //! - `Service` runs a built service binary (`target/<profile>/hitl-*`) with a generated config file,
 //!   and can SIGTERM or SIGKILL it.
 //! - `read_topic` reads a topic from the beginning until a condition holds or a deadline passes.
@@ -34,8 +34,23 @@ pub use hitl_schema;
 #[derive(Debug)]
 pub struct Broker {
     pub bootstrap: String,
-    /// The watchdog shell that owns the broker process; it exits with this test process.
+    /// The SASL_PLAINTEXT (SCRAM-SHA-512, ACLs enforced) listener of a broker the harness started;
+    /// user `admin`, password `admin-secret`, is a super user. `None` on an external cluster.
+    pub sasl_bootstrap: Option<String>,
+    /// The broker's state folder (data, `broker.log`), when the harness started it.
+    pub dir: Option<PathBuf>,
+    /// The broker's process id, when the harness started it (tests pause it with SIGSTOP).
+    pub pid: Option<u32>,
+    /// The watchdog shell that kills the broker when this test process goes away.
     _watchdog: Option<std::sync::Mutex<Child>>,
+}
+
+/// The repository's root.
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_owned()
 }
 
 /// Starts (once) or finds the broker.
@@ -43,19 +58,40 @@ pub fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(|| {
         if let Ok(bootstrap) = std::env::var("HITL_BOOTSTRAP_SERVERS") {
-            return Broker { bootstrap, _watchdog: None };
+            return Broker {
+                bootstrap,
+                sasl_bootstrap: std::env::var("HITL_SASL_BOOTSTRAP_SERVERS").ok(),
+                dir: None,
+                pid: None,
+                _watchdog: None,
+            };
         }
-        let port = free_port();
-        let tansu = tansu_binary();
-        let log = std::env::temp_dir().join(format!("hitl-test-tansu-{port}.log"));
-        // The watchdog kills the broker when this test process goes away, however it ends.
+        let dir = std::env::temp_dir().join(unique("hitl-test-kafka"));
+        let status = Command::new(repository().join("scripts/kafka.sh"))
+            .args(["start", "--port", "0", "--sasl-port", "0", "--dir"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .status()
+            .expect("run scripts/kafka.sh");
+        assert!(
+            status.success(),
+            "scripts/kafka.sh could not start Apache Kafka in {}",
+            dir.display()
+        );
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .unwrap_or_else(|error| panic!("{}/{name}: {error}", dir.display()))
+                .trim()
+                .to_owned()
+        };
+        let pid: u32 = read("pid").parse().expect("broker pid");
+        // The watchdog kills the broker, and removes its log dir, when this test process goes away
+        // however it ends (the broker log stays when a test failed: HITL_KEEP_BROKER_LOGS=1).
         let script = format!(
-            "{tansu} broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} \
-             --storage-engine memory://tansu/ >{log} 2>&1 & broker=$!; \
-             while kill -0 {parent} 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 0.5; done; kill -9 $broker 2>/dev/null",
-            tansu = tansu.display(),
-            log = log.display(),
+            "while kill -0 {parent} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             kill -9 {pid} 2>/dev/null; [ -n \"$HITL_KEEP_BROKER_LOGS\" ] || rm -rf {dir}",
             parent = std::process::id(),
+            dir = dir.display(),
         );
         let watchdog = Command::new("bash")
             .arg("-c")
@@ -64,32 +100,15 @@ pub fn broker() -> &'static Broker {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start tansu watchdog");
-        wait_for(Duration::from_secs(30), "tansu to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
-        Broker { bootstrap: format!("127.0.0.1:{port}"), _watchdog: Some(std::sync::Mutex::new(watchdog)) }
+            .expect("start broker watchdog");
+        Broker {
+            bootstrap: read("address"),
+            sasl_bootstrap: Some(read("sasl_address")),
+            dir: Some(dir),
+            pid: Some(pid),
+            _watchdog: Some(std::sync::Mutex::new(watchdog)),
+        }
     })
-}
-
-fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("HITL_TANSU_BIN") {
-        return PathBuf::from(path);
-    }
-    let cargo_home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
-        });
-    let candidate = cargo_home.join("bin/tansu");
-    if candidate.exists() {
-        return candidate;
-    }
-    panic!(
-        "tansu not found (looked at $HITL_TANSU_BIN and {}): run `scripts/broker.sh install`, \
-         or set HITL_BOOTSTRAP_SERVERS to an external Kafka",
-        candidate.display()
-    );
 }
 
 /// A loopback port that was free a moment ago.
@@ -500,41 +519,29 @@ pub fn client_config() -> ClientConfig {
     hitl_runtime::kafka::client_config(&kafka_settings())
 }
 
-/// True when the tests run on the bundled Tansu (not on `HITL_BOOTSTRAP_SERVERS`).
-pub fn on_tansu() -> bool {
-    std::env::var("HITL_BOOTSTRAP_SERVERS").is_err()
-}
-
-/// Waits out a killed member's session before its replacement joins, as a supervisor's restart
-/// backoff would. Tansu (0.6.0, and its successor built from source) can hand a replacement that
-/// joins within the dead member's session timeout no partitions, and never rebalance after
-/// (README, "Broker"); on Kafka the wait only costs time.
-pub fn wait_out_the_dead_session() {
-    std::thread::sleep(Duration::from_secs(7)); // session_timeout in `kafka_toml` is 6 s
-}
-
-/// The delivery mode under test: `idempotent` on Tansu 0.6.0 (no EndTxn), else
-/// `HITL_TEST_DELIVERY` (default `transactional`).
+/// The delivery mode under test: `HITL_TEST_DELIVERY`, default `transactional`.
 pub fn delivery() -> String {
-    std::env::var("HITL_TEST_DELIVERY").unwrap_or_else(|_| {
-        if on_tansu() {
-            "idempotent"
-        } else {
-            "transactional"
-        }
-        .into()
-    })
+    std::env::var("HITL_TEST_DELIVERY").unwrap_or_else(|_| "transactional".into())
 }
 
-/// The `[kafka]` table services under test get: this broker, the delivery mode, Tansu's
-/// workarounds when on Tansu, and a short session timeout (Tansu joins in half of it).
+/// True when the services under test run Kafka transactions (outputs of aborted transactions are
+/// never visible, so tests may demand exactly-once effects on the topics themselves).
+pub fn transactional() -> bool {
+    delivery() == "transactional"
+}
+
+/// The `[kafka]` table services under test get: this broker, the delivery mode, and a short
+/// session timeout (with static membership a stopped instance keeps its partitions until its
+/// session ends; tests that stop one instance for good wait for that).
 pub fn kafka_toml() -> String {
     format!(
         "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout = \"6s\"\ncommit_interval = \"100ms\"\n\
-         delivery = \"{}\"\nresume_from_log_start = {}\n",
+         delivery = \"{}\"\n{}",
         broker().bootstrap,
         delivery(),
-        on_tansu(),
+        std::env::var("HITL_TEST_GROUP_PROTOCOL")
+            .map(|protocol| format!("group_protocol = \"{protocol}\"\n"))
+            .unwrap_or_default(),
     )
 }
 

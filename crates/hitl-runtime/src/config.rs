@@ -137,8 +137,29 @@ pub enum Delivery {
     Transactional,
     /// Idempotent producer; outputs are flushed (acknowledged) before input offsets are committed.
     /// A crash in between re-emits outputs, which every hitl consumer de-duplicates by key. For
-    /// brokers without transaction support, such as Tansu 0.6.0 (no EndTxn).
+    /// brokers without transaction support. Outputs are at least once; every hitl consumer
+    /// removes repeats by key.
     Idempotent,
+}
+
+/// Which consumer group protocol the loop's consumer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// The classic rebalance protocol (every Kafka version).
+    #[default]
+    Classic,
+    /// KIP-848, `group.protocol=consumer` (Apache Kafka 4.0 and newer).
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
+        }
+    }
 }
 
 /// How to reach Kafka, and the client settings the services reason about.
@@ -158,11 +179,22 @@ pub struct KafkaSettings {
     pub ssl_certificate_location: Option<PathBuf>,
     pub ssl_key_location: Option<PathBuf>,
     pub ssl_key_password: Option<Secret>,
-    /// Consumer-group session timeout. Tansu's group join waits about half of it.
+    /// The consumer group protocol: `classic` (JoinGroup/SyncGroup, client-side assignors) or
+    /// `consumer` (KIP-848: the broker assigns partitions, incrementally, with `group_remote_assignor`).
+    pub group_protocol: GroupProtocol,
+    /// Consumer-group session timeout (`classic` only; under `consumer` the broker's
+    /// `group.consumer.session.timeout.ms` applies). Kafka's default is 45 s.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
-    /// `range` or `roundrobin` (eager); `cooperative-sticky` where the broker handles it.
+    /// `classic` only: `range` or `roundrobin` (eager), or `cooperative-sticky`.
     pub partition_assignment_strategy: String,
+    /// `consumer` only: the broker-side assignor, `range` or `uniform`.
+    pub group_remote_assignor: String,
+    /// Static group membership (KIP-345): each instance joins with `group.instance.id` = its
+    /// `transactional.id`, so a restarted instance gets its partitions back at once, without a
+    /// rebalance and without waiting out the dead member's session. The cost: an instance that
+    /// stops for good keeps its partitions until its session times out.
+    pub static_membership: bool,
     /// Transactions, or idempotent produce-then-commit (see `Delivery`).
     pub delivery: Delivery,
     /// How long the broker lets a transaction stay open.
@@ -176,12 +208,6 @@ pub struct KafkaSettings {
     /// Deadline for a single blocking client call (init, commit, abort, admin).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Work around brokers that cannot fetch from inside a record batch. Tansu 0.6.0 answers a
-    /// fetch at an offset in the middle of a batch with nothing, or with the next batch, silently
-    /// skipping the rest of that batch, so resuming at a committed offset can stall or lose input.
-    /// When set, an assigned (or rewound) partition is read from its beginning and records below
-    /// the committed position are skipped. Costs a re-read per assignment: for dev brokers only.
-    pub resume_from_log_start: bool,
     /// Raw librdkafka settings, applied last (they win).
     pub librdkafka: BTreeMap<String, String>,
 }
@@ -198,14 +224,16 @@ impl Default for KafkaSettings {
             ssl_certificate_location: None,
             ssl_key_location: None,
             ssl_key_password: None,
-            session_timeout: Duration::from_secs(6),
+            group_protocol: GroupProtocol::Classic,
+            session_timeout: Duration::from_secs(45),
             partition_assignment_strategy: "range".into(),
+            group_remote_assignor: "range".into(),
+            static_membership: true,
             delivery: Delivery::Transactional,
             transaction_timeout: Duration::from_secs(60),
             commit_interval: Duration::from_millis(100),
             commit_max_records: 5_000,
             request_timeout: Duration::from_secs(30),
-            resume_from_log_start: false,
             librdkafka: BTreeMap::new(),
         }
     }
@@ -269,6 +297,12 @@ impl Validate for KafkaSettings {
             errors.push(format!(
                 "kafka.partition_assignment_strategy: `{}` is not range, roundrobin or cooperative-sticky",
                 self.partition_assignment_strategy
+            ));
+        }
+        if !matches!(self.group_remote_assignor.as_str(), "range" | "uniform") {
+            errors.push(format!(
+                "kafka.group_remote_assignor: `{}` is not range or uniform",
+                self.group_remote_assignor
             ));
         }
         if self.session_timeout < Duration::from_secs(1) {

@@ -11,7 +11,7 @@ use rdkafka::{
     ClientConfig,
 };
 
-use crate::config::{Delivery, KafkaSettings, TopicSpec};
+use crate::config::{Delivery, GroupProtocol, KafkaSettings, TopicSpec};
 
 /// Settings common to every client: brokers, security, then the raw overrides.
 pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
@@ -55,28 +55,44 @@ fn apply_overrides(config: &mut ClientConfig, settings: &KafkaSettings) {
     }
 }
 
-/// The consumer of a service loop: manual offsets (committed with the outputs),
-/// `read_committed`, the configured session timeout and assignor.
-pub fn loop_consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+/// The consumer of a service loop: manual offsets (committed with the outputs), `read_committed`,
+/// the configured group protocol and assignor, and (with static membership) `group.instance.id`
+/// = `instance_id`, so a restarted instance takes its partitions back without a rebalance.
+pub fn loop_consumer_config(
+    settings: &KafkaSettings,
+    group_id: &str,
+    instance_id: &str,
+) -> ClientConfig {
     let mut config = client_config(settings);
     config
         .set("group.id", group_id)
+        .set("group.protocol", settings.group_protocol.as_librdkafka())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", millis(settings.session_timeout))
-        .set(
-            "heartbeat.interval.ms",
-            millis(settings.session_timeout / 3),
-        )
-        .set(
-            "partition.assignment.strategy",
-            &settings.partition_assignment_strategy,
-        )
-        // Human review is latency-sensitive and light per partition: don't let a fetch idle for
-        // librdkafka's default 500 ms (Tansu holds a fetch for the whole wait).
-        .set("fetch.wait.max.ms", "50");
+        .set("auto.offset.reset", "earliest");
+    match settings.group_protocol {
+        GroupProtocol::Classic => {
+            config
+                .set("session.timeout.ms", millis(settings.session_timeout))
+                .set(
+                    "heartbeat.interval.ms",
+                    millis(settings.session_timeout / 3),
+                )
+                .set(
+                    "partition.assignment.strategy",
+                    &settings.partition_assignment_strategy,
+                );
+        }
+        // The broker owns sessions, heartbeats and assignment under KIP-848; librdkafka refuses
+        // the classic settings.
+        GroupProtocol::Consumer => {
+            config.set("group.remote.assignor", &settings.group_remote_assignor);
+        }
+    }
+    if settings.static_membership {
+        config.set("group.instance.id", instance_id);
+    }
     apply_overrides(&mut config, settings);
     config
 }
@@ -113,7 +129,6 @@ pub fn reader_config(settings: &KafkaSettings, isolation_read_committed: bool) -
     let mut config = client_config(settings);
     config
         .set("group.id", "hitl-reader")
-        .set("fetch.wait.max.ms", "50")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set(

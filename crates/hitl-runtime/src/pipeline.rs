@@ -16,8 +16,8 @@
 //! When partitions are revoked (rebalance), the open transaction is committed inside the
 //! rebalance callback, before the partitions go, so the next owner starts exactly where we stopped.
 //!
-//! Processors must still be idempotent by key: a broker that shows aborted records to
-//! `read_committed` readers (Tansu 0.6) turns "exactly once" into "at least once" downstream.
+//! Processors must still be idempotent by key: idempotent delivery repeats outputs after a crash,
+//! and any topic can be written by clients other than hitl's services.
 
 use std::{
     collections::BTreeMap,
@@ -30,11 +30,11 @@ use governor::{clock::Clock, DefaultDirectRateLimiter, Quota};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rdkafka::{
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
-    types::{RDKafkaErrorCode, RDKafkaRespErr},
+    types::RDKafkaErrorCode,
     ClientContext, Message, Offset, TopicPartitionList,
 };
 use tokio_util::sync::CancellationToken;
@@ -194,7 +194,7 @@ pub enum LoopError {
     Fatal(#[source] KafkaError),
     #[error(
         "the broker does not support Kafka transactions ({0}); set kafka.delivery = \"idempotent\" \
-         (HITL_KAFKA__DELIVERY=idempotent) for brokers such as Tansu 0.6.0"
+         (HITL_KAFKA__DELIVERY=idempotent) for brokers without transactions"
     )]
     TransactionsUnsupported(#[source] KafkaError),
 }
@@ -229,11 +229,6 @@ struct Shared {
     delivery: Delivery,
     /// Set once the loop failed fatally: no more commits or aborts (they would only time out).
     failed: std::sync::atomic::AtomicBool,
-    /// `KafkaSettings::resume_from_log_start`.
-    resume_from_log_start: bool,
-    /// With `resume_from_log_start`: per partition, the first offset still to process; records
-    /// below it were processed already and are skipped.
-    skip_below: Mutex<BTreeMap<PartitionKey, i64>>,
     txn: Mutex<Txn>,
     pending: Mutex<Pending>,
     request_timeout: Duration,
@@ -247,49 +242,6 @@ struct LoopContext {
 impl ClientContext for LoopContext {}
 
 impl ConsumerContext for LoopContext {
-    /// The default rebalance, except that with `resume_from_log_start` assigned partitions start
-    /// at their beginning and skip what was committed (see `KafkaSettings`).
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        error: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        let result = match error {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if self.shared.resume_from_log_start {
-                    self.shared.start_from_log_start(consumer, partitions);
-                }
-                let result = if cooperative {
-                    consumer.incremental_assign(partitions)
-                } else {
-                    consumer.assign(partitions)
-                };
-                self.post_rebalance(consumer, &Rebalance::Assign(partitions));
-                result
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.pre_rebalance(consumer, &Rebalance::Revoke(partitions));
-                if cooperative {
-                    consumer.incremental_unassign(partitions)
-                } else {
-                    consumer.unassign()
-                }
-            }
-            other => {
-                tracing::error!(error = ?other, "rebalance error");
-                consumer.unassign()
-            }
-        };
-        if let Err(error) = result {
-            tracing::error!(%error, "cannot apply the new assignment");
-        }
-    }
-
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             if self.shared.failed.load(Ordering::Relaxed) {
@@ -509,31 +461,6 @@ impl Shared {
         Ok(())
     }
 
-    /// With `resume_from_log_start`: makes each partition of `partitions` start at its beginning,
-    /// skipping records below its committed offset.
-    fn start_from_log_start(
-        &self,
-        consumer: &BaseConsumer<LoopContext>,
-        partitions: &mut TopicPartitionList,
-    ) {
-        let committed = match consumer.committed_offsets(partitions.clone(), self.request_timeout) {
-            Ok(committed) => committed,
-            Err(error) => {
-                tracing::error!(%error, "cannot read committed offsets; reading assigned partitions from their start");
-                partitions.clone()
-            }
-        };
-        let mut skip_below = self.skip_below.lock().expect("skip lock");
-        for element in committed.elements() {
-            if let Offset::Offset(offset) = element.offset() {
-                if offset > 0 {
-                    skip_below.insert((element.topic().to_owned(), element.partition()), offset);
-                }
-            }
-        }
-        let _ = partitions.set_all_offsets(Offset::Beginning);
-    }
-
     /// Aborts, then seeks each partition back to the first offset the transaction read.
     fn abort_and_rewind(
         &self,
@@ -543,16 +470,12 @@ impl Shared {
         let rewind = std::mem::take(&mut txn.rewind_offsets);
         self.abort(txn)?;
         for ((topic, partition), offset) in rewind {
-            let target = if self.resume_from_log_start {
-                self.skip_below
-                    .lock()
-                    .expect("skip lock")
-                    .insert((topic.clone(), partition), offset);
-                Offset::Beginning
-            } else {
-                Offset::Offset(offset)
-            };
-            if let Err(error) = consumer.seek(&topic, partition, target, self.request_timeout) {
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                self.request_timeout,
+            ) {
                 // Not ours any more (rebalanced away): its next owner reads from the committed offset.
                 tracing::warn!(%topic, partition, offset, %error, "cannot rewind partition");
             }
@@ -631,26 +554,22 @@ fn run<P: Processor>(
         producer,
         delivery: kafka.delivery,
         failed: std::sync::atomic::AtomicBool::new(false),
-        resume_from_log_start: kafka.resume_from_log_start,
-        skip_below: Mutex::default(),
         txn: Mutex::default(),
         pending: Mutex::default(),
         request_timeout: kafka.request_timeout,
         metrics,
     });
-    let consumer: BaseConsumer<LoopContext> = loop_consumer_config(kafka, &settings.group_id)
-        .create_with_context(LoopContext {
-            shared: shared.clone(),
-        })
-        .map_err(LoopError::Client)?;
+    let consumer: BaseConsumer<LoopContext> =
+        loop_consumer_config(kafka, &settings.group_id, &settings.transactional_id)
+            .create_with_context(LoopContext {
+                shared: shared.clone(),
+            })
+            .map_err(LoopError::Client)?;
 
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
-    match kafka.delivery {
-        Delivery::Transactional => {
-            init_transactions(&shared.producer, kafka.request_timeout, shutdown)?
-        }
-        Delivery::Idempotent => fence_earlier_transactions(kafka, &settings.transactional_id),
+    if kafka.delivery == Delivery::Transactional {
+        init_transactions(&shared.producer, kafka.request_timeout, shutdown)?;
     }
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(LoopError::Client)?;
@@ -776,16 +695,6 @@ fn step<P: Processor>(
     }
     let key = (message.topic().to_owned(), message.partition());
     let offset = message.offset();
-    if shared.resume_from_log_start {
-        let mut skip_below = shared.skip_below.lock().expect("skip lock");
-        match skip_below.get(&key) {
-            Some(first) if offset < *first => return Ok(()), // processed before: skip
-            Some(_) => {
-                skip_below.remove(&key);
-            }
-            None => {}
-        }
-    }
     processor.process(&InputRecord { message: &message }, output);
     shared.metrics.record_in();
     {
@@ -899,26 +808,4 @@ fn init_transactions(
         }
     }
     Ok(())
-}
-
-/// In idempotent mode, a transaction left open by an earlier transactional run of this instance
-/// (same `transactional.id`) would hold back `read_committed` readers of every partition it wrote
-/// to, for ever on a broker that never times transactions out (Tansu). Initialising a transactional
-/// producer with that id fences the old epoch and aborts its open transaction.
-fn fence_earlier_transactions(kafka: &KafkaSettings, transactional_id: &str) {
-    let transactional = KafkaSettings {
-        delivery: Delivery::Transactional,
-        ..kafka.clone()
-    };
-    let fenced = loop_producer_config(&transactional, transactional_id)
-        .create::<BaseProducer>()
-        .and_then(|producer| producer.init_transactions(kafka.request_timeout));
-    match fenced {
-        Ok(()) => {
-            tracing::info!(%transactional_id, "fenced any transaction an earlier run left open")
-        }
-        Err(error) => {
-            tracing::warn!(%transactional_id, %error, "could not fence earlier transactions")
-        }
-    }
 }

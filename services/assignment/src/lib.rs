@@ -12,7 +12,10 @@ pub mod service;
 
 use std::sync::{mpsc, Arc};
 
-use hitl_runtime::{config::Settings, LoopSettings};
+use hitl_runtime::{
+    config::{GroupProtocol, Settings},
+    LoopSettings,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use service::{AssignmentProcessor, AssignmentSettings};
@@ -22,14 +25,22 @@ pub async fn run(
     settings: Settings<AssignmentSettings>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    if !matches!(
-        settings.kafka.partition_assignment_strategy.as_str(),
-        "range" | "range,roundrobin"
-    ) {
-        anyhow::bail!(
-            "kafka.partition_assignment_strategy: the assignment service needs `range`, which gives \
-             one instance the same partitions of review-requests and verdicts (co-partitioned by pool)"
-        );
+    // One instance must get the same partitions of review-requests and verdicts (co-partitioned by
+    // pool): the `range` assignor does that, client-side (classic) or in the broker (KIP-848).
+    match settings.kafka.group_protocol {
+        GroupProtocol::Classic if settings.kafka.partition_assignment_strategy != "range" => {
+            anyhow::bail!(
+                "kafka.partition_assignment_strategy: the assignment service needs `range`, which \
+                 gives one instance the same partitions of review-requests and verdicts (co-partitioned by pool)"
+            )
+        }
+        GroupProtocol::Consumer if settings.kafka.group_remote_assignor != "range" => {
+            anyhow::bail!(
+                "kafka.group_remote_assignor: the assignment service needs `range`, which gives one \
+                 instance the same partitions of review-requests and verdicts (co-partitioned by pool)"
+            )
+        }
+        _ => {}
     }
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::AssignmentMetrics::register(&mut registry));
