@@ -6,6 +6,7 @@ service and trace, and the tree of one decision that went to people.
 
 import collections
 import json
+import os
 import sys
 
 
@@ -81,5 +82,19 @@ def main(path):
     return 0
 
 
+def run(path):
+    """`main`, and a quiet exit 0 when stdout is closed (`... | head`): the reader has all it
+    wanted, as with `ls | head`."""
+    try:
+        status = main(path)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at devnull: the interpreter's final flush must not fail (and complain) again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        status = 0
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(run(sys.argv[1]))

@@ -9,7 +9,10 @@ use hitl_audit::{
     verify::{verify, Input},
     AuditProcessor, AuditSettings,
 };
-use hitl_runtime::config::{KafkaSettings, Secret, Settings, Topics};
+use hitl_runtime::{
+    config::{KafkaSettings, Secret, Settings, Topics},
+    out, outln,
+};
 use hitl_schema::{Codec, DecidedBy, Decision, LifecycleEvent, Outcome, OutcomeStatus};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -119,13 +122,13 @@ pub fn run(
     });
     runtime.block_on(hitl_runtime::kafka::ensure_topics(kafka, &specs, 1))?;
 
-    println!(
+    outln!(
         "publishing the lifecycle of {decisions} decisions to {} ...",
         topics.lifecycle
-    );
+    )?;
     let started = Instant::now();
     let events = publish(kafka, &topics.lifecycle, decisions);
-    println!("{events} events in {:.1}s", started.elapsed().as_secs_f64());
+    outln!("{events} events in {:.1}s", started.elapsed().as_secs_f64())?;
 
     let passthrough = measure_on(
         kafka,
@@ -135,7 +138,7 @@ pub fn run(
             topic: format!("{prefix}.passthrough"),
         },
         events,
-    );
+    )?;
     let settings = Settings {
         kafka: kafka.clone(),
         topics: topics.clone(),
@@ -156,13 +159,13 @@ pub fn run(
         .service
         .keys()
         .map_err(|p| anyhow::anyhow!("{p:?}"))?;
-    let audit = measure_on(kafka, &topics.lifecycle, "audit", processor, events);
-    println!(
+    let audit = measure_on(kafka, &topics.lifecycle, "audit", processor, events)?;
+    outln!(
         "audit: {audit:.0} events/s (each a signed audit record; {:.0}% also a feedback record)   \
          passthrough: {passthrough:.0}/s   ratio {:.3}",
         100.0 * 0.3 / (0.7 + 0.3 * 5.0),
         audit / passthrough
-    );
+    )?;
 
     // Give the last checkpoints time to be cut (the loop stopped after the last commit; the trail
     // is complete up to it), then verify.
@@ -181,8 +184,8 @@ pub fn run(
     let verified = Instant::now();
     let report = verify(&input, &keys);
     let verify_time = verified.elapsed();
-    print!("{report}");
-    println!(
+    out!("{report}")?;
+    outln!(
         "verify: {} decisions ({} records, {} checkpoints): read {:.2}s, checked {:.2}s ({:.0} records/s)",
         report.decisions,
         report.records,
@@ -190,7 +193,7 @@ pub fn run(
         read.as_secs_f64(),
         verify_time.as_secs_f64(),
         report.records as f64 / verify_time.as_secs_f64()
-    );
+    )?;
     anyhow::ensure!(report.is_clean(), "the benchmark trail does not verify");
     Ok(())
 }
@@ -224,13 +227,13 @@ pub fn memory(decisions: u64, seal: bool) -> anyhow::Result<()> {
     }
     core.seal_idle(later);
     let grown = hitl_runtime::metrics::resident_bytes().saturating_sub(base);
-    println!(
+    outln!(
         "audit state, {decisions} decisions, {}: {} bytes resident per decision ({} whole trails, {} sealed; {:.1}s)",
         if seal { "finished trails sealed" } else { "every trail whole" },
         grown / decisions.max(1),
         core.len(),
         core.sealed_len(),
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }

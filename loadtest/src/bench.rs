@@ -5,6 +5,7 @@
 //! covers the last one, so consumer-group joins are not counted.
 
 use std::{
+    io,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -14,8 +15,8 @@ use std::{
 
 use hitl_router::{RouterProcessor, RouterSettings};
 use hitl_runtime::{
-    config::Settings, pipeline, Health, InputRecord, LoopMetrics, LoopSettings, OutputRecord,
-    Processor,
+    config::Settings, outln, pipeline, Health, InputRecord, LoopMetrics, LoopSettings,
+    OutputRecord, Processor,
 };
 use hitl_schema::Codec;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -108,7 +109,7 @@ fn measure<P: Processor>(
     name: &str,
     processor: P,
     count: u64,
-) -> f64 {
+) -> io::Result<f64> {
     measure_on(
         &settings.kafka,
         &settings.topics.decisions,
@@ -126,7 +127,7 @@ pub fn measure_on<P: Processor>(
     name: &str,
     processor: P,
     count: u64,
-) -> f64 {
+) -> io::Result<f64> {
     let counters = Arc::new(Counters::default());
     let shutdown = CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -170,12 +171,12 @@ pub fn measure_on<P: Processor>(
     let committed = counters.committed.load(Ordering::Relaxed);
     let elapsed = last.duration_since(first).as_secs_f64();
     let (commit_seconds, commits, queue_full) = loop_waits(&registry);
-    println!(
+    outln!(
         "  {name}: {committed} records in {elapsed:.2}s, {commits} commits taking {:.0}% of it ({:.1} ms each), producer queue full {queue_full} times",
         100.0 * commit_seconds / elapsed,
         1000.0 * commit_seconds / commits.max(1) as f64,
-    );
-    committed as f64 / elapsed
+    )?;
+    Ok(committed as f64 / elapsed)
 }
 
 /// Where the loop waited, from its metrics: seconds spent committing, commits, and how often the
@@ -227,18 +228,18 @@ pub fn publish(settings: &Settings<RouterSettings>, count: u64) {
 }
 
 /// Runs `rounds` alternating rounds and prints each rate and the median ratio.
-pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 {
-    println!(
+pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::Result<f64> {
+    outln!(
         "publishing {count} decisions to {} ...",
         settings.topics.decisions
-    );
+    )?;
     let published = Instant::now();
     publish(settings, count);
-    println!(
+    outln!(
         "published in {:.1}s ({:.0}/s)",
         published.elapsed().as_secs_f64(),
         count as f64 / published.elapsed().as_secs_f64()
-    );
+    )?;
     let mut ratios = Vec::new();
     let mut doubling_ratios = Vec::new();
     for round in 0..rounds {
@@ -247,9 +248,9 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 
         for which in order {
             let topic = format!("{}.passthrough", settings.topics.decisions);
             rates[which] = if which == 0 {
-                measure(settings, "passthrough", Passthrough { topic }, count)
+                measure(settings, "passthrough", Passthrough { topic }, count)?
             } else if which == 2 {
-                measure(settings, "two-records", Doubling { topic }, count)
+                measure(settings, "two-records", Doubling { topic }, count)?
             } else {
                 // Traced as configured (`HITL_TELEMETRY__OTLP_ENDPOINT`), to measure the cost.
                 let mut registry = prometheus_client::registry::Registry::default();
@@ -262,7 +263,7 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 
                     tracer,
                 )
                 .expect("router builds");
-                let rate = measure(settings, "router", processor, count);
+                let rate = measure(settings, "router", processor, count)?;
                 if let Some(exporter) = exporter {
                     exporter.finish(Duration::from_secs(30));
                     let mut text = String::new();
@@ -272,13 +273,13 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 
                         .lines()
                         .filter(|line| line.starts_with("hitl_trace_spans_"))
                         .collect();
-                    println!("  router traces: {}", spans.join("; "));
+                    outln!("  router traces: {}", spans.join("; "))?;
                 }
                 rate
             };
         }
         let ratio = rates[1] / rates[0];
-        println!(
+        outln!(
             "round {}: passthrough {:>8.0}/s   router {:>8.0}/s   ratio {:.3}   \
              (two records per input, no routing: {:>8.0}/s; router/that {:.3})",
             round + 1,
@@ -287,17 +288,17 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> f64 
             ratio,
             rates[2],
             rates[1] / rates[2],
-        );
+        )?;
         ratios.push(ratio);
         doubling_ratios.push(rates[1] / rates[2]);
     }
     ratios.sort_by(f64::total_cmp);
     doubling_ratios.sort_by(f64::total_cmp);
     let median = ratios[ratios.len() / 2];
-    println!(
+    outln!(
         "median ratio router/passthrough: {median:.3}; router/two-records: {:.3} (delivery = {:?})",
         doubling_ratios[doubling_ratios.len() / 2],
         settings.kafka.delivery
-    );
-    median
+    )?;
+    Ok(median)
 }

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hitl_runtime::config::{KafkaSettings, Topics};
+use hitl_runtime::{
+    config::{KafkaSettings, Topics},
+    outln,
+};
 use hitl_schema::{Codec, LifecycleEvent, Outcome, ReviewKind, ReviewRequest};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
@@ -158,14 +161,14 @@ fn observe(
 /// Runs the demo load for `duration` at `rate` decisions per second, printing a summary line every
 /// two seconds; then waits (up to 60 s) until everything produced is accounted for. With
 /// `reviewers`, simulated reviewers answer the assignments, and the wait includes the decisions
-/// sent to people.
+/// sent to people. Stops at the first summary line it cannot print (stdout closed).
 pub fn run(
     kafka: &KafkaSettings,
     topics: &Topics,
     rate: u64,
     duration: Duration,
     reviewers: bool,
-) -> Tally {
+) -> std::io::Result<Tally> {
     let codec = Codec::single_object();
     let reviewer_stop = Arc::new(AtomicBool::new(false));
     let reviewer_tally = Arc::new(std::sync::Mutex::new(
@@ -246,7 +249,7 @@ pub fn run(
         );
         let produced_now = produced.load(Ordering::Relaxed);
         if last_print.elapsed() >= Duration::from_secs(2) {
-            println!("{}", tally.line(produced_now, started.elapsed()));
+            outln!("{}", tally.line(produced_now, started.elapsed()))?;
             last_print = Instant::now();
         }
         if done.load(Ordering::Relaxed) {
@@ -265,33 +268,35 @@ pub fn run(
         thread.join().expect("reviewer thread");
     }
     let produced_total = produced.load(Ordering::Relaxed);
-    println!("{}", tally.line(produced_total, started.elapsed()));
-    println!(
+    outln!("{}", tally.line(produced_total, started.elapsed()))?;
+    outln!(
         "\nsummary: {produced_total} records published ({} deliberately invalid)",
         invalid.load(Ordering::Relaxed)
-    );
-    println!(
+    )?;
+    outln!(
         "  auto-approved {:>7}   auto-rejected {:>7}   QA samples {:>5}",
-        tally.auto_approved, tally.auto_rejected, tally.qa_samples
-    );
-    println!("  sent to people, by pool:");
+        tally.auto_approved,
+        tally.auto_rejected,
+        tally.qa_samples
+    )?;
+    outln!("  sent to people, by pool:")?;
     for (pool, count) in &tally.reviews_by_pool {
-        println!("    {pool:<20} {count:>7}");
+        outln!("    {pool:<20} {count:>7}")?;
     }
-    println!("  dead-lettered, by error class:");
+    outln!("  dead-lettered, by error class:")?;
     for (class, count) in &tally.dead_letters_by_class {
-        println!("    {class:<20} {count:>7}");
+        outln!("    {class:<20} {count:>7}")?;
     }
-    println!(
+    outln!(
         "  routing latency (created_at -> routed): p50 {} ms, p95 {} ms",
         percentile(&tally.routing_latencies_ms, 0.5),
         percentile(&tally.routing_latencies_ms, 0.95)
-    );
+    )?;
     let unaccounted = produced_total.saturating_sub(tally.routed() + tally.dead_letters());
-    println!("  unaccounted for: {unaccounted}");
+    outln!("  unaccounted for: {unaccounted}")?;
     if reviewers {
         let people = reviewer_tally.lock().expect("tally").clone();
-        println!(
+        outln!(
             "  decided by people: {}   (of {} sent to them; still pending: {})",
             tally
                 .human_by
@@ -301,8 +306,8 @@ pub fn run(
                 .join(", "),
             tally.reviews(),
             tally.reviews().saturating_sub(tally.human_outcomes)
-        );
-        println!(
+        )?;
+        outln!(
             "  simulated reviewers: {} assignments, {} revoked, {} left to expire; verdicts {}",
             people.assigned,
             people.revoked,
@@ -313,14 +318,14 @@ pub fn run(
                 .map(|(kind, n)| format!("{kind} {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        println!(
+        )?;
+        outln!(
             "  time to a human decision (created_at -> outcome): p50 {} ms, p95 {} ms",
             percentile(&tally.decision_times_ms, 0.5),
             percentile(&tally.decision_times_ms, 0.95)
-        );
+        )?;
     }
-    tally
+    Ok(tally)
 }
 
 fn codec_bytes(decision: &hitl_schema::Decision) -> Vec<u8> {

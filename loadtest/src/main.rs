@@ -2,7 +2,7 @@
 //! `bench-restore` (assignment state restore time), `bench-audit` (audit throughput, verify speed)
 //! and `audit-memory` (the audit core's memory per decision).
 
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
 
 use hitl_router::RouterSettings;
 use hitl_runtime::config::Settings;
@@ -29,14 +29,26 @@ fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("audit-memory") {
-        let decisions = flag(&args, "--decisions", 500_000u64)?;
-        let whole = args.iter().any(|arg| arg == "--whole");
-        return hitl_loadtest::audit::memory(decisions, !whole);
+        return hitl_runtime::cli::finish(audit_memory(&args).map(|()| ExitCode::SUCCESS));
     }
-    let settings: Settings<RouterSettings> = hitl_runtime::cli::load_or_exit();
+    let settings: Settings<RouterSettings> = match hitl_runtime::cli::load_from_process() {
+        Ok(settings) => settings,
+        Err(error) => return hitl_runtime::cli::refuse_to_start(&error),
+    };
+    hitl_runtime::cli::finish(run(&args, settings))
+}
+
+fn audit_memory(args: &[String]) -> anyhow::Result<()> {
+    let decisions = flag(args, "--decisions", 500_000u64)?;
+    let whole = args.iter().any(|arg| arg == "--whole");
+    hitl_loadtest::audit::memory(decisions, !whole)
+}
+
+/// Runs the command that needs a broker; its exit status.
+fn run(args: &[String], settings: Settings<RouterSettings>) -> anyhow::Result<ExitCode> {
     hitl_runtime::telemetry::init(&hitl_runtime::config::TelemetrySettings {
         log_level: "warn".into(),
         ..settings.telemetry.clone()
@@ -49,8 +61,8 @@ fn main() -> anyhow::Result<()> {
     ))?;
     match args.get(1).map(String::as_str) {
         Some("demo") => {
-            let rate = flag(&args, "--rate", 200u64)?;
-            let duration = flag(&args, "--duration", 30u64)?;
+            let rate = flag(args, "--rate", 200u64)?;
+            let duration = flag(args, "--duration", 30u64)?;
             let reviewers = !args.iter().any(|arg| arg == "--no-reviewers");
             let tally = hitl_loadtest::demo::run(
                 &settings.kafka,
@@ -58,26 +70,26 @@ fn main() -> anyhow::Result<()> {
                 rate,
                 Duration::from_secs(duration),
                 reviewers,
-            );
+            )?;
             anyhow::ensure!(
                 tally.routed() > 0,
                 "nothing was routed: is the router running?"
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Some("bench-audit") => {
-            let decisions = flag(&args, "--decisions", 100_000u64)?;
+            let decisions = flag(args, "--decisions", 100_000u64)?;
             hitl_loadtest::audit::run(&settings.kafka, &runtime, decisions)?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Some("bench-restore") => {
-            let count = flag(&args, "--count", 1_000_000u64)?;
+            let count = flag(args, "--count", 1_000_000u64)?;
             hitl_loadtest::restore::run(&settings.kafka, &runtime, count)?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Some("bench-router") => {
-            let count = flag(&args, "--count", 100_000u64)?;
-            let rounds = flag(&args, "--rounds", 3u32)?;
+            let count = flag(args, "--count", 100_000u64)?;
+            let rounds = flag(args, "--rounds", 3u32)?;
             let mut bench = settings.clone();
             let prefix = format!("bench-{:x}", hitl_runtime::now_millis());
             bench.topics = hitl_runtime::config::Topics {
@@ -97,12 +109,12 @@ fn main() -> anyhow::Result<()> {
             specs.retain(|spec| spec.name.starts_with(&prefix));
             specs.push(passthrough);
             runtime.block_on(hitl_runtime::kafka::ensure_topics(&bench.kafka, &specs, 1))?;
-            hitl_loadtest::bench::run(&bench, count, rounds);
-            Ok(())
+            hitl_loadtest::bench::run(&bench, count, rounds)?;
+            Ok(ExitCode::SUCCESS)
         }
         _ => {
             eprintln!("{USAGE}");
-            std::process::exit(2);
+            Ok(ExitCode::from(2))
         }
     }
 }

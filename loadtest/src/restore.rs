@@ -10,7 +10,10 @@ use hitl_assignment::{
     pools::CoreConfig,
     service::restore_partition,
 };
-use hitl_runtime::config::{KafkaSettings, TopicSpec};
+use hitl_runtime::{
+    config::{KafkaSettings, TopicSpec},
+    outln,
+};
 use hitl_schema::ReviewRequest;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -41,7 +44,7 @@ pub fn run(
     };
     runtime.block_on(hitl_runtime::kafka::ensure_topics(kafka, &[spec], 1))?;
 
-    println!("writing {count} changelog entries to {topic} ...");
+    outln!("writing {count} changelog entries to {topic} ...")?;
     let producer: BaseProducer = hitl_runtime::kafka::producer_config(kafka).create()?;
     let started = Instant::now();
     let now = hitl_runtime::now_millis();
@@ -78,17 +81,17 @@ pub fn run(
         written += batch;
     }
     producer.flush(Duration::from_secs(300))?;
-    println!(
+    outln!(
         "written in {:.1}s ({:.0}/s)",
         started.elapsed().as_secs_f64(),
         count as f64 / started.elapsed().as_secs_f64()
-    );
+    )?;
 
     let rss_before = hitl_runtime::metrics::resident_bytes();
     let mut core = Core::new(CoreConfig::default());
     let restored = restore_partition(&mut core, kafka, &topic, 0, Duration::from_secs(1800))?;
     let rss_after = hitl_runtime::metrics::resident_bytes();
-    println!(
+    outln!(
         "restored {} records ({} pending items, {} pools, {} unreadable) in {:.2}s: {:.0} records/s; \
          resident memory +{} MB ({} bytes per item)",
         restored.records,
@@ -99,7 +102,7 @@ pub fn run(
         restored.records as f64 / restored.took.as_secs_f64(),
         rss_after.saturating_sub(rss_before) / 1_000_000,
         rss_after.saturating_sub(rss_before) / (core.len().max(1) as u64),
-    );
+    )?;
     anyhow::ensure!(
         core.len() as u64 == count,
         "restored {} items of {count}",

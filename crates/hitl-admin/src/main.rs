@@ -8,9 +8,12 @@
 //! Settings: the `[kafka]`, `[topics]` and `[codec]` tables of any service's config file, and
 //! `HITL_*` variables. Other tables are ignored by this tool.
 
-use std::{collections::HashMap, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
-use hitl_runtime::config::{KafkaSettings, Topics};
+use hitl_runtime::{
+    config::{KafkaSettings, Topics},
+    outln,
+};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     message::Headers,
@@ -35,17 +38,17 @@ impl hitl_runtime::Validate for AdminSettings {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let environment: HashMap<String, String> = std::env::vars().collect();
-    let path = hitl_runtime::cli::config_path(&args, &environment);
-    let settings: AdminSettings = match hitl_runtime::load(path.as_deref(), &environment) {
+fn main() -> ExitCode {
+    let settings: AdminSettings = match hitl_runtime::cli::load_from_process() {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("hitl-admin: {error}");
-            std::process::exit(2);
-        }
+        Err(error) => return hitl_runtime::cli::refuse_to_start(&error),
     };
+    hitl_runtime::cli::finish(run(&settings))
+}
+
+/// Runs the command the arguments name; its exit status.
+fn run(settings: &AdminSettings) -> anyhow::Result<ExitCode> {
+    let args: Vec<String> = std::env::args().collect();
     let words: Vec<&str> = args
         .iter()
         .skip(1)
@@ -66,9 +69,9 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     "exists"
                 };
-                println!("{state:<8} {}", spec.name);
+                outln!("{state:<8} {}", spec.name)?;
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         ["topics", "list"] => {
             for spec in settings.topics.specs() {
@@ -77,19 +80,22 @@ fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
-                println!(
+                outln!(
                     "{:<32} partitions={} {}",
                     spec.name,
                     spec.partitions,
                     configs.join(" ")
-                );
+                )?;
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        ["dlq", "tail"] => dlq_tail(&settings, count_flag(&args)?),
+        ["dlq", "tail"] => {
+            dlq_tail(settings, count_flag(&args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         _ => {
             eprintln!("{USAGE}");
-            std::process::exit(2);
+            Ok(ExitCode::from(2))
         }
     }
 }
@@ -130,7 +136,7 @@ fn dlq_tail(settings: &AdminSettings, count: usize) -> anyhow::Result<()> {
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
-        println!(
+        outln!(
             "{}/{}@{} key={} class={} stage={} error={}",
             header("hitl.source.topic"),
             header("hitl.source.partition"),
@@ -142,7 +148,7 @@ fn dlq_tail(settings: &AdminSettings, count: usize) -> anyhow::Result<()> {
             header("hitl.error.class"),
             header("hitl.error.stage"),
             header("hitl.error.message"),
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use hitl_assignment::AssignmentSettings;
 use hitl_runtime::{config::Settings, shutdown, telemetry};
 
@@ -5,9 +7,17 @@ use hitl_runtime::{config::Settings, shutdown, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn main() -> ExitCode {
+    let settings: Settings<AssignmentSettings> = match hitl_runtime::cli::load_from_process() {
+        Ok(settings) => settings,
+        Err(error) => return hitl_runtime::cli::refuse_to_start(&error),
+    };
+    hitl_runtime::cli::finish(serve(settings).map(|()| ExitCode::SUCCESS))
+}
+
+/// Runs the service until a shutdown signal.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings: Settings<AssignmentSettings> = hitl_runtime::cli::load_or_exit();
+async fn serve(settings: Settings<AssignmentSettings>) -> anyhow::Result<()> {
     telemetry::init(&settings.telemetry);
     let shutdown = shutdown::cancel_on(shutdown::shutdown_signal());
     hitl_assignment::run(settings, shutdown).await

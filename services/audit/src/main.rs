@@ -4,7 +4,7 @@
 //!     untampered (exit 0), or lists every problem (exit 1).
 //! `hitl-audit keygen` prints a fresh signing key and its public key.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use hitl_audit::{
     crypto::{random_seed_hex, verifying_key, Keys},
@@ -12,7 +12,11 @@ use hitl_audit::{
     verify::{verify, Input},
     AuditSettings,
 };
-use hitl_runtime::{config::Settings, shutdown, telemetry};
+use hitl_runtime::{
+    cli::{finish, load_from_process, refuse_to_start},
+    config::Settings,
+    out, outln, shutdown, telemetry,
+};
 use hitl_schema::Codec;
 
 #[global_allocator]
@@ -28,16 +32,16 @@ fn value_of<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
 fn keygen() -> anyhow::Result<()> {
     let seed = random_seed_hex()?;
     let keys = Keys::new(&seed, "k1", "unused-for-keygen")?;
-    println!("signing_key = \"{seed}\"   # secret: [service] of the audit service");
-    println!(
+    outln!("signing_key = \"{seed}\"   # secret: [service] of the audit service")?;
+    outln!(
         "public key: {}   # for `hitl-audit verify --public-key`",
         keys.public_hex()
-    );
+    )?;
     Ok(())
 }
 
-fn run_verify(args: &[String]) -> anyhow::Result<bool> {
-    let settings: Settings<AuditSettings> = hitl_runtime::cli::load_or_exit();
+/// Whether the trail verifies clean.
+fn run_verify(settings: &Settings<AuditSettings>, args: &[String]) -> anyhow::Result<bool> {
     let mut public = BTreeMap::new();
     for given in value_of(args, "--public-key") {
         let (key_id, hex) = given
@@ -91,31 +95,43 @@ fn run_verify(args: &[String]) -> anyhow::Result<bool> {
     };
     let read = started.elapsed();
     let report = verify(&input, &public);
-    print!("{report}");
-    println!(
+    out!("{report}")?;
+    outln!(
         "(read in {:.2}s, verified in {:.2}s)",
         read.as_secs_f64(),
         (started.elapsed() - read).as_secs_f64()
-    );
+    )?;
     Ok(report.is_clean())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("keygen") => keygen(),
-        Some("verify") => {
-            let clean = run_verify(&args)?;
-            std::process::exit(if clean { 0 } else { 1 });
-        }
-        _ => {
-            let settings: Settings<AuditSettings> = hitl_runtime::cli::load_or_exit();
-            telemetry::init(&settings.telemetry);
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let shutdown = shutdown::cancel_on(shutdown::shutdown_signal());
-                hitl_audit::run(settings, shutdown).await
-            })
-        }
+    if args.get(1).map(String::as_str) == Some("keygen") {
+        return finish(keygen().map(|()| ExitCode::SUCCESS));
     }
+    let settings: Settings<AuditSettings> = match load_from_process() {
+        Ok(settings) => settings,
+        Err(error) => return refuse_to_start(&error),
+    };
+    if args.get(1).map(String::as_str) == Some("verify") {
+        // Not clean: status 1, as for an error.
+        return finish(run_verify(&settings, &args).map(|clean| {
+            if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }));
+    }
+    finish(serve(settings).map(|()| ExitCode::SUCCESS))
+}
+
+/// Runs the audit service until a shutdown signal.
+fn serve(settings: Settings<AuditSettings>) -> anyhow::Result<()> {
+    telemetry::init(&settings.telemetry);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = shutdown::cancel_on(shutdown::shutdown_signal());
+        hitl_audit::run(settings, shutdown).await
+    })
 }
