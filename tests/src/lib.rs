@@ -670,3 +670,70 @@ pub fn verdict_on(
         pool: event.pool.clone(),
     }
 }
+
+/// Makes the broker compact `topic` within seconds, as a test needs it (the topic stays
+/// `cleanup.policy=compact`): segments roll after 100 ms (at the next append; the active segment is
+/// never cleaned), any dirty ratio and any age are cleanable, tombstones go 100 ms after a clean.
+pub fn compact_quickly(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client_config().create().expect("admin client");
+    // AlterConfigs replaces the topic's whole override set: restate the contract's settings too.
+    let config = AlterConfig::new(ResourceSpecifier::Topic(topic))
+        .set("cleanup.policy", "compact")
+        .set("retention.ms", "-1")
+        .set("segment.ms", "100")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("min.compaction.lag.ms", "0")
+        .set("max.compaction.lag.ms", "100")
+        .set("delete.retention.ms", "100");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.alter_configs(&[config], &AdminOptions::new()))
+        .expect("alter configs");
+    for result in results {
+        result.unwrap_or_else(|error| panic!("alter configs of {topic}: {error:?}"));
+    }
+}
+
+/// Appends a tombstone for `key` to every partition of `topic`: it rolls each partition's
+/// segment (after `compact_quickly`'s `segment.ms`), so that what came before can be cleaned.
+pub fn roll_segments(topic: &str, partitions: i32, key: &str) {
+    let producer = producer();
+    for partition in 0..partitions {
+        let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).key(key).partition(partition);
+        producer
+            .send(record)
+            .map_err(|(error, _)| error)
+            .expect("send tombstone");
+    }
+    flush(&producer);
+}
+
+/// Every record of `topic` (read_committed, including tombstones) once `done` holds for them,
+/// calling `roll` (which appends to every partition, e.g. `roll_segments`) while waiting; panics
+/// after `within`.
+pub fn wait_for_compaction(
+    topic: &str,
+    within: Duration,
+    mut roll: impl FnMut(),
+    mut done: impl FnMut(&[Received]) -> bool,
+) -> Vec<Received> {
+    let deadline = Instant::now() + within;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        roll();
+        let records = read_all(topic, Duration::from_millis(700));
+        if done(&records) {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} not compacted within {within:?}: {} records",
+            records.len()
+        );
+    }
+}

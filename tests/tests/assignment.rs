@@ -664,3 +664,121 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
         assert!(stderr.contains(field), "{field} in {stderr}");
     }
 }
+
+/// A tombstone for `key` on `topic` (the default partitioner puts it where the key's records are).
+fn tombstone(topic: &str, key: &str) {
+    use rdkafka::producer::BaseRecord;
+    let producer = producer();
+    producer
+        .send(BaseRecord::<str, [u8]>::to(topic).key(key))
+        .map_err(|(error, _)| error)
+        .unwrap();
+    flush(&producer);
+}
+
+#[test]
+fn compaction_of_the_roster_and_the_changelog_leaves_a_restore_that_is_right() {
+    const REQUESTS: usize = 8;
+    const DECIDED_FIRST: usize = 5;
+    let run = Run::new("asg-compact");
+    compact_quickly(&run.topics.reviewers);
+    compact_quickly(&run.topics.assignment_state);
+    run.reviewer("ann", &[], 10, 0, Presence::Online);
+    run.reviewer("bob", &[], 10, 1, Presence::Online);
+    tombstone(&run.topics.reviewers, "bob"); // bob is removed from the roster
+    let pools = "done_retention = \"1s\"\n";
+    let first = run.start(pools);
+    let requests: Vec<ReviewRequest> = (0..REQUESTS)
+        .map(|i| request(&format!("cmp-{i}"), "general", Duration::from_secs(3600)))
+        .collect();
+    run.requests(&requests);
+
+    // The reviewer approves the first five; the other three stay leased across the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(Mutex::new(Vec::<AssignmentEvent>::new()));
+    let reviewers = {
+        let held = held.clone();
+        reviewer_app(&run.topics, stop.clone(), move |event, _| {
+            let index: usize = event.decision_id["cmp-".len()..].parse().unwrap();
+            if index < DECIDED_FIRST {
+                vec![verdict_on(event, VerdictKind::Approve)]
+            } else {
+                held.lock().unwrap().push(event.clone());
+                vec![]
+            }
+        })
+    };
+    wait_for(WAIT, "the first outcomes", || {
+        (read_all(&run.topics.outcomes, Duration::from_millis(300)).len() >= DECIDED_FIRST)
+            .then_some(())
+    });
+    // Decided items are forgotten after done_retention: a tombstone each in the changelog.
+    let decided: BTreeSet<String> = (0..DECIDED_FIRST).map(|i| format!("cmp-{i}")).collect();
+    wait_for(WAIT, "tombstones for the decided items", || {
+        let tombstoned: BTreeSet<String> =
+            read_all(&run.topics.assignment_state, Duration::from_millis(300))
+                .into_iter()
+                .filter(|r| r.payload.is_none())
+                .filter_map(|r| r.key)
+                .collect();
+        decided.is_subset(&tombstoned).then_some(())
+    });
+    assert_eq!(first.terminate(), Some(0));
+    stop.store(true, Ordering::Relaxed);
+    reviewers.join().unwrap();
+
+    // The broker's cleaner removes every version but the latest, then the tombstones themselves.
+    let partitions = run.topics.partitions;
+    let state = wait_for_compaction(
+        &run.topics.assignment_state,
+        Duration::from_secs(120),
+        || roll_segments(&run.topics.assignment_state, partitions, "segment-roll"),
+        |records| {
+            let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
+            for record in records {
+                *per_key
+                    .entry(record.key.as_deref().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            decided.iter().all(|id| !per_key.contains_key(id.as_str()))
+                && (DECIDED_FIRST..REQUESTS)
+                    .all(|i| per_key.get(format!("cmp-{i}").as_str()) == Some(&1))
+        },
+    );
+    assert!(state
+        .iter()
+        .all(|r| r.key.as_deref() == Some("segment-roll") || r.payload.is_some()));
+    wait_for_compaction(
+        &run.topics.reviewers,
+        Duration::from_secs(120),
+        || roll_segments(&run.topics.reviewers, partitions, "segment-roll"),
+        |records| !records.iter().any(|r| r.key.as_deref() == Some("bob")),
+    );
+
+    // Restored from the compacted topics: the three open items are still ann's, nothing decided
+    // comes back, and bob never existed.
+    let second = run.start(pools);
+    wait_for(Duration::from_secs(10), "restore metric", || {
+        (second.metric("hitl_assignment_restored_entries_total")? >= 3.0).then_some(())
+    });
+    let held: Vec<AssignmentEvent> = held.lock().unwrap().clone();
+    assert_eq!(held.len(), REQUESTS - DECIDED_FIRST);
+    for event in &held {
+        run.verdict(event, VerdictKind::Approve);
+    }
+    let outcomes: Vec<Outcome> = decode(&read_topic(&run.topics.outcomes, WAIT, |records| {
+        records.len() >= REQUESTS
+    }));
+    let ids: BTreeSet<&str> = outcomes.iter().map(|o| o.decision_id.as_str()).collect();
+    assert_eq!(ids.len(), REQUESTS, "log:\n{}", second.log_tail());
+    assert_eq!(
+        read_all(&run.topics.outcomes, Duration::from_secs(1)).len(),
+        REQUESTS,
+        "one outcome each"
+    );
+    let assigned = assignment_events(&read_all(&run.topics.assignments, Duration::from_secs(1)));
+    assert!(
+        assigned.iter().all(|(_, e)| e.reviewer_id == "ann"),
+        "{assigned:?}"
+    );
+}
