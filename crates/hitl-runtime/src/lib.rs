@@ -16,4 +16,6 @@ pub mod trace;
 pub use config::{load, ConfigError, Settings, Validate};
 pub use health::Health;
 pub use metrics::LoopMetrics;
-pub use pipeline::{now_millis, InputRecord, LoopError, LoopSettings, OutputRecord, Processor};
+pub use pipeline::{
+    now_millis, InputRecord, LoopError, LoopSettings, OutputRecord, Poison, ProcessError, Processor,
+};

@@ -81,6 +81,7 @@ pub fn loop_settings(settings: &Settings<AssignmentSettings>) -> LoopSettings {
             settings.topics.review_requests.clone(),
             settings.topics.verdicts.clone(),
         ],
+        dead_letter_topic: Some(settings.topics.decisions_dlq.clone()),
         tick_interval: Some(settings.service.tick_interval),
         max_records_per_second: None,
     }

@@ -16,7 +16,7 @@ use hitl_runtime::{
     config::{Delivery, KafkaSettings, Topics},
     kafka::reader_config,
     trace::{self, Span, SpanKind, TraceContext, Tracer},
-    InputRecord, OutputRecord, Processor, Validate,
+    InputRecord, OutputRecord, ProcessError, Processor, Validate,
 };
 use hitl_schema::{Codec, ReviewRequest, ReviewerStatus, Verdict};
 use rdkafka::{
@@ -346,19 +346,26 @@ impl AssignmentProcessor {
         Ok(())
     }
 
-    fn restore_all(&mut self) {
-        let partitions: Vec<i32> = self.owned.iter().copied().collect();
+    /// Restores the pools of `partitions` from the changelog. Without its state the service must
+    /// not take input, and a half-restored core cannot be trusted: a failure is fatal (the
+    /// restarted service restores from scratch).
+    fn restore_partitions(
+        &mut self,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> Result<(), ProcessError> {
         for partition in partitions {
-            if let Err(error) = self.restore(partition) {
-                // Without its state the service must not take input: exit, the supervisor restarts.
-                tracing::error!(%error, partition, "cannot restore state; exiting");
-                std::process::exit(1);
-            }
+            self.restore(partition).map_err(|error| {
+                ProcessError::fatal(error.context(format!(
+                    "cannot restore the state of partition {partition} from the changelog"
+                )))
+            })?;
         }
+        Ok(())
     }
 
-    /// Turns the core's effects into output records (and metrics).
-    fn emit(&mut self, output: &mut Vec<OutputRecord>) {
+    /// Turns the core's effects into output records (and metrics). An output that cannot be
+    /// encoded fails the hook (see `ProcessError::output_encoding`): it is never dropped.
+    fn emit(&mut self, output: &mut Vec<OutputRecord>) -> Result<(), ProcessError> {
         let partitions = self.topics.partitions;
         for effect in self.effects.drain(..) {
             match effect {
@@ -370,13 +377,12 @@ impl AssignmentProcessor {
                     // Where the reviewer app must send the verdict: the partition this pool's
                     // review requests arrive on (verdicts are co-partitioned with them).
                     event.verdict_partition = self.pool_partition.get(&event.pool).copied();
-                    let payload = match self.codec.encode_to_vec(&self.topics.assignments, &event) {
-                        Ok(payload) => payload,
-                        Err(error) => {
-                            tracing::error!(%error, "cannot encode an assignment event");
-                            continue;
-                        }
-                    };
+                    let payload = self
+                        .codec
+                        .encode_to_vec(&self.topics.assignments, &event)
+                        .map_err(|error| {
+                            ProcessError::output_encoding("an assignment event", error)
+                        })?;
                     let mut record = OutputRecord::new(
                         &self.topics.assignments,
                         event.reviewer_id.as_bytes(),
@@ -386,43 +392,49 @@ impl AssignmentProcessor {
                     output.push(with_trace(record, trace));
                 }
                 Effect::Outcome(outcome, trace) => {
-                    match self.codec.encode_to_vec(&self.topics.outcomes, &outcome) {
-                        Ok(payload) => output.push(with_trace(
-                            OutputRecord::new(
-                                &self.topics.outcomes,
-                                outcome.decision_id.as_bytes(),
-                                payload,
-                            ),
-                            trace,
-                        )),
-                        Err(error) => tracing::error!(%error, "cannot encode an outcome"),
-                    }
+                    let payload = self
+                        .codec
+                        .encode_to_vec(&self.topics.outcomes, &outcome)
+                        .map_err(|error| ProcessError::output_encoding("an outcome", error))?;
+                    output.push(with_trace(
+                        OutputRecord::new(
+                            &self.topics.outcomes,
+                            outcome.decision_id.as_bytes(),
+                            payload,
+                        ),
+                        trace,
+                    ));
                 }
                 Effect::Lifecycle(event) => {
-                    match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
-                        Ok(payload) => {
-                            let mut record = OutputRecord::new(
-                                &self.topics.lifecycle,
-                                event.decision_id.as_bytes(),
-                                payload,
-                            );
-                            if let Some(traceparent) = event.traceparent {
-                                record = record.with_header("traceparent", traceparent);
-                            }
-                            output.push(record);
-                        }
-                        Err(error) => tracing::error!(%error, "cannot encode a lifecycle event"),
+                    let payload = self
+                        .codec
+                        .encode_to_vec(&self.topics.lifecycle, &event)
+                        .map_err(|error| {
+                            ProcessError::output_encoding("a lifecycle event", error)
+                        })?;
+                    let mut record = OutputRecord::new(
+                        &self.topics.lifecycle,
+                        event.decision_id.as_bytes(),
+                        payload,
+                    );
+                    if let Some(traceparent) = event.traceparent {
+                        record = record.with_header("traceparent", traceparent);
                     }
+                    output.push(record);
                 }
                 Effect::State {
                     pool,
                     decision_id,
                     change,
                 } => {
-                    let Some(partition) = self.pool_partition.get(&*pool).copied() else {
-                        tracing::error!(%pool, %decision_id, "changelog entry of a pool with no partition");
-                        continue;
-                    };
+                    // Every pool the core knows came from a request or a restore, which both
+                    // record its partition: a pool without one is a bug, and dropping its
+                    // changelog entry would lose state.
+                    let partition = self.pool_partition.get(&*pool).copied().ok_or_else(|| {
+                        ProcessError::fatal(format!(
+                            "changelog entry of decision {decision_id} in pool {pool}, which has no partition"
+                        ))
+                    })?;
                     output.push(OutputRecord {
                         topic: self.topics.assignment_state.clone(),
                         key: decision_id.as_bytes().to_vec(),
@@ -441,6 +453,7 @@ impl AssignmentProcessor {
                 }
             }
         }
+        Ok(())
     }
 
     fn dead_letter(
@@ -632,7 +645,11 @@ fn review_span(span: &ReviewSpan) -> Span {
 }
 
 impl Processor for AssignmentProcessor {
-    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        input: &InputRecord<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let now = hitl_runtime::now_millis();
         self.drain_roster(now);
         if input.topic() == self.topics.review_requests {
@@ -640,13 +657,17 @@ impl Processor for AssignmentProcessor {
         } else if input.topic() == self.topics.verdicts {
             self.verdict(input, now, output);
         }
-        self.emit(output);
+        self.emit(output)
     }
 
-    fn tick(&mut self, now_millis: i64, output: &mut Vec<OutputRecord>) {
+    fn tick(
+        &mut self,
+        now_millis: i64,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         self.drain_roster(now_millis);
         self.core.tick(now_millis, &mut self.effects);
-        self.emit(output);
+        self.emit(output)?;
         if self.last_gauges.elapsed() >= self.settings.gauge_interval {
             self.last_gauges = Instant::now();
             let online = self
@@ -661,9 +682,10 @@ impl Processor for AssignmentProcessor {
                 now_millis,
             );
         }
+        Ok(())
     }
 
-    fn aborted(&mut self) {
+    fn aborted(&mut self) -> Result<(), ProcessError> {
         // What the core did since the last commit is gone from Kafka's point of view: rebuild it
         // from the changelog (and the roster), then read the inputs again.
         tracing::warn!("transaction aborted: rebuilding state from the changelog");
@@ -675,10 +697,11 @@ impl Processor for AssignmentProcessor {
             self.core.reviewer_status(status, now, &mut self.effects);
         }
         self.effects.clear();
-        self.restore_all();
+        let owned: Vec<i32> = self.owned.iter().copied().collect();
+        self.restore_partitions(owned)
     }
 
-    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) {
+    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
         let owned: BTreeSet<i32> = partitions
             .iter()
             .filter(|(topic, _)| *topic == self.topics.review_requests)
@@ -700,11 +723,6 @@ impl Processor for AssignmentProcessor {
         });
         let new: Vec<i32> = owned.difference(&self.owned).copied().collect();
         self.owned = owned;
-        for partition in new {
-            if let Err(error) = self.restore(partition) {
-                tracing::error!(%error, partition, "cannot restore state; exiting");
-                std::process::exit(1);
-            }
-        }
+        self.restore_partitions(new)
     }
 }

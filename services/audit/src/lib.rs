@@ -47,6 +47,7 @@ pub fn loop_settings(settings: &Settings<AuditSettings>) -> LoopSettings {
         group_id: settings.service.group_id.clone(),
         transactional_id: settings.service.transactional_id(),
         input_topics: vec![settings.topics.lifecycle.clone()],
+        dead_letter_topic: Some(settings.topics.decisions_dlq.clone()),
         tick_interval: Some(settings.service.tick_interval),
         max_records_per_second: None,
     }

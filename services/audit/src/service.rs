@@ -14,7 +14,7 @@ use hitl_runtime::{
     config::{KafkaSettings, Secret, Topics},
     kafka::{read_partition, read_partition_since},
     trace::{self, Span, SpanKind, TraceContext, Tracer},
-    InputRecord, OutputRecord, Processor, Validate,
+    InputRecord, OutputRecord, ProcessError, Processor, Validate,
 };
 use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, LifecycleEvent};
 use rdkafka::Message;
@@ -381,9 +381,31 @@ impl AuditProcessor {
         Ok(true)
     }
 
+    /// Restores `partitions` from the audit and checkpoint topics. A failure is fatal: a
+    /// half-restored trail cannot be trusted, and the restarted service restores from scratch.
+    fn restore_partitions(
+        &mut self,
+        partitions: impl IntoIterator<Item = i32>,
+    ) -> Result<(), ProcessError> {
+        for partition in partitions {
+            self.restore(partition).map_err(|error| {
+                ProcessError::fatal(error.context(format!(
+                    "cannot restore the audit state of partition {partition}"
+                )))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Turns the core's effects into output records (and metrics); records get the
-    /// `traceparent` of `trace`, this service's span of the event that caused them.
-    fn emit(&mut self, trace: Option<&TraceContext>, output: &mut Vec<OutputRecord>) {
+    /// `traceparent` of `trace`, this service's span of the event that caused them. An output
+    /// that cannot be encoded fails the hook (see `ProcessError::output_encoding`): it is never
+    /// dropped.
+    fn emit(
+        &mut self,
+        trace: Option<&TraceContext>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let now = hitl_runtime::now_millis();
         let traced = |record: OutputRecord| match trace {
             Some(trace) => record.with_header("traceparent", trace.header()),
@@ -392,41 +414,49 @@ impl AuditProcessor {
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Record { partition, record } => {
-                    match self.codec.encode_to_vec(&self.topics.audit, &record) {
-                        Ok(payload) => {
-                            let mut out = OutputRecord::new(
-                                &self.topics.audit,
-                                record.decision_id.as_bytes(),
-                                payload,
-                            );
-                            out.partition = Some(partition);
-                            // Restores read it back: after the labels it accounts for.
-                            out.last = true;
-                            output.push(traced(out));
-                            self.checkpointers
-                                .entry(partition)
-                                .or_insert_with(|| Checkpointer::new(partition, now))
-                                .append(&record);
-                        }
-                        Err(error) => tracing::error!(%error, "cannot encode an audit record"),
-                    }
+                    let payload = self
+                        .codec
+                        .encode_to_vec(&self.topics.audit, &record)
+                        .map_err(|error| ProcessError::output_encoding("an audit record", error))?;
+                    let mut out = OutputRecord::new(
+                        &self.topics.audit,
+                        record.decision_id.as_bytes(),
+                        payload,
+                    );
+                    out.partition = Some(partition);
+                    // Restores read it back: after the labels it accounts for.
+                    out.last = true;
+                    output.push(traced(out));
+                    self.checkpointers
+                        .entry(partition)
+                        .or_insert_with(|| Checkpointer::new(partition, now))
+                        .append(&record);
                 }
                 Effect::Feedback(feedback) => {
-                    match self.codec.encode_to_vec(&self.topics.feedback, &feedback) {
-                        Ok(payload) => output.push(traced(OutputRecord::new(
-                            &self.topics.feedback,
-                            feedback.decision_id.as_bytes(),
-                            payload,
-                        ))),
-                        Err(error) => tracing::error!(%error, "cannot encode a feedback record"),
-                    }
+                    let payload = self
+                        .codec
+                        .encode_to_vec(&self.topics.feedback, &feedback)
+                        .map_err(|error| {
+                            ProcessError::output_encoding("a feedback record", error)
+                        })?;
+                    output.push(traced(OutputRecord::new(
+                        &self.topics.feedback,
+                        feedback.decision_id.as_bytes(),
+                        payload,
+                    )));
                 }
                 Effect::Observed(observation) => self.metrics.observe(&observation, now),
             }
         }
+        Ok(())
     }
 
-    fn checkpoints(&mut self, now: i64, force: bool, output: &mut Vec<OutputRecord>) {
+    fn checkpoints(
+        &mut self,
+        now: i64,
+        force: bool,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let every_ms = self.settings.checkpoint_interval.as_millis() as i64;
         for (partition, checkpointer) in &mut self.checkpointers {
             let due = checkpointer.due(now, self.settings.checkpoint_every_records, every_ms)
@@ -435,24 +465,21 @@ impl AuditProcessor {
                 continue;
             }
             let checkpoint = checkpointer.cut(self.core.keys(), now);
-            match self
+            let payload = self
                 .codec
                 .encode_to_vec(&self.topics.audit_checkpoints, &checkpoint)
-            {
-                Ok(payload) => {
-                    let mut out = OutputRecord::new(
-                        &self.topics.audit_checkpoints,
-                        partition.to_string().into_bytes(),
-                        payload,
-                    );
-                    out.partition = Some(*partition);
-                    out.last = true;
-                    output.push(out);
-                    self.metrics.checkpoint();
-                }
-                Err(error) => tracing::error!(%error, "cannot encode a checkpoint"),
-            }
+                .map_err(|error| ProcessError::output_encoding("a checkpoint", error))?;
+            let mut out = OutputRecord::new(
+                &self.topics.audit_checkpoints,
+                partition.to_string().into_bytes(),
+                payload,
+            );
+            out.partition = Some(*partition);
+            out.last = true;
+            output.push(out);
+            self.metrics.checkpoint();
         }
+        Ok(())
     }
 
     fn dead_letter(
@@ -475,28 +502,36 @@ impl AuditProcessor {
 }
 
 impl Processor for AuditProcessor {
-    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        input: &InputRecord<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let Some(payload) = input.payload() else {
-            return self.dead_letter(input, "empty", "record has no value", output);
+            self.dead_letter(input, "empty", "record has no value", output);
+            return Ok(());
         };
         if payload.len() > self.settings.max_record_bytes {
             let message = format!("record of {} bytes exceeds max_record_bytes", payload.len());
-            return self.dead_letter(input, "oversize", &message, output);
+            self.dead_letter(input, "oversize", &message, output);
+            return Ok(());
         }
         let event = match self.codec.decode::<LifecycleEvent>(payload) {
             Ok(event) => event,
             Err(error) => {
                 let class = format!("decode.{}", error.class());
-                return self.dead_letter(input, &class, &error.to_string(), output);
+                self.dead_letter(input, &class, &error.to_string(), output);
+                return Ok(());
             }
         };
         if event.decision_id.is_empty() || event.event_id.is_empty() {
-            return self.dead_letter(
+            self.dead_letter(
                 input,
                 "validation",
                 "decision_id and event_id are required",
                 output,
             );
+            return Ok(());
         }
         if let Some(reload) = self.core.needs_reload(&event) {
             let partition = reload.partition;
@@ -508,14 +543,18 @@ impl Processor for AuditProcessor {
                         "decision {} was sealed, but its audit record is not on {} partition {partition}",
                         event.decision_id, self.topics.audit
                     );
-                    return self.dead_letter(input, "audit.reload", &message, output);
+                    self.dead_letter(input, "audit.reload", &message, output);
+                    return Ok(());
                 }
                 Err(error) => {
-                    // As for a failed restore: without the trail the event cannot be applied, and
-                    // it must not be skipped; the restarted service reads it again.
+                    // Without the trail the event cannot be applied, and it must not be skipped:
+                    // the loop aborts, rebuilds the state (`aborted`), backs off and reads the
+                    // event again.
                     self.metrics.reloaded("failed");
-                    tracing::error!(%error, partition, decision_id = %event.decision_id, "cannot reload a sealed trail; exiting");
-                    std::process::exit(1);
+                    return Err(ProcessError::transient(error.context(format!(
+                        "cannot reload the sealed trail of decision {} from {} partition {partition}",
+                        event.decision_id, self.topics.audit
+                    ))));
                 }
             }
         }
@@ -564,36 +603,36 @@ impl Processor for AuditProcessor {
             }
             self.tracer.export(span);
         }
-        self.emit(context.as_ref(), output);
+        self.emit(context.as_ref(), output)
     }
 
-    fn tick(&mut self, now_millis: i64, output: &mut Vec<OutputRecord>) {
+    fn tick(
+        &mut self,
+        now_millis: i64,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         self.core.seal_idle(now_millis);
-        self.checkpoints(now_millis, false, output);
+        self.checkpoints(now_millis, false, output)?;
         if self.last_gauges.elapsed() >= Duration::from_secs(2) {
             self.last_gauges = Instant::now();
             let (decided, complete) = self.core.completeness();
             self.metrics
                 .gauges(self.core.len(), self.core.sealed_len(), decided, complete);
         }
+        Ok(())
     }
 
-    fn aborted(&mut self) {
+    fn aborted(&mut self) -> Result<(), ProcessError> {
         tracing::warn!("transaction aborted: rebuilding state from the audit topic");
         let keys = Arc::new(self.core.keys().clone());
         self.core = new_core(keys, &self.settings);
         self.effects.clear();
         let partitions: Vec<i32> = self.checkpointers.keys().copied().collect();
         self.checkpointers.clear();
-        for partition in partitions {
-            if let Err(error) = self.restore(partition) {
-                tracing::error!(%error, partition, "cannot restore audit state; exiting");
-                std::process::exit(1);
-            }
-        }
+        self.restore_partitions(partitions)
     }
 
-    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) {
+    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
         let owned: BTreeSet<i32> = partitions
             .iter()
             .filter(|(topic, _)| *topic == self.topics.lifecycle)
@@ -606,11 +645,6 @@ impl Processor for AuditProcessor {
             .filter(|p| !self.checkpointers.contains_key(p))
             .collect();
         self.checkpointers.retain(|p, _| owned.contains(p));
-        for partition in new {
-            if let Err(error) = self.restore(partition) {
-                tracing::error!(%error, partition, "cannot restore audit state; exiting");
-                std::process::exit(1);
-            }
-        }
+        self.restore_partitions(new)
     }
 }

@@ -53,6 +53,7 @@ pub fn loop_settings(settings: &Settings<RouterSettings>) -> LoopSettings {
         group_id: settings.service.group_id.clone(),
         transactional_id: settings.service.transactional_id(),
         input_topics: vec![settings.topics.decisions.clone()],
+        dead_letter_topic: Some(settings.topics.decisions_dlq.clone()),
         tick_interval: Some(std::time::Duration::from_millis(200)),
         max_records_per_second: settings.service.rate_limit(),
     }

@@ -12,8 +12,9 @@ use std::{
 
 use hitl_runtime::{
     config::Topics,
+    pipeline::is_transient_codec_error,
     trace::{self, Span, SpanKind, TraceContext, Tracer},
-    InputRecord, OutputRecord, Processor, Validate,
+    InputRecord, OutputRecord, ProcessError, Processor, Validate,
 };
 use hitl_schema::{Codec, Decision, LifecycleEvent, LifecycleKind};
 use serde::{Deserialize, Serialize};
@@ -387,13 +388,72 @@ impl RouterProcessor {
         decoded.map_err(|error| reject(format!("decode.{}", error.class()), error.to_string()))
     }
 
+    /// Dead-letters `input` (and, when it names a decision, files a DEAD_LETTERED lifecycle event
+    /// for the audit trail). If that event cannot be encoded, the loop dead-letters the input
+    /// itself (`Poison`, class `encode.<…>`), or retries it if the schema registry is unreachable.
     fn dead_letter(
         &mut self,
         input: &InputRecord<'_>,
         rejection: Rejection,
         started: u64,
         output: &mut Vec<OutputRecord>,
-    ) {
+    ) -> Result<(), ProcessError> {
+        // The audit trail hears of it too, when there is an id to file it under.
+        let decision_id = rejection
+            .decision_id
+            .as_ref()
+            .filter(|id| !id.trim().is_empty());
+        let mut lifecycle = None;
+        if let Some(decision_id) = decision_id {
+            let event = LifecycleEvent::new(
+                format!("{decision_id}:router:dead-lettered"),
+                decision_id.clone(),
+                LifecycleKind::DeadLettered,
+                core::SERVICE,
+                hitl_runtime::now_millis(),
+            )
+            .with_reason(format!("{}: {}", rejection.class, rejection.message));
+            let payload = match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
+                Ok(payload) => payload,
+                Err(error) if is_transient_codec_error(&error) => {
+                    return Err(ProcessError::output_encoding(
+                        "the dead-letter lifecycle event",
+                        error,
+                    ))
+                }
+                Err(error) => {
+                    let class = format!("encode.{}", error.class());
+                    self.metrics.dead_lettered(&class);
+                    return Err(ProcessError::poison(
+                        rejection.stage.as_str(),
+                        class,
+                        format!(
+                            "cannot encode the dead-letter lifecycle event ({error}) of a record \
+                             rejected with {}: {}",
+                            rejection.class, rejection.message
+                        ),
+                    ));
+                }
+            };
+            let parent = input.header("traceparent").and_then(TraceContext::parse);
+            let context = TraceContext::child(
+                parent.as_ref(),
+                decision_id.as_bytes(),
+                self.tracer.sample_ratio(),
+            );
+            if self.tracer.records(&context) {
+                self.tracer.export(
+                    record_span(input, context, parent.as_ref(), started)
+                        .attribute("hitl.decision_id", decision_id.clone())
+                        .attribute("hitl.route", "dead_letter")
+                        .failed(format!("{}: {}", rejection.class, rejection.message)),
+                );
+            }
+            lifecycle = Some(
+                OutputRecord::new(&self.topics.lifecycle, decision_id.as_bytes(), payload)
+                    .with_header("traceparent", context.header()),
+            );
+        }
         self.metrics.dead_lettered(&rejection.class);
         tracing::warn!(
             topic = input.topic(), partition = input.partition(), offset = input.offset(),
@@ -410,45 +470,17 @@ impl RouterProcessor {
             record = record.with_header("content-type", content_type);
         }
         output.push(record);
-        // The audit trail hears of it too, when there is an id to file it under.
-        if let Some(decision_id) = rejection.decision_id.filter(|id| !id.trim().is_empty()) {
-            let event = LifecycleEvent::new(
-                format!("{decision_id}:router:dead-lettered"),
-                decision_id.clone(),
-                LifecycleKind::DeadLettered,
-                core::SERVICE,
-                hitl_runtime::now_millis(),
-            )
-            .with_reason(format!("{}: {}", rejection.class, rejection.message));
-            let parent = input.header("traceparent").and_then(TraceContext::parse);
-            let context = TraceContext::child(
-                parent.as_ref(),
-                decision_id.as_bytes(),
-                self.tracer.sample_ratio(),
-            );
-            if self.tracer.records(&context) {
-                self.tracer.export(
-                    record_span(input, context, parent.as_ref(), started)
-                        .attribute("hitl.decision_id", decision_id.clone())
-                        .attribute("hitl.route", "dead_letter")
-                        .failed(format!("{}: {}", rejection.class, rejection.message)),
-                );
-            }
-            match self.codec.encode_to_vec(&self.topics.lifecycle, &event) {
-                Ok(payload) => output.push(
-                    OutputRecord::new(&self.topics.lifecycle, decision_id.as_bytes(), payload)
-                        .with_header("traceparent", context.header()),
-                ),
-                Err(error) => {
-                    tracing::error!(%error, "cannot encode the dead-letter lifecycle event")
-                }
-            }
-        }
+        output.extend(lifecycle);
+        Ok(())
     }
 }
 
 impl Processor for RouterProcessor {
-    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        input: &InputRecord<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let started_nanos = if self.tracer.is_enabled() {
             trace::now_nanos()
         } else {
@@ -471,7 +503,7 @@ impl Processor for RouterProcessor {
         if !self.recent.insert(&decision.decision_id) {
             self.metrics.duplicate();
             tracing::debug!(decision_id = %decision.decision_id, "duplicate decision dropped");
-            return;
+            return Ok(());
         }
 
         let now = hitl_runtime::now_millis();
@@ -507,6 +539,9 @@ impl Processor for RouterProcessor {
             output,
         ) {
             output.truncate(produced);
+            if is_transient_codec_error(&error) {
+                return Err(ProcessError::output_encoding("the routed records", error));
+            }
             let rejection = Rejection {
                 stage: Stage::Route,
                 class: format!("encode.{}", error.class()),
@@ -543,21 +578,28 @@ impl Processor for RouterProcessor {
         if let Some(agrees) = routed.shadow_agrees {
             self.metrics.shadow(agrees);
         }
+        Ok(())
     }
 
-    fn tick(&mut self, _now_millis: i64, _output: &mut Vec<OutputRecord>) {
+    fn tick(
+        &mut self,
+        _now_millis: i64,
+        _output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let requested = self.reload_requested.swap(false, Ordering::Relaxed);
         if requested || self.last_check.elapsed() >= self.check_interval {
             self.last_check = Instant::now();
             self.reload_policies();
         }
+        Ok(())
     }
 
     fn committed(&mut self) {
         self.recent.commit();
     }
 
-    fn aborted(&mut self) {
+    fn aborted(&mut self) -> Result<(), ProcessError> {
         self.recent.abort();
+        Ok(())
     }
 }
