@@ -42,33 +42,34 @@ pub async fn run(
         }
         _ => {}
     }
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(metrics::AssignmentMetrics::register(&mut registry));
-    let codec = settings.codec.build(settings.kafka.request_timeout)?;
-    let (updates, roster) = mpsc::channel();
-    let roster_thread = service::spawn_roster_reader(
-        &settings.kafka,
-        settings.topics.reviewers.clone(),
-        codec.clone(),
-        updates,
-        shutdown.clone(),
-    )?;
-    let (tracer, exporter) =
-        hitl_runtime::trace::start(&settings.telemetry, "hitl-assignment", &mut registry);
-    let processor = AssignmentProcessor::new(&settings, codec, metrics, roster, tracer);
-    let result = hitl_runtime::service::run_loop(
+    hitl_runtime::service::run(
         &settings,
         settings.service.create_topics,
         loop_settings(&settings),
-        processor,
-        registry,
-        shutdown.clone(),
+        shutdown,
+        |startup| {
+            let metrics = Arc::new(metrics::AssignmentMetrics::register(startup.registry));
+            let codec = settings.codec.build(settings.kafka.request_timeout)?;
+            let (updates, roster) = mpsc::channel();
+            let roster_reader = service::spawn_roster_reader(
+                &settings.kafka,
+                settings.topics.reviewers.clone(),
+                codec.clone(),
+                updates,
+                startup.shutdown.clone(),
+            )?;
+            startup.join_on_stop(roster_reader);
+            Ok(AssignmentProcessor::new(
+                &settings,
+                codec,
+                metrics,
+                roster,
+                startup.tracer.clone(),
+            ))
+        },
     )
-    .await;
-    shutdown.cancel();
-    hitl_runtime::trace::finish(exporter).await;
-    let _ = tokio::task::spawn_blocking(move || roster_thread.join()).await;
-    Ok(result?)
+    .await?;
+    Ok(())
 }
 
 /// The loop settings the assignment service runs with.

@@ -23,21 +23,21 @@ pub async fn run(
     settings: Settings<AuditSettings>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let (tracer, exporter) =
-        hitl_runtime::trace::start(&settings.telemetry, "hitl-audit", &mut registry);
-    let processor = AuditProcessor::build(&settings, &mut registry, tracer)?;
-    let result = hitl_runtime::service::run_loop(
+    hitl_runtime::service::run(
         &settings,
         settings.service.create_topics,
         loop_settings(&settings),
-        processor,
-        registry,
         shutdown,
+        |startup| {
+            Ok(AuditProcessor::build(
+                &settings,
+                startup.registry,
+                startup.tracer.clone(),
+            )?)
+        },
     )
-    .await;
-    hitl_runtime::trace::finish(exporter).await;
-    Ok(result?)
+    .await?;
+    Ok(())
 }
 
 /// The loop settings the audit service runs with.

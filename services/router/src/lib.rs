@@ -22,28 +22,25 @@ pub async fn run(
     settings: Settings<RouterSettings>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
     let reload_requested = Arc::new(AtomicBool::new(false));
-    let (tracer, exporter) =
-        hitl_runtime::trace::start(&settings.telemetry, "hitl-router", &mut registry);
-    let processor = service::RouterProcessor::build(
-        &settings,
-        &mut registry,
-        reload_requested.clone(),
-        tracer,
-    )?;
-    spawn_sighup_listener(reload_requested, shutdown.clone());
-    let result = hitl_runtime::service::run_loop(
+    hitl_runtime::service::run(
         &settings,
         settings.service.create_topics,
         loop_settings(&settings),
-        processor,
-        registry,
         shutdown,
+        |startup| {
+            let processor = RouterProcessor::build(
+                &settings,
+                startup.registry,
+                reload_requested.clone(),
+                startup.tracer.clone(),
+            )?;
+            spawn_sighup_listener(reload_requested, startup.shutdown.clone());
+            Ok(processor)
+        },
     )
-    .await;
-    hitl_runtime::trace::finish(exporter).await;
-    Ok(result?)
+    .await?;
+    Ok(())
 }
 
 /// The loop settings the router runs with.
