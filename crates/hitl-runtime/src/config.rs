@@ -193,7 +193,9 @@ pub struct KafkaSettings {
     /// Static group membership (KIP-345): each instance joins with `group.instance.id` = its
     /// `transactional.id`, so a restarted instance gets its partitions back at once, without a
     /// rebalance and without waiting out the dead member's session. The cost: an instance that
-    /// stops for good keeps its partitions until its session times out.
+    /// stops for good keeps its partitions until its session times out. Classic protocol only:
+    /// under KIP-848 the broker refuses a restarted member whose predecessor's session is still
+    /// open (UNRELEASED_INSTANCE_ID, fatal), so the consumer protocol always joins dynamically.
     pub static_membership: bool,
     /// Transactions, or idempotent produce-then-commit (see `Delivery`).
     pub delivery: Delivery,

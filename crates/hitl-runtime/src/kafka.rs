@@ -56,8 +56,9 @@ fn apply_overrides(config: &mut ClientConfig, settings: &KafkaSettings) {
 }
 
 /// The consumer of a service loop: manual offsets (committed with the outputs), `read_committed`,
-/// the configured group protocol and assignor, and (with static membership) `group.instance.id`
-/// = `instance_id`, so a restarted instance takes its partitions back without a rebalance.
+/// the configured group protocol and assignor, and (with static membership, classic protocol)
+/// `group.instance.id` = `instance_id`, so a restarted instance takes its partitions back without a
+/// rebalance.
 pub fn loop_consumer_config(
     settings: &KafkaSettings,
     group_id: &str,
@@ -90,7 +91,12 @@ pub fn loop_consumer_config(
             config.set("group.remote.assignor", &settings.group_remote_assignor);
         }
     }
-    if settings.static_membership {
+    // Under KIP-848 a member that joins with the `group.instance.id` of a member the broker still
+    // counts as alive (one killed without leaving) is refused with the fatal
+    // UNRELEASED_INSTANCE_ID until that member's session ends, so a supervisor's immediate
+    // restart would fail; dynamic membership joins at once and gets the partitions when the dead
+    // member's session ends. Static membership is therefore a classic-protocol setting.
+    if settings.static_membership && settings.group_protocol == GroupProtocol::Classic {
         config.set("group.instance.id", instance_id);
     }
     apply_overrides(&mut config, settings);

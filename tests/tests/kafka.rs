@@ -1,0 +1,248 @@
+//! What hitl relies on from Apache Kafka itself, shown on the real broker: transactions hide
+//! aborted records from `read_committed` readers, and the assignment service's co-partitioning
+//! holds with two instances under both group protocols (classic with the `range` assignor, and
+//! KIP-848's `consumer` protocol with the broker-side `range` assignor), across a kill -9 and an
+//! immediate restart (static membership).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hitl_schema::*;
+use hitl_tests::*;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[test]
+fn read_committed_readers_never_see_records_of_aborted_transactions() {
+    let topics = unique_topics("aborted");
+    create_topics(&topics);
+    let topic = &topics.outcomes;
+    let settings = hitl_runtime::config::KafkaSettings {
+        delivery: hitl_runtime::config::Delivery::Transactional,
+        ..kafka_settings()
+    };
+    let producer: BaseProducer =
+        hitl_runtime::kafka::loop_producer_config(&settings, &unique("aborting-producer"))
+            .create()
+            .unwrap();
+    let timeout = Duration::from_secs(30);
+    producer.init_transactions(timeout).unwrap();
+    let mut committed = BTreeSet::new();
+    for round in 0..6 {
+        let commit = round % 2 == 0;
+        producer.begin_transaction().unwrap();
+        for i in 0..40 {
+            let key = format!(
+                "{}-{round}-{i}",
+                if commit { "committed" } else { "aborted" }
+            );
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .key(&key)
+                        .payload("x")
+                        .partition(i % topics.partitions),
+                )
+                .map_err(|(error, _)| error)
+                .unwrap();
+            if commit {
+                committed.insert(key);
+            }
+        }
+        producer.flush(timeout).unwrap();
+        if commit {
+            producer.commit_transaction(timeout).unwrap();
+        } else {
+            producer.abort_transaction(timeout).unwrap();
+        }
+    }
+    let everything = read_topic_with(topic, false, WAIT, |records| records.len() >= 240);
+    assert_eq!(
+        everything.len(),
+        240,
+        "the aborted records were written to the log"
+    );
+    let visible = read_all(topic, Duration::from_secs(2));
+    let keys: BTreeSet<String> = visible.iter().filter_map(|r| r.key.clone()).collect();
+    assert_eq!(visible.len(), committed.len(), "each committed record once");
+    assert_eq!(
+        keys, committed,
+        "no record of an aborted transaction is visible"
+    );
+}
+
+/// Two assignment instances in one group split the pools; verdicts reach the instance that holds
+/// their pool (its verdict partitions are the same numbers as its review-request partitions).
+/// One instance is killed and restarted at once; returns how long the restarted process took from
+/// its start to having its partitions again.
+fn two_instances_split_the_pools(group_protocol: &str) -> Duration {
+    const POOLS: usize = 8;
+    const PER_ROUND: usize = 40;
+    let topics = unique_topics(&format!("asg-{group_protocol}"));
+    create_topics(&topics);
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("asg-group");
+    // Instance ids name transactional ids: unique per test, as tests share the broker.
+    let (a, b) = (unique("a"), unique("b"));
+    let config = |instance: &str| {
+        format!(
+            "{}group_protocol = \"{group_protocol}\"\n{}\n[service]\ninstance_id = \"{instance}\"\n\
+             group_id = \"{group}\"\ntick_interval = \"100ms\"\ngauge_interval = \"500ms\"\n",
+            kafka_toml(),
+            topics_toml(&topics),
+        )
+    };
+    let codec = Codec::single_object();
+    let producer = producer();
+    for (partition, name) in ["ann", "bob"].iter().enumerate() {
+        let status = ReviewerStatus {
+            reviewer_id: (*name).to_owned(),
+            roles: vec![],
+            skills: vec![],
+            pools: vec![],
+            capacity: 100,
+            partition: Some(partition as i32),
+            presence: Presence::Online,
+            updated_at: hitl_runtime::now_millis(),
+        };
+        let payload = codec.encode_to_vec(&topics.reviewers, &status).unwrap();
+        produce(&producer, &topics.reviewers, name, &payload, &[]);
+    }
+    flush(&producer);
+
+    let first = Service::start("hitl-assignment", dir.path(), &config(&a));
+    let second = Service::start("hitl-assignment", dir.path(), &config(&b));
+    let assigned = |service: &Service| {
+        std::fs::read_to_string(&service.log)
+            .unwrap_or_default()
+            .contains("partitions assigned")
+    };
+    wait_for(WAIT, "both instances to hold partitions", || {
+        (assigned(&first) && assigned(&second)).then_some(())
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reviewers = reviewer_app(&topics, stop.clone(), |event, _| {
+        vec![verdict_on(event, VerdictKind::Approve)]
+    });
+    let publish = |round: usize| {
+        let producer = hitl_tests::producer();
+        for i in 0..PER_ROUND {
+            let pool = format!("pool-{}", i % POOLS);
+            let request = review_request(&format!("r{round}-{i:02}"), &pool);
+            let payload = codec
+                .encode_to_vec(&topics.review_requests, &request)
+                .unwrap();
+            produce(&producer, &topics.review_requests, &pool, &payload, &[]);
+        }
+        flush(&producer);
+    };
+    let outcomes_for = |count: usize| {
+        let records = read_topic(&topics.outcomes, WAIT, |records| records.len() >= count);
+        let ids: BTreeMap<String, usize> = records.iter().fold(BTreeMap::new(), |mut ids, r| {
+            *ids.entry(r.key.clone().unwrap_or_default()).or_default() += 1;
+            ids
+        });
+        (records.len(), ids)
+    };
+
+    publish(0);
+    let (records, ids) = outcomes_for(PER_ROUND);
+    assert_eq!(
+        ids.len(),
+        PER_ROUND,
+        "every request decided: {ids:?}\nfirst:\n{}\nsecond:\n{}",
+        first.log_tail(),
+        second.log_tail()
+    );
+    assert_eq!(records, PER_ROUND, "one outcome each");
+    let decided_by = |service: &Service| {
+        service
+            .metric("hitl_loop_records_in_total")
+            .unwrap_or_default()
+    };
+    assert!(
+        decided_by(&first) > 0.0 && decided_by(&second) > 0.0,
+        "both instances took input"
+    );
+
+    // kill -9 one instance and restart it at once with the same instance id.
+    second.kill9();
+    let restarted_at = Instant::now();
+    let restarted = Service::spawn("hitl-assignment", dir.path(), &config(&b));
+    let back = wait_for(
+        WAIT,
+        "the restarted instance to hold partitions again",
+        || assigned(&restarted).then(|| restarted_at.elapsed()),
+    );
+    publish(1);
+    let (records, ids) = outcomes_for(2 * PER_ROUND);
+    assert_eq!(
+        ids.len(),
+        2 * PER_ROUND,
+        "every request decided after the restart:\nrestarted:\n{}",
+        restarted.log_tail()
+    );
+    assert_eq!(
+        records,
+        2 * PER_ROUND,
+        "one outcome each, across the restart"
+    );
+    stop.store(true, Ordering::Relaxed);
+    reviewers.join().unwrap();
+    eprintln!(
+        "group.protocol={group_protocol}: the restarted instance held its partitions {back:?} after its start"
+    );
+    back
+}
+
+fn review_request(id: &str, pool: &str) -> ReviewRequest {
+    let now = hitl_runtime::now_millis();
+    ReviewRequest {
+        decision: Arc::new(Decision {
+            decision_id: id.to_owned(),
+            workflow: "payments.card".into(),
+            subject: format!("txn-{id}"),
+            action: "approve".into(),
+            confidence: 0.6,
+            risk_score: Some(0.4),
+            amount: Some(250.0),
+            priority: None,
+            producer: "fraud-model".into(),
+            model_name: "fraud".into(),
+            model_version: Some("7".into()),
+            features: BTreeMap::new(),
+            context: BTreeMap::new(),
+            sensitive_fields: vec![],
+            created_at: now,
+            sla_ms: None,
+        }),
+        kind: ReviewKind::Review,
+        pool: pool.to_owned(),
+        required_roles: vec![],
+        priority_tier: "normal".into(),
+        sla_deadline: now + 3_600_000,
+        quorum: 1,
+        policy_rule: "test-rule".into(),
+        policy_version: "test-1".into(),
+        auto_status: None,
+        routed_at: now,
+    }
+}
+
+#[test]
+fn two_assignment_instances_under_the_classic_protocol_with_range() {
+    two_instances_split_the_pools("classic");
+}
+
+#[test]
+fn two_assignment_instances_under_kip_848_with_the_broker_side_range_assignor() {
+    two_instances_split_the_pools("consumer");
+}
