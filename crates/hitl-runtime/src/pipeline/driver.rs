@@ -470,13 +470,19 @@ pub(super) fn run<P: Processor>(
 
 /// The loop thread's side: the processor, the consumer, and what lives between iterations.
 struct Driver<'a, P> {
+    /// The dead-letter topic for poison records, among others.
     settings: &'a LoopSettings,
+    /// The service's hooks.
     processor: P,
+    /// The producer and the state machine, shared with the rebalance callbacks.
     shared: Arc<Shared>,
+    /// Borrowed, so a polled message borrows the consumer and not the driver.
     consumer: &'a BaseConsumer<LoopContext>,
     /// The outputs of the hook being run; always empty between hooks.
     output: Vec<OutputRecord>,
+    /// `LoopSettings::max_records_per_second`.
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The limiter's clock, to compute how long to wait.
     clock: governor::clock::DefaultClock,
 }
 
