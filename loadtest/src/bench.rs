@@ -16,7 +16,7 @@ use std::{
 use hitl_router::{RouterProcessor, RouterSettings};
 use hitl_runtime::{
     config::Settings, outln, pipeline, Health, InputRecord, LoopMetrics, LoopSettings,
-    OutputRecord, Processor,
+    OutputRecord, ProcessError, Processor,
 };
 use hitl_schema::Codec;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -40,15 +40,19 @@ struct Counting<P> {
 }
 
 impl<P: Processor> Processor for Counting<P> {
-    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        input: &InputRecord<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         if self.counters.processed.fetch_add(1, Ordering::Relaxed) == 0 {
             *self.counters.first_processed.lock().unwrap() = Some(Instant::now());
         }
         self.counters.uncommitted.fetch_add(1, Ordering::Relaxed);
-        self.inner.process(input, output);
+        self.inner.process(input, output)
     }
-    fn tick(&mut self, now: i64, output: &mut Vec<OutputRecord>) {
-        self.inner.tick(now, output);
+    fn tick(&mut self, now: i64, output: &mut Vec<OutputRecord>) -> Result<(), ProcessError> {
+        self.inner.tick(now, output)
     }
     fn committed(&mut self) {
         let newly = self.counters.uncommitted.swap(0, Ordering::Relaxed);
@@ -56,9 +60,9 @@ impl<P: Processor> Processor for Counting<P> {
         *self.counters.last_commit.lock().unwrap() = Some(Instant::now());
         self.inner.committed();
     }
-    fn aborted(&mut self) {
+    fn aborted(&mut self) -> Result<(), ProcessError> {
         self.counters.uncommitted.store(0, Ordering::Relaxed);
-        self.inner.aborted();
+        self.inner.aborted()
     }
 }
 
@@ -68,7 +72,11 @@ pub struct Passthrough {
 }
 
 impl Processor for Passthrough {
-    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        input: &InputRecord<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         output.push(OutputRecord {
             topic: self.topic.clone(),
             key: input.key().unwrap_or_default().to_vec(),
@@ -77,6 +85,7 @@ impl Processor for Passthrough {
             partition: None,
             last: false,
         });
+        Ok(())
     }
 }
 
@@ -88,7 +97,11 @@ pub struct Doubling {
 }
 
 impl Processor for Doubling {
-    fn process(&mut self, input: &InputRecord<'_>, output: &mut Vec<OutputRecord>) {
+    fn process(
+        &mut self,
+        input: &InputRecord<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
         let key = input.key().unwrap_or_default();
         let payload = input.payload().unwrap_or_default();
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -100,6 +113,7 @@ impl Processor for Doubling {
             OutputRecord::new(&self.topic, key, [payload, payload].concat())
                 .with_header("traceparent", traceparent),
         );
+        Ok(())
     }
 }
 
@@ -136,6 +150,7 @@ pub fn measure_on<P: Processor>(
         group_id: format!("bench-{name}-{}", hitl_runtime::now_millis()),
         transactional_id: format!("bench-{name}-{}", hitl_runtime::now_millis()),
         input_topics: vec![input_topic.to_owned()],
+        dead_letter_topic: None,
         tick_interval: Some(Duration::from_millis(200)),
         max_records_per_second: None,
     };

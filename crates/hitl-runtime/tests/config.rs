@@ -30,7 +30,7 @@ fn defaults_alone_are_valid() {
     assert_eq!(settings.kafka.delivery, Delivery::Transactional);
     assert_eq!(
         settings.kafka.session_timeout,
-        std::time::Duration::from_secs(6)
+        std::time::Duration::from_secs(45)
     );
 }
 
