@@ -205,9 +205,6 @@ pub enum ReadError {
     },
 }
 
-/// Consecutive empty polls (of 300 ms) that, past the high watermark, mean the end of a partition.
-const END_QUIET_POLLS: u32 = 2;
-
 /// The number of partitions of `topic` (0 if it does not exist).
 pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, ReadError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -267,11 +264,13 @@ pub fn read_topic(
 
 /// Reads `partitions` of `topic` from their start to their end.
 ///
-/// The end is each partition's high watermark (the last stable offset when reading committed),
-/// fetched afresh once the reader's position is past the one it knew, after two consecutive empty
-/// polls: a slow fetch under load, or a watermark that lags the real end (the dev broker's), must
-/// not end a restore early. The position is the consumer's, not the last record's offset + 1:
-/// transaction markers take offsets too, and a partition written by transactions ends with one.
+/// The end is each partition's end offset as the reader sees it when it starts: the last stable
+/// offset (LSO) when reading committed — everything below it is decided, committed or aborted —
+/// else the high watermark. A record appended later is not part of this read. A partition is done
+/// when a record at the end's last offset arrives, or when the consumer reports the partition's
+/// end (`enable.partition.eof`): transaction markers and aborted records take offsets but are
+/// never delivered, and a partition written by transactions ends with a marker, so "the last
+/// record's offset + 1 reached the end" alone would wait for ever there.
 fn read_to_end(
     settings: &KafkaSettings,
     topic: &str,
@@ -297,7 +296,7 @@ fn read_range(
 ) -> Result<u64, ReadError> {
     use rdkafka::{
         consumer::{BaseConsumer, Consumer},
-        Offset, TopicPartitionList,
+        Message, Offset, TopicPartitionList,
     };
     let started = std::time::Instant::now();
     if partitions.is_empty() {
@@ -307,6 +306,7 @@ fn read_range(
         settings,
         settings.delivery == crate::config::Delivery::Transactional,
     )
+    .set("enable.partition.eof", "true")
     .create()?;
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::with_capacity(partitions.len());
@@ -340,18 +340,16 @@ fn read_range(
         }
     }
     consumer.assign(&assignment)?;
-    let at_end = |ends: &[i64]| -> Result<bool, ReadError> {
-        let positions = consumer.position()?;
-        Ok(partitions.iter().zip(ends).all(|(&partition, &end)| {
-            end <= 0
-                || matches!(
-                    positions.find_partition(topic, partition).map(|p| p.offset()),
-                    Some(Offset::Offset(position)) if position >= end
-                )
-        }))
-    };
-    let (mut records, mut quiet) = (0u64, 0u32);
+    // A partition is read once a record at or past its end was delivered, or once the consumer
+    // reported reaching the partition's current end (PartitionEOF: its fetch position reached the
+    // LSO, which never moves back, so everything below our end was delivered or skipped as
+    // aborted or a marker).
+    let mut done: Vec<bool> = ends.iter().map(|&end| end <= 0).collect();
+    let mut records = 0u64;
     loop {
+        if done.iter().all(|&done| done) {
+            return Ok(records);
+        }
         if started.elapsed() > timeout {
             return Err(ReadError::Timeout {
                 topic: topic.to_owned(),
@@ -364,24 +362,25 @@ fn read_range(
                 records,
             });
         }
-        match consumer.poll(Duration::from_millis(300)) {
-            None => {
-                quiet += 1;
-                if at_end(&ends)? {
-                    for (end, &partition) in ends.iter_mut().zip(partitions) {
-                        *end = consumer.fetch_watermarks(topic, partition, timeout)?.1;
-                    }
-                    if quiet >= END_QUIET_POLLS && at_end(&ends)? {
-                        return Ok(records);
-                    }
+        let index_of = |partition: i32| partitions.iter().position(|&p| p == partition);
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                if let Some(index) = index_of(partition) {
+                    done[index] = true;
                 }
             }
             Some(Err(error)) => tracing::warn!(%error, %topic, "read error"),
             Some(Ok(message)) => {
-                quiet = 0;
                 records += 1;
                 if !each(&message) {
                     return Ok(records);
+                }
+                if let Some(index) = index_of(message.partition()) {
+                    // The committed offset convention: the end is the offset after the last record.
+                    if message.offset() + 1 >= ends[index] {
+                        done[index] = true;
+                    }
                 }
             }
         }
