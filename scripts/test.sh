@@ -2,8 +2,9 @@
 # The test command: installs what it needs, builds the services, then runs every test in the
 # default `transactional` delivery mode against Apache Kafka (each integration-test binary starts
 # its own broker with scripts/kafka.sh on free loopback ports and a fresh log dir; set
-# HITL_BOOTSTRAP_SERVERS to use an external cluster instead), then the idempotent-delivery set: the
-# kill, restart and interop tests again with HITL_TEST_DELIVERY=idempotent.
+# HITL_BOOTSTRAP_SERVERS to use an external cluster instead), then the idempotent-delivery set
+# (for brokers without transactions): routing, balancing, a full audited run and the three kill
+# tests again with HITL_TEST_DELIVERY=idempotent.
 # Arguments go to the first `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,5 +15,5 @@ cargo test --workspace --locked "$@"
 if [ $# -eq 0 ]; then
   echo "== tests, idempotent delivery (brokers without transactions)"
   HITL_TEST_DELIVERY=idempotent cargo test --locked -p hitl-tests --test router --test assignment --test audit -- \
-    kill_9 restart every_decision_once exactly_once
+    kill_9 routes_auto_approve_auto_reject_and_human balances_across_reviewer_partitions a_full_run
 fi
