@@ -284,6 +284,22 @@ fn read_to_end(
     })
 }
 
+/// The context of a reader that asked for partition-EOF events: reaching a partition's end is how
+/// it knows it is done, not an error worth logging.
+struct EndReaderContext;
+
+impl rdkafka::ClientContext for EndReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::debug!(%reason, "end of partition");
+        } else {
+            tracing::error!(%error, %reason, "librdkafka error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndReaderContext {}
+
 /// `read_to_end`, starting at the first record stamped `from_millis` or later when given, and
 /// stopping early when `each` returns `false`.
 fn read_range(
@@ -302,12 +318,12 @@ fn read_range(
     if partitions.is_empty() {
         return Ok(0);
     }
-    let consumer: BaseConsumer = reader_config(
+    let consumer: BaseConsumer<EndReaderContext> = reader_config(
         settings,
         settings.delivery == crate::config::Delivery::Transactional,
     )
     .set("enable.partition.eof", "true")
-    .create()?;
+    .create_with_context(EndReaderContext)?;
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::with_capacity(partitions.len());
     for &partition in partitions {
