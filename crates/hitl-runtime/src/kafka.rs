@@ -290,7 +290,11 @@ struct EndReaderContext;
 
 impl rdkafka::ClientContext for EndReaderContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::{error::KafkaError, types::RDKafkaErrorCode};
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::debug!(%reason, "end of partition");
         } else {
             tracing::error!(%error, %reason, "librdkafka error");
