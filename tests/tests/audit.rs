@@ -81,6 +81,33 @@ impl Run {
         (output.status.code() == Some(0), text)
     }
 
+    /// Waits (naming `what`) until `verify` of the trail alone (no decisions or outcomes topic
+    /// read) is clean.
+    fn wait_verified(&self, what: &str) {
+        wait_for(WAIT, what, || {
+            let (clean, report) = self.verify(&["--no-decisions", "--no-outcomes"]);
+            clean.then_some(()).or_else(|| {
+                eprintln!("not yet: {report}");
+                None
+            })
+        });
+    }
+
+    /// A verdict for `decision_id` that came after its outcome (rejected as already decided).
+    fn publish_late_verdict(&self, decision_id: &str) {
+        let mut late = LifecycleEvent::new(
+            format!("{decision_id}:assignment:99"),
+            decision_id,
+            LifecycleKind::VerdictRejected,
+            "assignment",
+            hitl_runtime::now_millis(),
+        );
+        late.sequence = 99;
+        late.reviewer_id = Some("mallory".into());
+        late.reason = Some("already_decided".into());
+        self.publish_lifecycle(&[late]);
+    }
+
     fn publish_lifecycle(&self, events: &[LifecycleEvent]) {
         let codec = Codec::single_object();
         let producer = producer();
@@ -394,13 +421,7 @@ fn kill_9_and_restart_keep_one_label_per_decision_and_a_complete_trail() {
             "a second label after kill -9 in transactional mode: {repeated:?}"
         );
     }
-    wait_for(WAIT, "a complete, verified trail", || {
-        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
-        clean.then_some(()).or_else(|| {
-            eprintln!("not yet: {report}");
-            None
-        })
-    });
+    run.wait_verified("a complete, verified trail");
     let records: Vec<AuditRecord> = decode(&read_all(&run.topics.audit, Duration::from_secs(1)));
     let latest: BTreeMap<&str, &AuditRecord> = records
         .iter()
@@ -431,17 +452,7 @@ fn finished_trails_leave_memory_and_come_back_for_a_late_event() {
 
     // Every event again (nothing may change), then a verdict that came too late for one of them.
     run.publish_lifecycle(&events);
-    let mut late = LifecycleEvent::new(
-        "s-03:assignment:99",
-        "s-03",
-        LifecycleKind::VerdictRejected,
-        "assignment",
-        hitl_runtime::now_millis(),
-    );
-    late.sequence = 99;
-    late.reviewer_id = Some("mallory".into());
-    late.reason = Some("already_decided".into());
-    run.publish_lifecycle(&[late]);
+    run.publish_late_verdict("s-03");
     wait_for(WAIT, "the late verdict in s-03's trail", || {
         let records: Vec<AuditRecord> =
             decode(&read_all(&run.topics.audit, Duration::from_millis(500)));
@@ -482,13 +493,7 @@ fn finished_trails_leave_memory_and_come_back_for_a_late_event() {
         .find(|line| line.contains("sealed trail reloaded"))
         .expect("the reload is logged");
     eprintln!("{reloaded}");
-    wait_for(WAIT, "a complete, verified trail", || {
-        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
-        clean.then_some(()).or_else(|| {
-            eprintln!("not yet: {report}");
-            None
-        })
-    });
+    run.wait_verified("a complete, verified trail");
 
     // A restarted instance restores every trail and seals the finished ones at once.
     assert_eq!(first.terminate(), Some(0));
@@ -664,28 +669,12 @@ fn compaction_keeps_the_latest_version_and_verify_and_restore_stay_right() {
         kept.values().all(|version| *version == 5),
         "only each trail's latest version is left: {kept:?}"
     );
-    wait_for(WAIT, "a clean verify of the compacted trail", || {
-        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
-        clean.then_some(()).or_else(|| {
-            eprintln!("not yet: {report}");
-            None
-        })
-    });
+    run.wait_verified("a clean verify of the compacted trail");
 
     // A restarted instance restores from the compacted topic and continues each hash chain.
     first.kill9();
     let second = run.start_audit();
-    let mut late = LifecycleEvent::new(
-        "c-07:assignment:99",
-        "c-07",
-        LifecycleKind::VerdictRejected,
-        "assignment",
-        hitl_runtime::now_millis(),
-    );
-    late.sequence = 99;
-    late.reviewer_id = Some("mallory".into());
-    late.reason = Some("already_decided".into());
-    run.publish_lifecycle(&[late]);
+    run.publish_late_verdict("c-07");
     let records = read_topic(&run.topics.audit, WAIT, |records| {
         decode::<AuditRecord>(records)
             .iter()
@@ -708,11 +697,5 @@ fn compaction_keeps_the_latest_version_and_verify_and_restore_stay_right() {
         Some(fifth.content_hash.as_str())
     );
     assert_eq!(sixth.timeline.len(), 6);
-    wait_for(WAIT, "a clean verify after the restore", || {
-        let (clean, report) = run.verify(&["--no-decisions", "--no-outcomes"]);
-        clean.then_some(()).or_else(|| {
-            eprintln!("not yet: {report}");
-            None
-        })
-    });
+    run.wait_verified("a clean verify after the restore");
 }

@@ -136,7 +136,14 @@ fn two_instances_split_the_pools(group_protocol: &str) -> Duration {
         let producer = hitl_tests::producer();
         for i in 0..PER_ROUND {
             let pool = format!("pool-{}", i % POOLS);
-            let request = review_request(&format!("r{round}-{i:02}"), &pool);
+            let now = hitl_runtime::now_millis();
+            let request = hitl_schema::sample::review_request(
+                format!("r{round}-{i:02}"),
+                i as u64,
+                pool.clone(),
+                now,
+                now + 3_600_000,
+            );
             let payload = codec
                 .encode_to_vec(&topics.review_requests, &request)
                 .unwrap();
@@ -201,40 +208,6 @@ fn two_instances_split_the_pools(group_protocol: &str) -> Duration {
         "group.protocol={group_protocol}: the restarted instance held its partitions {back:?} after its start"
     );
     back
-}
-
-fn review_request(id: &str, pool: &str) -> ReviewRequest {
-    let now = hitl_runtime::now_millis();
-    ReviewRequest {
-        decision: Arc::new(Decision {
-            decision_id: id.to_owned(),
-            workflow: "payments.card".into(),
-            subject: format!("txn-{id}"),
-            action: "approve".into(),
-            confidence: 0.6,
-            risk_score: Some(0.4),
-            amount: Some(250.0),
-            priority: None,
-            producer: "fraud-model".into(),
-            model_name: "fraud".into(),
-            model_version: Some("7".into()),
-            features: BTreeMap::new(),
-            context: BTreeMap::new(),
-            sensitive_fields: vec![],
-            created_at: now,
-            sla_ms: None,
-        }),
-        kind: ReviewKind::Review,
-        pool: pool.to_owned(),
-        required_roles: vec![],
-        priority_tier: "normal".into(),
-        sla_deadline: now + 3_600_000,
-        quorum: 1,
-        policy_rule: "test-rule".into(),
-        policy_version: "test-1".into(),
-        auto_status: None,
-        routed_at: now,
-    }
 }
 
 #[test]
