@@ -11,6 +11,7 @@
 #   --sasl-port S        also a SASL_PLAINTEXT listener (SCRAM-SHA-512) on 127.0.0.1:S, the
 #                        StandardAuthorizer with ACLs, and SCRAM user `admin` (password from
 #                        HITL_KAFKA_ADMIN_PASSWORD, default admin-secret) as super user
+#   --scram-user U:P     with --sasl-port: one more SCRAM-SHA-512 user (repeatable; no ACLs yet)
 #   --dir D              state folder: data/, broker.log, server.properties, pid, address
 #                        (default .hitl/kafka)
 #   --heap SIZE          JVM heap (default 512m)
@@ -111,10 +112,11 @@ PROPS
 }
 
 start() {
-  port=19092; sasl_port=""; heap=512m
+  port=19092; sasl_port=""; heap=512m; users=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) port=$2; shift 2 ;;
+      --scram-user) users+=("$2"); shift 2 ;;
       --sasl-port) sasl_port=$2; shift 2 ;;
       --dir) dir=$2; shift 2 ;;
       --heap) heap=$2; shift 2 ;;
@@ -130,7 +132,12 @@ start() {
   local started; started=$(date +%s%N)
   write_properties
   local scram=()
-  [ -n "$sasl_port" ] && scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=${HITL_KAFKA_ADMIN_PASSWORD:-admin-secret}]")
+  if [ -n "$sasl_port" ]; then
+    scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=${HITL_KAFKA_ADMIN_PASSWORD:-admin-secret}]")
+    for user in "${users[@]}"; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+    done
+  fi
   if [ ! -f "$dir/data/meta.properties" ]; then
     kafka_java kafka.tools.StorageTool format --ignore-formatted -t "${HITL_KAFKA_CLUSTER_ID:-aGl0bC1kZXYtY2x1c3Rlcg}" \
       -c "$dir/server.properties" "${scram[@]}" >"$dir/format.log" 2>&1 \
@@ -176,5 +183,5 @@ case "$cmd" in
   status) parse_dir "$@"; if running; then echo "running on $(cat "$dir/address") (pid $(cat "$dir/pid"))"; else echo "not running"; exit 1; fi ;;
   address) parse_dir "$@"; running || die "not running"; cat "$dir/address" ;;
   classpath) install; echo "$cache/lib/*" ;;
-  *) echo "usage: $0 install | start [--port P] [--sasl-port S] [--dir D] [--heap SIZE] | stop | status | address [--dir D]" >&2; exit 2 ;;
+  *) echo "usage: $0 install | start [--port P] [--sasl-port S] [--scram-user U:P] [--dir D] [--heap SIZE] | stop | status | address [--dir D]" >&2; exit 2 ;;
 esac

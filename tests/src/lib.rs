@@ -45,6 +45,10 @@ pub struct Broker {
     _watchdog: Option<std::sync::Mutex<Child>>,
 }
 
+/// A SCRAM-SHA-512 user of the harness's broker with no ACLs (the authorizer denies it everything).
+pub const SCRAM_USER: &str = "hitl-test-user";
+pub const SCRAM_PASSWORD: &str = "hitl-test-secret";
+
 /// The repository's root.
 pub fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,7 +72,9 @@ pub fn broker() -> &'static Broker {
         }
         let dir = std::env::temp_dir().join(unique("hitl-test-kafka"));
         let status = Command::new(repository().join("scripts/kafka.sh"))
-            .args(["start", "--port", "0", "--sasl-port", "0", "--dir"])
+            .args(["start", "--port", "0", "--sasl-port", "0"])
+            .args(["--scram-user", &format!("{SCRAM_USER}:{SCRAM_PASSWORD}")])
+            .arg("--dir")
             .arg(&dir)
             .stdin(Stdio::null())
             .status()

@@ -219,3 +219,69 @@ fn two_assignment_instances_under_the_classic_protocol_with_range() {
 fn two_assignment_instances_under_kip_848_with_the_broker_side_range_assignor() {
     two_instances_split_the_pools("consumer");
 }
+
+#[test]
+fn the_sasl_listener_authenticates_scram_users_and_the_authorizer_denies_without_acls() {
+    use hitl_runtime::config::{KafkaSettings, Secret, SecurityProtocol};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let Some(sasl_bootstrap) = broker().sasl_bootstrap.clone() else {
+        eprintln!("skipped: the external cluster has no SASL listener named (HITL_SASL_BOOTSTRAP_SERVERS)");
+        return;
+    };
+    let topics = unique_topics("sasl");
+    create_topics(&topics);
+    let as_user = |user: &str, password: &str| KafkaSettings {
+        bootstrap_servers: sasl_bootstrap.clone(),
+        security_protocol: SecurityProtocol::SaslPlaintext,
+        sasl_mechanism: Some("SCRAM-SHA-512".into()),
+        sasl_username: Some(user.into()),
+        sasl_password: Some(Secret::new(password)),
+        request_timeout: Duration::from_secs(10),
+        ..KafkaSettings::default()
+    };
+    // Produces one record and waits for its delivery report: the error, if the broker refused it.
+    let produce_as = |settings: &KafkaSettings| -> Result<(), String> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = hitl_runtime::kafka::producer_config(settings)
+            .set("message.timeout.ms", "10000")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(producer.send(
+                FutureRecord::to(&topics.decisions).key("k").payload("v"),
+                Duration::from_secs(10),
+            ))
+            .map(|_| ())
+            .map_err(|(error, _)| error.to_string())
+    };
+    // The operator's super user is authenticated and allowed.
+    let admin = as_user("admin", "admin-secret");
+    let metadata: BaseConsumer = hitl_runtime::kafka::reader_config(&admin, true)
+        .create()
+        .unwrap();
+    metadata
+        .fetch_metadata(Some(&topics.decisions), Duration::from_secs(10))
+        .expect("admin authenticates over SASL/SCRAM");
+    produce_as(&admin).expect("admin may write");
+    // A wrong password is not authenticated.
+    let wrong: BaseConsumer = hitl_runtime::kafka::reader_config(&as_user("admin", "guess"), true)
+        .create()
+        .unwrap();
+    assert!(
+        wrong
+            .fetch_metadata(Some(&topics.decisions), Duration::from_secs(5))
+            .is_err(),
+        "a wrong password must not authenticate"
+    );
+    // An authenticated user without ACLs may not write.
+    let denied = produce_as(&as_user(SCRAM_USER, SCRAM_PASSWORD));
+    assert!(
+        denied.is_err(),
+        "the authorizer let a user without ACLs write"
+    );
+    eprintln!("without ACLs: {}", denied.unwrap_err());
+}
