@@ -102,7 +102,7 @@ impl Codec {
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
         self.write_header::<T>(topic, out)?;
-        encode_datum(value, out)
+        value.write_datum(out)
     }
 
     /// The framed encoding of `value` in a new buffer.
@@ -121,7 +121,7 @@ impl Codec {
             let fingerprint: [u8; 8] = header[2..].try_into().expect("8 bytes");
             let datum = &bytes[SINGLE_OBJECT_HEADER_LEN..];
             if &fingerprint == T::schema().rabin_fingerprint() {
-                return decode_datum(datum, T::schema());
+                return T::read_datum(datum);
             }
             let writer = self.extra_writer_schemas.get(&fingerprint).ok_or_else(|| {
                 CodecError::UnknownSchema(format!(
@@ -130,7 +130,7 @@ impl Codec {
                     T::FULL_NAME
                 ))
             })?;
-            return decode_datum(datum, writer);
+            return serde_read_datum(datum, writer, T::FULL_NAME);
         }
         if bytes.first() == Some(&CONFLUENT_MAGIC) {
             let header = bytes
@@ -141,7 +141,11 @@ impl Codec {
             let writer = registry
                 .schema_by_id(id)
                 .map_err(|error| CodecError::UnknownSchema(format!("schema id {id}: {error}")))?;
-            return decode_datum(&bytes[CONFLUENT_HEADER_LEN..], &writer);
+            let datum = &bytes[CONFLUENT_HEADER_LEN..];
+            if writer.rabin_fingerprint() == T::schema().rabin_fingerprint() {
+                return T::read_datum(datum);
+            }
+            return serde_read_datum(datum, &writer, T::FULL_NAME);
         }
         Err(CodecError::Framing(match bytes.first() {
             None => "empty record".into(),
@@ -221,16 +225,37 @@ impl Codec {
     }
 }
 
-fn encode_datum<T: Record>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let mut config = SerializerConfig::new(T::schema());
+/// The `serde_avro_fast` encoding of `value` with `schema`.
+pub(crate) fn serde_write_datum<T: serde::Serialize + ?Sized>(
+    value: &T,
+    schema: &Schema,
+    full_name: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let mut config = SerializerConfig::new(schema);
     serde_avro_fast::to_datum(value, &mut *out, &mut config)
-        .map_err(|error| CodecError::Encode(format!("{}: {error}", T::FULL_NAME)))?;
+        .map_err(|error| CodecError::Encode(format!("{full_name}: {error}")))?;
     Ok(())
 }
 
-fn decode_datum<T: Record>(datum: &[u8], writer: &Schema) -> Result<T, CodecError> {
-    serde_avro_fast::from_datum_slice(datum, writer)
-        .map_err(|error| CodecError::Avro(format!("{}: {error}", T::FULL_NAME)))
+/// Reads exactly one datum written with `writer` through `serde_avro_fast`, mapping its fields onto
+/// `T` by name; bytes left over are an error.
+pub(crate) fn serde_read_datum<T: serde::de::DeserializeOwned>(
+    datum: &[u8],
+    writer: &Schema,
+    full_name: &str,
+) -> Result<T, CodecError> {
+    use std::io::BufRead;
+    let mut state = serde_avro_fast::de::DeserializerState::from_slice(datum, writer);
+    let value = T::deserialize(state.deserializer())
+        .map_err(|error| CodecError::Avro(format!("{full_name}: {error}")))?;
+    let left = state.into_reader().fill_buf().map_or(0, |rest| rest.len());
+    if left > 0 {
+        return Err(CodecError::Avro(format!(
+            "{full_name}: {left} trailing bytes after the datum"
+        )));
+    }
+    Ok(value)
 }
 
 fn hex_string(bytes: &[u8]) -> String {

@@ -1,6 +1,8 @@
 //! hitl's record types, their Avro schemas (`schemas/*.avsc`, compiled in) and wire codecs.
 
+mod binary;
 mod codec;
+mod datum;
 mod record;
 mod registry;
 pub mod sample;

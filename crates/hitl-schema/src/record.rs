@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_avro_fast::Schema;
 
-use crate::types::*;
+use crate::{codec, datum, types::*, CodecError};
 
 /// A record type of the topic contract with its Avro schema.
 pub trait Record: Serialize + DeserializeOwned {
@@ -19,10 +19,21 @@ pub trait Record: Serialize + DeserializeOwned {
     fn fingerprint() -> [u8; 8] {
         *Self::schema().rabin_fingerprint()
     }
+    /// Appends the Avro datum of `self` written with `schema()`. Hand-written for the router's hot
+    /// records (`datum.rs`), `serde_avro_fast` for the others; the same bytes either way.
+    #[doc(hidden)]
+    fn write_datum(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        codec::serde_write_datum(self, Self::schema(), Self::FULL_NAME, out)
+    }
+    /// Reads exactly one datum written with `schema()` (trailing bytes are an error).
+    #[doc(hidden)]
+    fn read_datum(datum: &[u8]) -> Result<Self, CodecError> {
+        codec::serde_read_datum(datum, Self::schema(), Self::FULL_NAME)
+    }
 }
 
 macro_rules! record {
-    ($ty:ty, $name:literal, $file:literal) => {
+    ($ty:ty, $name:literal, $file:literal $(, write = $write:path)? $(, read = $read:path)?) => {
         impl Record for $ty {
             const FULL_NAME: &'static str = concat!("io.hitl.", $name);
             const SCHEMA_JSON: &'static str = include_str!(concat!("../../../schemas/", $file));
@@ -36,17 +47,49 @@ macro_rules! record {
                     ))
                 })
             }
+            $(
+                fn write_datum(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+                    $write(self, out);
+                    Ok(())
+                }
+            )?
+            $(
+                fn read_datum(datum: &[u8]) -> Result<Self, CodecError> {
+                    $read(datum)
+                }
+            )?
         }
     };
 }
 
-record!(Decision, "Decision", "decision.avsc");
-record!(ReviewRequest, "ReviewRequest", "review_request.avsc");
+record!(
+    Decision,
+    "Decision",
+    "decision.avsc",
+    write = datum::write_decision,
+    read = datum::read_decision
+);
+record!(
+    ReviewRequest,
+    "ReviewRequest",
+    "review_request.avsc",
+    write = datum::write_review_request_datum
+);
 record!(AssignmentEvent, "AssignmentEvent", "assignment_event.avsc");
 record!(Verdict, "Verdict", "verdict.avsc");
 record!(ReviewerStatus, "ReviewerStatus", "reviewer_status.avsc");
-record!(Outcome, "Outcome", "outcome.avsc");
-record!(LifecycleEvent, "LifecycleEvent", "lifecycle_event.avsc");
+record!(
+    Outcome,
+    "Outcome",
+    "outcome.avsc",
+    write = datum::write_outcome
+);
+record!(
+    LifecycleEvent,
+    "LifecycleEvent",
+    "lifecycle_event.avsc",
+    write = datum::write_lifecycle_event
+);
 record!(AuditRecord, "AuditRecord", "audit_record.avsc");
 record!(AuditCheckpoint, "AuditCheckpoint", "audit_checkpoint.avsc");
 record!(FeedbackRecord, "FeedbackRecord", "feedback_record.avsc");
