@@ -155,43 +155,6 @@ impl Codec {
         }))
     }
 
-    /// The Avro datum of a single-object `Decision` written with this build's `decision.avsc`, for
-    /// copying into records that embed it (`encode_with_decision_datum`); `None` for any other
-    /// framing or writer schema.
-    pub fn decision_datum<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
-        let header = bytes.get(..SINGLE_OBJECT_HEADER_LEN)?;
-        (header[..2] == SINGLE_OBJECT_MAGIC && header[2..] == crate::Decision::fingerprint())
-            .then(|| &bytes[SINGLE_OBJECT_HEADER_LEN..])
-    }
-
-    /// Like `encode` for records that embed the decision being routed, copying `decision_datum`
-    /// (from `decision_datum`) instead of re-encoding `value`'s decision. The caller guarantees the
-    /// datum is that decision. Byte-identical to `encode`.
-    pub fn encode_with_decision_datum<T: crate::splice::EmbedsDecision>(
-        &self,
-        topic: &str,
-        value: &T,
-        decision_datum: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
-        self.write_header::<T>(topic, out)?;
-        value.datum_with_decision(decision_datum, out)
-    }
-
-    /// Like `encode_with_decision_datum` for a lifecycle event that also embeds an outcome already
-    /// encoded: `outcome_datum` is copied as the event's `outcome` (see `datum`).
-    pub fn encode_lifecycle_with_data(
-        &self,
-        topic: &str,
-        event: &crate::LifecycleEvent,
-        decision_datum: &[u8],
-        outcome_datum: Option<&[u8]>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
-        self.write_header::<crate::LifecycleEvent>(topic, out)?;
-        crate::splice::lifecycle_datum(event, decision_datum, outcome_datum, out)
-    }
-
     /// The Avro datum of a record this codec framed (its header removed).
     pub fn datum<'a>(&self, framed: &'a [u8]) -> &'a [u8] {
         if framed.starts_with(&SINGLE_OBJECT_MAGIC) {
@@ -203,7 +166,11 @@ impl Codec {
         }
     }
 
-    fn write_header<T: Record>(&self, topic: &str, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    pub(crate) fn write_header<T: Record>(
+        &self,
+        topic: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
         match self.format {
             WireFormat::SingleObject => {
                 out.extend_from_slice(&SINGLE_OBJECT_MAGIC);

@@ -12,7 +12,7 @@ pub mod types;
 pub use codec::{Codec, WireFormat};
 pub use record::{all_schemas, Record};
 pub use registry::RegistryClient;
-pub use splice::EmbedsDecision;
+pub use splice::Encoded;
 pub use types::*;
 
 /// Why a record could not be encoded or decoded. `class()` names the error for DLQ headers and

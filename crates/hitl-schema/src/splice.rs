@@ -1,226 +1,82 @@
-//! Encoding records that embed the decision being routed, without re-encoding the decision.
+//! Encoding the records of one routing that embed the same values, each value encoded once.
 //!
-//! In Avro binary, a record is the concatenation of its fields' encodings, and a union value is
-//! the branch index (zig-zag varint) followed by the value. So a `ReviewRequest` is
-//! `datum(decision) ++ datum(the remaining fields)`, and a `LifecycleEvent` carrying a decision is
-//! `datum(fields before it) ++ 0x02 ++ datum(decision) ++ datum(fields after it)`. When the
-//! decision arrived as a single-object record written with `decision.avsc`, its datum is copied
-//! from the input as is. The head and tail encoders use sub-schemas derived from the `.avsc` files,
-//! so the bytes are identical to `Codec::encode` (tested).
+//! In Avro binary, a record is the concatenation of its fields' encodings, and a `["null", T]`
+//! union holding a value is `0x02` then the value's datum. So when a review request and a lifecycle
+//! event embed the same decision, or an outcome record and a lifecycle event the same outcome, the
+//! datum written for the first record can be copied into the second. The copied bytes are always
+//! ones this codec just encoded from the value itself (`Encoded` can only come from the codec), never
+//! bytes received from outside; and they are copied only when the record really holds that value
+//! (the same allocation, or an equal value), else the value is encoded again.
 
-use std::sync::OnceLock;
+use crate::{datum, types::*, Codec, CodecError, Record};
 
-use serde::Serialize;
-use serde_avro_fast::{ser::SerializerConfig, Schema};
-
-use crate::{types::*, CodecError, Record};
-
-/// `schema_json` with only the fields in `range` (by position), renamed so it stands alone.
-fn sub_schema(schema_json: &str, suffix: &str, range: std::ops::Range<usize>) -> Schema {
-    let mut schema: serde_json::Value =
-        serde_json::from_str(schema_json).expect("valid schema JSON");
-    let fields = schema["fields"].as_array().expect("record fields")[range].to_vec();
-    schema["fields"] = serde_json::Value::Array(fields);
-    let name = format!("{}{suffix}", schema["name"].as_str().expect("record name"));
-    schema["name"] = serde_json::Value::String(name);
-    schema.to_string().parse().expect("sub-schema parses")
+/// The datum of `value` as this codec encoded it, borrowed from the record it was written into.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded<'a, T> {
+    value: &'a T,
+    datum: &'a [u8],
 }
 
-fn field_index(schema_json: &str, name: &str) -> usize {
-    let schema: serde_json::Value = serde_json::from_str(schema_json).expect("valid schema JSON");
-    schema["fields"]
-        .as_array()
-        .expect("record fields")
-        .iter()
-        .position(|f| f["name"] == name)
-        .expect("field")
-}
-
-fn field_count(schema_json: &str) -> usize {
-    let schema: serde_json::Value = serde_json::from_str(schema_json).expect("valid schema JSON");
-    schema["fields"].as_array().expect("record fields").len()
-}
-
-fn encode_part<T: Serialize>(
-    value: &T,
-    schema: &Schema,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    let mut config = SerializerConfig::new(schema);
-    serde_avro_fast::to_datum(value, &mut *out, &mut config)
-        .map_err(|error| CodecError::Encode(error.to_string()))?;
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct ReviewRequestTail<'a> {
-    kind: ReviewKind,
-    pool: &'a str,
-    required_roles: &'a [String],
-    priority_tier: &'a str,
-    sla_deadline: i64,
-    quorum: i32,
-    policy_rule: &'a str,
-    policy_version: &'a str,
-    auto_status: &'a Option<String>,
-    routed_at: i64,
-}
-
-#[derive(Serialize)]
-struct LifecycleHead<'a> {
-    event_id: &'a str,
-    decision_id: &'a str,
-    kind: LifecycleKind,
-    service: &'a str,
-    event_time: i64,
-    sequence: i64,
-    reviewer_id: &'a Option<String>,
-    assignment_id: &'a Option<String>,
-    policy_rule: &'a Option<String>,
-    policy_version: &'a Option<String>,
-    reason: &'a Option<String>,
-    attributes: &'a std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct LifecycleRest<'a> {
-    traceparent: &'a Option<String>,
-}
-
-/// Appends the datum of `request` with `decision_datum` in place of its `decision` field.
-pub(crate) fn review_request_datum(
-    request: &ReviewRequest,
-    decision_datum: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    static TAIL: OnceLock<Schema> = OnceLock::new();
-    let json = ReviewRequest::SCHEMA_JSON;
-    debug_assert_eq!(field_index(json, "decision"), 0);
-    let tail = TAIL.get_or_init(|| sub_schema(json, "Tail", 1..field_count(json)));
-    out.extend_from_slice(decision_datum);
-    encode_part(
-        &ReviewRequestTail {
-            kind: request.kind,
-            pool: &request.pool,
-            required_roles: &request.required_roles,
-            priority_tier: &request.priority_tier,
-            sla_deadline: request.sla_deadline,
-            quorum: request.quorum,
-            policy_rule: &request.policy_rule,
-            policy_version: &request.policy_version,
-            auto_status: &request.auto_status,
-            routed_at: request.routed_at,
-        },
-        tail,
-        out,
-    )
-}
-
-/// Appends the datum of `event`, copying `decision_datum` as its (present) `decision` and, when
-/// given, `outcome_datum` as its (present) `outcome`.
-pub(crate) fn lifecycle_datum(
-    event: &LifecycleEvent,
-    decision_datum: &[u8],
-    outcome_datum: Option<&[u8]>,
-    out: &mut Vec<u8>,
-) -> Result<(), CodecError> {
-    if event.decision.is_none() || (outcome_datum.is_some() && event.outcome.is_none()) {
-        return encode_part(event, LifecycleEvent::schema(), out);
+impl<'a, T: PartialEq> Encoded<'a, T> {
+    /// The datum, when `value` is the value it was encoded from.
+    fn datum_of(self, value: &T) -> Option<&'a [u8]> {
+        (std::ptr::eq(self.value, value) || self.value == value).then_some(self.datum)
     }
-    static PARTS: OnceLock<(Schema, Schema, Schema)> = OnceLock::new();
-    let json = LifecycleEvent::SCHEMA_JSON;
-    let (head, outcome_field, rest) = PARTS.get_or_init(|| {
-        let decision_at = field_index(json, "decision");
-        let outcome_at = field_index(json, "outcome");
-        assert_eq!(
-            outcome_at,
-            decision_at + 1,
-            "lifecycle_event.avsc: outcome follows decision"
-        );
-        (
-            sub_schema(json, "Head", 0..decision_at),
-            sub_schema(json, "OutcomePart", outcome_at..outcome_at + 1),
-            sub_schema(json, "Rest", outcome_at + 1..field_count(json)),
-        )
-    });
-    encode_part(
-        &LifecycleHead {
-            event_id: &event.event_id,
-            decision_id: &event.decision_id,
-            kind: event.kind,
-            service: &event.service,
-            event_time: event.event_time,
-            sequence: event.sequence,
-            reviewer_id: &event.reviewer_id,
-            assignment_id: &event.assignment_id,
-            policy_rule: &event.policy_rule,
-            policy_version: &event.policy_version,
-            reason: &event.reason,
-            attributes: &event.attributes,
-        },
-        head,
-        out,
-    )?;
-    out.push(UNION_SECOND_BRANCH);
-    out.extend_from_slice(decision_datum);
-    match outcome_datum {
-        Some(datum) => {
-            out.push(UNION_SECOND_BRANCH);
-            out.extend_from_slice(datum);
-        }
-        None => {
-            #[derive(Serialize)]
-            struct OutcomePart<'a> {
-                outcome: &'a Option<Outcome>,
-            }
-            encode_part(
-                &OutcomePart {
-                    outcome: &event.outcome,
-                },
-                outcome_field,
-                out,
-            )?;
-        }
+}
+
+impl Codec {
+    /// Like `encode`; also returns `value`'s datum within `out`, for `encode_lifecycle_event`.
+    pub fn encode_shared<'a, T: Record>(
+        &self,
+        topic: &str,
+        value: &'a T,
+        out: &'a mut Vec<u8>,
+    ) -> Result<Encoded<'a, T>, CodecError> {
+        self.write_header::<T>(topic, out)?;
+        let start = out.len();
+        value.write_datum(out)?;
+        Ok(Encoded {
+            value,
+            datum: &out[start..],
+        })
     }
-    encode_part(
-        &LifecycleRest {
-            traceparent: &event.traceparent,
-        },
-        rest,
-        out,
-    )
-}
 
-/// Branch 1 of a `["null", T]` union, zig-zag encoded.
-const UNION_SECOND_BRANCH: u8 = 0x02;
-
-/// Records with a `Decision` field that `Codec::encode_with_decision_datum` can fill from the
-/// received datum.
-pub trait EmbedsDecision: Record {
-    #[doc(hidden)]
-    fn datum_with_decision(
+    /// Like `encode` for a review request; also returns the datum of its decision within `out`,
+    /// for `encode_lifecycle_event`.
+    pub fn encode_review_request<'a>(
         &self,
-        decision_datum: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CodecError>;
-}
+        topic: &str,
+        request: &'a ReviewRequest,
+        out: &'a mut Vec<u8>,
+    ) -> Result<Encoded<'a, Decision>, CodecError> {
+        self.write_header::<ReviewRequest>(topic, out)?;
+        let decision_at = out.len();
+        let decision_end = datum::write_review_request(request, out);
+        Ok(Encoded {
+            value: &request.decision,
+            datum: &out[decision_at..decision_end],
+        })
+    }
 
-impl EmbedsDecision for ReviewRequest {
-    fn datum_with_decision(
+    /// Like `encode` for a lifecycle event, copying the datums of its decision and outcome from
+    /// `decision` and `outcome` when it holds those very values (else they are encoded again).
+    /// Byte-identical to `encode`.
+    pub fn encode_lifecycle_event(
         &self,
-        decision_datum: &[u8],
+        topic: &str,
+        event: &LifecycleEvent,
+        decision: Option<Encoded<'_, Decision>>,
+        outcome: Option<Encoded<'_, Outcome>>,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        review_request_datum(self, decision_datum, out)
-    }
-}
-
-impl EmbedsDecision for LifecycleEvent {
-    fn datum_with_decision(
-        &self,
-        decision_datum: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
-        lifecycle_datum(self, decision_datum, None, out)
+        self.write_header::<LifecycleEvent>(topic, out)?;
+        let decision_datum = decision
+            .zip(event.decision.as_deref())
+            .and_then(|(encoded, decision)| encoded.datum_of(decision));
+        let outcome_datum = outcome
+            .zip(event.outcome.as_ref())
+            .and_then(|(encoded, outcome)| encoded.datum_of(outcome));
+        datum::write_lifecycle_event_with(event, decision_datum, outcome_datum, out);
+        Ok(())
     }
 }

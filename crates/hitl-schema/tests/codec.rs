@@ -384,9 +384,10 @@ proptest! {
 }
 
 proptest! {
-    /// Copying the received decision datum gives exactly the bytes of a full encode.
+    /// Records of one routing that share a decision or an outcome, each encoded once and copied:
+    /// exactly the bytes of a full encode. A datum of another value is not copied.
     #[test]
-    fn spliced_encoding_is_byte_identical(
+    fn shared_encoding_is_byte_identical(
         id in "[a-z0-9-]{1,24}",
         confidence in 0.0f64..=1.0,
         features in proptest::collection::btree_map("[a-z]{1,8}", -1e6f64..1e6, 0..5),
@@ -394,14 +395,12 @@ proptest! {
         attributes in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,12}", 0..4),
         with_outcome in any::<bool>(),
         qa in any::<bool>(),
+        same_values in any::<bool>(),
     ) {
         let codec = Codec::single_object();
-        let value = Decision { decision_id: id.clone(), confidence, features, context, ..decision() };
-        let received = codec.encode_to_vec("d", &value).unwrap();
-        let datum = codec.decision_datum(&received).expect("our own single-object decision");
-
+        let value = std::sync::Arc::new(Decision { decision_id: id.clone(), confidence, features, context, ..decision() });
         let request = ReviewRequest {
-            decision: std::sync::Arc::new(value.clone()),
+            decision: value.clone(),
             kind: if qa { ReviewKind::QaSample } else { ReviewKind::Review },
             pool: "general".into(),
             required_roles: vec!["senior".into()],
@@ -413,45 +412,33 @@ proptest! {
             auto_status: qa.then(|| "APPROVED".to_owned()),
             routed_at: 7,
         };
-        let mut spliced = Vec::new();
-        codec.encode_with_decision_datum("r", &request, datum, &mut spliced).unwrap();
-        prop_assert_eq!(&spliced, &codec.encode_to_vec("r", &request).unwrap());
-
+        let outcome = Outcome {
+            decision_id: id.clone(), final_action: "a".into(), status: OutcomeStatus::Rejected,
+            decided_by: DecidedBy::Auto, reviewer_ids: vec![], policy_rule: "r".into(),
+            policy_version: "v".into(), decided_at: 1, time_to_decision_ms: 1, workflow: "w".into(), rationale: None,
+        };
         let mut event = LifecycleEvent::new(format!("{id}:router:routed"), id, LifecycleKind::Routed, "router", 5);
         event.attributes = attributes;
-        event.decision = Some(std::sync::Arc::new(value));
         event.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
-        if with_outcome {
-            event.outcome = Some(Outcome {
-                decision_id: "d".into(), final_action: "a".into(), status: OutcomeStatus::Rejected,
-                decided_by: DecidedBy::Auto, reviewer_ids: vec![], policy_rule: "r".into(),
-                policy_version: "v".into(), decided_at: 1, time_to_decision_ms: 1, workflow: "w".into(), rationale: None,
-            });
+        if same_values {
+            event.decision = Some(value.clone());
+            event.outcome = with_outcome.then(|| outcome.clone());
+        } else {
+            // Other values than the ones encoded first: they must be encoded, not copied.
+            event.decision = Some(std::sync::Arc::new(Decision { subject: "other".into(), ..(*value).clone() }));
+            event.outcome = with_outcome.then(|| Outcome { final_action: "other".into(), ..outcome.clone() });
         }
-        let mut spliced = Vec::new();
-        codec.encode_with_decision_datum("l", &event, datum, &mut spliced).unwrap();
-        let full = codec.encode_to_vec("l", &event).unwrap();
-        prop_assert_eq!(&spliced, &full);
-        if let Some(outcome) = &event.outcome {
-            let framed_outcome = codec.encode_to_vec("o", outcome).unwrap();
-            let mut with_outcome = Vec::new();
-            codec
-                .encode_lifecycle_with_data("l", &event, datum, Some(codec.datum(&framed_outcome)), &mut with_outcome)
-                .unwrap();
-            prop_assert_eq!(&with_outcome, &full);
-        }
-    }
-}
 
-#[test]
-fn decision_datum_only_for_our_own_single_object_decisions() {
-    let codec = Codec::single_object();
-    assert!(codec
-        .decision_datum(&codec.encode_to_vec("d", &decision()).unwrap())
-        .is_some());
-    assert!(codec
-        .decision_datum(&codec.encode_to_vec("v", &verdict()).unwrap())
-        .is_none());
-    assert!(codec.decision_datum(b"{\"json\": true}").is_none());
-    assert!(codec.decision_datum(&[0xC3, 0x01]).is_none());
+        let mut request_bytes = Vec::new();
+        let shared_decision = codec.encode_review_request("r", &request, &mut request_bytes).unwrap();
+        let mut outcome_bytes = Vec::new();
+        let shared_outcome = codec.encode_shared("o", &outcome, &mut outcome_bytes).unwrap();
+        let mut event_bytes = Vec::new();
+        codec
+            .encode_lifecycle_event("l", &event, Some(shared_decision), Some(shared_outcome), &mut event_bytes)
+            .unwrap();
+        prop_assert_eq!(&event_bytes, &codec.encode_to_vec("l", &event).unwrap());
+        prop_assert_eq!(&request_bytes, &codec.encode_to_vec("r", &request).unwrap());
+        prop_assert_eq!(&outcome_bytes, &codec.encode_to_vec("o", &outcome).unwrap());
+    }
 }

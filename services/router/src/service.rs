@@ -147,15 +147,14 @@ pub enum LoadError {
     Policy(PathBuf, #[source] PolicyError),
 }
 
-/// Encodes what routing one decision produced into output records (outcome or review request,
-/// then the lifecycle event), each with the `traceparent` header. `decision_datum` is the decision's
-/// Avro datum as received, when it arrived single-object encoded with this build's schema: it is
-/// copied into the records that embed the decision instead of being encoded again.
+/// Encodes what routing one decision produced into output records (review request, outcome, then
+/// the lifecycle event), each with the `traceparent` header. Every record is encoded from the routed
+/// values, the decoded and validated decision included, never copied from the input's bytes; the
+/// decision and the outcome that several records embed are encoded once and copied.
 pub fn encode_routed(
     codec: &Codec,
     topics: &Topics,
     routed: &Routed,
-    decision_datum: Option<&[u8]>,
     traceparent: &str,
     output: &mut Vec<OutputRecord>,
 ) -> Result<(), hitl_schema::CodecError> {
@@ -163,43 +162,42 @@ pub fn encode_routed(
     let record = |topic: &str, key: &str, payload: Vec<u8>| {
         OutputRecord::new(topic, key.as_bytes(), payload).with_header("traceparent", traceparent)
     };
-    let mut outcome_payload = None;
-    if let Some(outcome) = &routed.outcome {
-        let mut payload = Vec::with_capacity(256);
-        codec.encode(&topics.outcomes, outcome, &mut payload)?;
-        outcome_payload = Some(payload);
-    }
+    let mut review_payload = Vec::new();
+    let shared_decision = match &routed.review {
+        Some(review) => {
+            review_payload.reserve(512);
+            let topic = &topics.review_requests;
+            Some(codec.encode_review_request(topic, review, &mut review_payload)?)
+        }
+        None => None,
+    };
+    let mut outcome_payload = Vec::new();
+    let shared_outcome = match &routed.outcome {
+        Some(outcome) => {
+            outcome_payload.reserve(256);
+            Some(codec.encode_shared(&topics.outcomes, outcome, &mut outcome_payload)?)
+        }
+        None => None,
+    };
+    let mut lifecycle_payload = Vec::with_capacity(768);
+    codec.encode_lifecycle_event(
+        &topics.lifecycle,
+        &routed.lifecycle,
+        shared_decision,
+        shared_outcome,
+        &mut lifecycle_payload,
+    )?;
     if let Some(review) = &routed.review {
-        let mut payload = Vec::with_capacity(512);
-        match decision_datum {
-            Some(datum) => codec.encode_with_decision_datum(
-                &topics.review_requests,
-                review,
-                datum,
-                &mut payload,
-            )?,
-            None => codec.encode(&topics.review_requests, review, &mut payload)?,
-        }
-        output.push(record(&topics.review_requests, &review.pool, payload));
+        output.push(record(
+            &topics.review_requests,
+            &review.pool,
+            review_payload,
+        ));
     }
-    let mut payload = Vec::with_capacity(768);
-    match decision_datum {
-        Some(datum) => {
-            let outcome_datum = outcome_payload.as_deref().map(|framed| codec.datum(framed));
-            codec.encode_lifecycle_with_data(
-                &topics.lifecycle,
-                &routed.lifecycle,
-                datum,
-                outcome_datum,
-                &mut payload,
-            )?
-        }
-        None => codec.encode(&topics.lifecycle, &routed.lifecycle, &mut payload)?,
-    }
-    if let Some(outcome_payload) = outcome_payload {
+    if routed.outcome.is_some() {
         output.push(record(&topics.outcomes, decision_id, outcome_payload));
     }
-    output.push(record(&topics.lifecycle, decision_id, payload));
+    output.push(record(&topics.lifecycle, decision_id, lifecycle_payload));
     Ok(())
 }
 
@@ -525,19 +523,9 @@ impl Processor for RouterProcessor {
             Some(traceparent.clone()),
         );
         self.metrics.evaluated(started.elapsed(), age);
-        // JSON never starts with the single-object magic, so this is None for JSON input.
-        let decision_datum = input
-            .payload()
-            .and_then(|payload| self.codec.decision_datum(payload));
         let produced = output.len();
-        if let Err(error) = encode_routed(
-            &self.codec,
-            &self.topics,
-            &routed,
-            decision_datum,
-            &traceparent,
-            output,
-        ) {
+        if let Err(error) = encode_routed(&self.codec, &self.topics, &routed, &traceparent, output)
+        {
             output.truncate(produced);
             if is_transient_codec_error(&error) {
                 return Err(ProcessError::output_encoding("the routed records", error));
@@ -601,5 +589,128 @@ impl Processor for RouterProcessor {
     fn aborted(&mut self) -> Result<(), ProcessError> {
         self.recent.abort();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hitl_schema::{Codec, Decision, ReviewKind};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const POLICY: &str = include_str!("../../../config/policy.yaml");
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn decision(id: String, confidence: f64, risk: f64, amount: f64) -> Decision {
+        Decision {
+            decision_id: id,
+            workflow: "payments.card".into(),
+            subject: "txn-1".into(),
+            action: "block".into(),
+            confidence,
+            risk_score: Some(risk),
+            amount: Some(amount),
+            priority: Some("urgent".into()),
+            producer: "fraud-gbm".into(),
+            model_name: "fraud-gbm".into(),
+            model_version: None,
+            features: BTreeMap::from([("velocity_1h".into(), 3.0)]),
+            context: BTreeMap::from([("merchant".into(), "m-77".into())]),
+            sensitive_fields: vec!["merchant".into()],
+            created_at: 1_764_000_000_000,
+            sla_ms: None,
+        }
+    }
+
+    /// Encodes one routing and checks every output record against what a user would check: its
+    /// topic, key and traceparent, and a payload that is exactly the codec's encoding of the routed
+    /// value. Returns the routing's kind: (outcome?, review kind).
+    fn check_encoding(decision: Decision) -> (bool, Option<ReviewKind>) {
+        let policy = Policy::from_yaml(POLICY).unwrap();
+        let codec = Codec::single_object();
+        let topics = Topics::default();
+        let routed = core::route(
+            &policy,
+            None,
+            decision,
+            1_764_000_000_050,
+            Some(TRACEPARENT.into()),
+        );
+        let mut output = Vec::new();
+        encode_routed(&codec, &topics, &routed, TRACEPARENT, &mut output).unwrap();
+
+        let mut expected = Vec::new();
+        if let Some(review) = &routed.review {
+            let payload = codec
+                .encode_to_vec(&topics.review_requests, review)
+                .unwrap();
+            expected.push((&topics.review_requests, review.pool.as_str(), payload));
+        }
+        let decision_id = routed.lifecycle.decision_id.as_str();
+        if let Some(outcome) = &routed.outcome {
+            let payload = codec.encode_to_vec(&topics.outcomes, outcome).unwrap();
+            expected.push((&topics.outcomes, decision_id, payload));
+        }
+        let payload = codec
+            .encode_to_vec(&topics.lifecycle, &routed.lifecycle)
+            .unwrap();
+        expected.push((&topics.lifecycle, decision_id, payload));
+
+        assert_eq!(output.len(), expected.len());
+        for (record, (topic, key, payload)) in output.iter().zip(expected) {
+            assert_eq!(&record.topic, topic);
+            assert_eq!(record.key, key.as_bytes());
+            assert_eq!(record.payload.as_deref(), Some(&payload[..]));
+            assert_eq!(
+                record.headers,
+                vec![("traceparent".to_owned(), TRACEPARENT.as_bytes().to_vec())]
+            );
+        }
+        (
+            routed.outcome.is_some(),
+            routed.review.as_ref().map(|review| review.kind),
+        )
+    }
+
+    #[test]
+    fn every_kind_of_routing_encodes_its_records_exactly() {
+        let mut kinds = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let id = format!("d-{i}");
+            // Auto-approved (5% QA-sampled), then human (large amount), then the default pool.
+            kinds.insert(format!(
+                "{:?}",
+                check_encoding(decision(id.clone(), 0.95, 0.1, 10.0))
+            ));
+            kinds.insert(format!(
+                "{:?}",
+                check_encoding(decision(id.clone(), 0.5, 0.1, 2e4))
+            ));
+            kinds.insert(format!(
+                "{:?}",
+                check_encoding(decision(id, 0.5, 0.5, 10.0))
+            ));
+        }
+        let expected = [
+            "(false, Some(Review))",
+            "(true, None)",
+            "(true, Some(QaSample))",
+        ];
+        assert_eq!(kinds, expected.into_iter().map(String::from).collect());
+    }
+
+    proptest! {
+        #[test]
+        fn routed_records_are_the_codec_encoding_of_the_routed_values(
+            id in "[a-z0-9-]{1,40}",
+            confidence in 0.0f64..=1.0,
+            risk in 0.0f64..=1.0,
+            amount in 0.0f64..1e5,
+        ) {
+            check_encoding(decision(id, confidence, risk, amount));
+        }
     }
 }
