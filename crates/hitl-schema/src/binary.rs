@@ -134,12 +134,24 @@ impl std::fmt::Display for ReadError {
 /// A cursor over one datum.
 #[derive(Debug)]
 pub(crate) struct Reader<'a> {
+    /// What is left to read.
     bytes: &'a [u8],
+    /// The datum's length, to know where `bytes` starts.
+    datum_len: usize,
+    /// A run of ASCII bytes of the datum, validated as text in one go, and where it starts: a string
+    /// inside it needs no validation of its own (`str`).
+    ascii: &'a str,
+    ascii_at: usize,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes }
+        Self {
+            bytes,
+            datum_len: bytes.len(),
+            ascii: "",
+            ascii_at: 0,
+        }
     }
 
     pub(crate) fn left(&self) -> usize {
@@ -204,12 +216,29 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A string. UTF-8 validation is the costly part of reading short strings, so the ASCII run
+    /// that starts with a string is validated at once (the strings, lengths and small numbers that
+    /// follow are usually ASCII too), and the strings that lie inside it are taken as they are.
+    /// Strings with other characters are validated on their own.
     #[inline]
     pub(crate) fn str(&mut self) -> Result<&'a str, ReadError> {
         let len = self.len(1)?;
-        let (bytes, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        std::str::from_utf8(bytes).map_err(|_| ReadError::NotUtf8)
+        let at = self.datum_len - self.bytes.len();
+        let from_here = self.bytes;
+        self.bytes = &from_here[len..];
+        let in_ascii_run = at
+            .checked_sub(self.ascii_at)
+            .and_then(|offset| self.ascii.get(offset..offset + len));
+        if let Some(text) = in_ascii_run {
+            return Ok(text);
+        }
+        let run = ascii_run(from_here);
+        if run >= len {
+            self.ascii = std::str::from_utf8(&from_here[..run]).map_err(|_| ReadError::NotUtf8)?;
+            self.ascii_at = at;
+            return self.ascii.get(..len).ok_or(ReadError::NotUtf8);
+        }
+        std::str::from_utf8(&from_here[..len]).map_err(|_| ReadError::NotUtf8)
     }
 
     #[inline]
@@ -270,6 +299,27 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// How many bytes `bytes` starts with are ASCII, eight at a time.
+fn ascii_run(bytes: &[u8]) -> usize {
+    let mut words = bytes.chunks_exact(8);
+    let mut run = 0;
+    for word in &mut words {
+        let Some(word) = word.first_chunk::<8>() else {
+            break;
+        };
+        let high_bits = u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+        if high_bits != 0 {
+            return run + (high_bits.trailing_zeros() / 8) as usize;
+        }
+        run += 8;
+    }
+    run + words
+        .remainder()
+        .iter()
+        .take_while(|byte| byte.is_ascii())
+        .count()
+}
+
 #[inline]
 fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
@@ -313,6 +363,38 @@ mod tests {
         let mut eleven = vec![0x80; 9];
         eleven.extend([0x81, 0x00]);
         assert_eq!(Reader::new(&eleven).long(), Err(ReadError::VarintTooLong));
+    }
+
+    fn string_bytes(text: &[u8]) -> Vec<u8> {
+        let mut out = long_bytes(text.len() as i64);
+        out.extend_from_slice(text);
+        out
+    }
+
+    #[test]
+    fn strings_inside_and_outside_ascii_runs() {
+        assert_eq!(ascii_run(b""), 0);
+        assert_eq!(ascii_run(b"abcdefghij\xffk"), 10);
+        assert_eq!(ascii_run(b"abcdefgh\xff"), 8);
+        assert_eq!(ascii_run(b"abc"), 3);
+        // ASCII, a string with other characters (validated alone), an empty string, ASCII again
+        // after a double with non-ASCII bytes, and a string that is not UTF-8.
+        let mut datum = Vec::new();
+        for text in [&b"decision"[..], b"w", "gr\u{fc}n".as_bytes(), b"", b"x"] {
+            datum.extend(string_bytes(text));
+        }
+        datum.extend((-0.95f64).to_le_bytes());
+        datum.extend(string_bytes(b"after"));
+        datum.extend(string_bytes(b"\xC3"));
+        let mut reader = Reader::new(&datum);
+        assert_eq!(reader.str(), Ok("decision"));
+        assert_eq!(reader.str(), Ok("w"));
+        assert_eq!(reader.str(), Ok("gr\u{fc}n"));
+        assert_eq!(reader.str(), Ok(""));
+        assert_eq!(reader.str(), Ok("x"));
+        assert_eq!(reader.double(), Ok(-0.95));
+        assert_eq!(reader.str(), Ok("after"));
+        assert_eq!(reader.str(), Err(ReadError::NotUtf8));
     }
 
     #[test]
