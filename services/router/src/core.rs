@@ -38,7 +38,8 @@ pub fn route(
     let decision = Arc::new(decision);
     let evaluation = active.evaluate(&decision);
     let route = route_name(evaluation.action);
-    let mut attributes = BTreeMap::from([("route".to_owned(), route.to_owned())]);
+    let mut attributes = BTreeMap::new();
+    attributes.insert("route".to_owned(), route.to_owned());
     if evaluation.qa_sample {
         attributes.insert("qa_sample".into(), "true".into());
     }
@@ -65,6 +66,7 @@ pub fn route(
             let outcome = auto_outcome(active, &evaluation, &decision, status, now_millis);
             let qa = evaluation.qa_sample.then(|| {
                 let qa_review = &active.qa_review;
+                attributes.insert("pool".into(), qa_review.pool.clone());
                 review_request(
                     active,
                     &evaluation,
@@ -92,12 +94,6 @@ pub fn route(
             (None, Some(request))
         }
     };
-    if let Some(review) = &review {
-        attributes
-            .entry("pool".into())
-            .or_insert_with(|| review.pool.clone());
-    }
-
     let lifecycle = LifecycleEvent {
         event_id: [decision.decision_id.as_str(), ":router:routed"].concat(),
         decision_id: decision.decision_id.clone(),

@@ -10,7 +10,7 @@ pub const MAX_DECISION_ID_BYTES: usize = 256;
 /// Every problem with a decision, each naming its field. Empty: valid.
 pub fn problems(decision: &Decision) -> Vec<String> {
     let mut problems = Vec::new();
-    if decision.decision_id.trim().is_empty() {
+    if is_blank(&decision.decision_id) {
         problems.push("decision_id: must not be empty".to_owned());
     } else if decision.decision_id.len() > MAX_DECISION_ID_BYTES {
         problems.push(format!(
@@ -22,7 +22,7 @@ pub fn problems(decision: &Decision) -> Vec<String> {
         ("action", &decision.action),
         ("producer", &decision.producer),
     ] {
-        if value.trim().is_empty() {
+        if is_blank(value) {
             problems.push(format!("{field}: must not be empty"));
         }
     }
@@ -68,4 +68,28 @@ pub fn problems(decision: &Decision) -> Vec<String> {
         problems.push(format!("features.{name}: {value} is not a finite number"));
     }
     problems
+}
+
+/// `text.trim().is_empty()`, decided at the first byte for the usual text that starts with a
+/// visible ASCII character.
+fn is_blank(text: &str) -> bool {
+    match text.as_bytes().first() {
+        None => true,
+        Some(first) if first.is_ascii_graphic() => false,
+        Some(_) => text.trim().is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::is_blank;
+
+    proptest! {
+        #[test]
+        fn blank_means_nothing_but_whitespace(text in "\\PC{0,4}|[ \t\n\u{a0}\u{3000}]{0,4}[a-z]?") {
+            prop_assert_eq!(is_blank(&text), text.trim().is_empty());
+        }
+    }
 }
