@@ -93,7 +93,10 @@ impl Processor for Passthrough {
 /// times the input's bytes, each with a `traceparent` header. The baseline that separates the
 /// router's own work from the cost of the records the contract asks it to write.
 pub struct Doubling {
+    /// Where the first record goes (an outcome's or a review request's stand-in)…
     pub topic: String,
+    /// …and the second, larger one (the lifecycle event's, which carries the decision).
+    pub second_topic: String,
 }
 
 impl Processor for Doubling {
@@ -110,7 +113,7 @@ impl Processor for Doubling {
                 .with_header("traceparent", traceparent),
         );
         output.push(
-            OutputRecord::new(&self.topic, key, [payload, payload].concat())
+            OutputRecord::new(&self.second_topic, key, [payload, payload].concat())
                 .with_header("traceparent", traceparent),
         );
         Ok(())
@@ -265,7 +268,12 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::
             rates[which] = if which == 0 {
                 measure(settings, "passthrough", Passthrough { topic }, count)?
             } else if which == 2 {
-                measure(settings, "two-records", Doubling { topic }, count)?
+                let second_topic = format!("{topic}-lifecycle");
+                let doubling = Doubling {
+                    topic,
+                    second_topic,
+                };
+                measure(settings, "two-records", doubling, count)?
             } else {
                 // Traced as configured (`HITL_TELEMETRY__OTLP_ENDPOINT`), to measure the cost.
                 let mut registry = prometheus_client::registry::Registry::default();

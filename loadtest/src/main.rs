@@ -100,14 +100,18 @@ fn run(args: &[String], settings: Settings<RouterSettings>) -> anyhow::Result<Ex
                 lifecycle: format!("{prefix}.lifecycle"),
                 ..settings.topics.clone()
             };
-            let passthrough = hitl_runtime::config::TopicSpec {
-                name: format!("{prefix}.decisions.passthrough"),
+            // The baselines' outputs: the passthrough's one topic, and a second one so that the
+            // two-record baseline writes to two topics as the router does (an outcome or a review
+            // request, and a lifecycle event).
+            let baseline = |suffix: &str| hitl_runtime::config::TopicSpec {
+                name: format!("{prefix}.decisions.{suffix}"),
                 partitions: bench.topics.partitions,
                 configs: vec![],
             };
             let mut specs = bench.topics.specs();
             specs.retain(|spec| spec.name.starts_with(&prefix));
-            specs.push(passthrough);
+            specs.push(baseline("passthrough"));
+            specs.push(baseline("passthrough-lifecycle"));
             runtime.block_on(hitl_runtime::kafka::ensure_topics(&bench.kafka, &specs, 1))?;
             hitl_loadtest::bench::run(&bench, count, rounds)?;
             Ok(ExitCode::SUCCESS)
