@@ -1,4 +1,5 @@
-//! Codec cost per record: decode a Decision, encode an Outcome and a LifecycleEvent.
+//! Codec cost per record: decode a Decision, encode an Outcome, a ReviewRequest and a
+//! LifecycleEvent (the router's hot records; hand-written codecs, `src/datum.rs`).
 
 use std::collections::BTreeMap;
 
@@ -72,6 +73,21 @@ fn codec(c: &mut Criterion) {
             buffer.clear();
             codec
                 .encode("t", std::hint::black_box(&outcome), &mut buffer)
+                .unwrap();
+        })
+    });
+    let request = sample::review_request(
+        "payments-000012345".into(),
+        12345,
+        "payments-senior".into(),
+        1_764_000_000_010,
+        1_764_000_001_000,
+    );
+    c.bench_function("encode_review_request", |b| {
+        b.iter(|| {
+            buffer.clear();
+            codec
+                .encode("t", std::hint::black_box(&request), &mut buffer)
                 .unwrap();
         })
     });
