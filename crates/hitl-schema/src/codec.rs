@@ -10,6 +10,10 @@
 //! migrated from one to the other without stopping readers. A datum written with another version of a
 //! schema is decoded with that *writer* schema and mapped onto the Rust type by field name: added
 //! fields with defaults are filled in, removed ones skipped (Avro's evolution rules).
+//!
+//! Decoding is exact: bytes after the datum are an error. Datums of this build's schemas are read
+//! and written by `Record::read_datum`/`write_datum`: hand-written for the router's hot records
+//! (`datum.rs`), `serde_avro_fast` for the others and for other writer schemas.
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
