@@ -246,12 +246,16 @@ fn invalid_input_goes_to_the_dlq_with_reasons_and_routing_continues() {
     oversize.context.insert("blob".into(), "x".repeat(8000));
     let mut truncated = avro(&decision("bad-cut", 0.5));
     truncated.truncate(truncated.len() - 8);
+    // A valid decision with bytes after its datum (a publisher smuggling fields past the schema).
+    let mut trailing = avro(&decision("bad-tail", 0.5));
+    trailing.extend_from_slice(b"\x06pwn");
     // (key, bytes, headers, expected error class, expected stage)
     type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let cases: Vec<Case<'_>> = vec![
         ("garbage", b"\x07not a record".to_vec(), vec![], "decode.framing", "decode"),
         ("unknown-schema", Codec::single_object().encode_to_vec("", &verdict).unwrap(), vec![], "decode.unknown_schema", "decode"),
         ("cut", truncated, vec![], "decode.avro", "decode"),
+        ("trailing", trailing, vec![], "decode.avro", "decode"),
         (
             "missing-field",
             br#"{"decision_id":"m","workflow":"w","subject":"s","action":"a","producer":"p","created_at":1}"#.to_vec(),
@@ -294,6 +298,7 @@ fn invalid_input_goes_to_the_dlq_with_reasons_and_routing_continues() {
     }
     assert!(by_key["nan"].headers["hitl.error.message"].contains("confidence"));
     assert!(by_key["neg-sla"].headers["hitl.error.message"].contains("sla_ms"));
+    assert!(by_key["trailing"].headers["hitl.error.message"].contains("trailing"));
 
     let outcomes: Vec<Outcome> = decode(&read_at_least(&run.topics.outcomes, 1, WAIT));
     assert_eq!(outcomes.len(), 1);
