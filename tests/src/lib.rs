@@ -297,9 +297,14 @@ impl Service {
     }
 
     pub fn log_tail(&self) -> String {
+        self.log_lines(40)
+    }
+
+    /// The last `count` lines of the service's log.
+    pub fn log_lines(&self, count: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(count)..].join("\n")
     }
 
     pub fn pid(&self) -> u32 {
@@ -331,6 +336,14 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what each of its services was doing.
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of {} ---\n{}",
+                self.log.display(),
+                self.log_lines(120)
+            );
+        }
     }
 }
 

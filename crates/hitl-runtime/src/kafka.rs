@@ -304,6 +304,51 @@ impl rdkafka::ClientContext for EndReaderContext {
 
 impl rdkafka::consumer::ConsumerContext for EndReaderContext {}
 
+/// A partition's end offset (LSO or high watermark, per the reader's isolation level), asked
+/// again while the cluster answers with a passing error: a partition created a moment ago, or one
+/// whose leader is moving, has no leader in the metadata for a little while
+/// (`NotLeaderForPartition`, `LeaderNotAvailable`, `UnknownTopicOrPartition`).
+fn end_offset<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    started: std::time::Instant,
+    timeout: Duration,
+) -> Result<i64, ReadError> {
+    use rdkafka::consumer::Consumer;
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        match consumer.fetch_watermarks(topic, partition, left) {
+            Ok((_, end)) => return Ok(end),
+            Err(error) if is_passing(&error) && started.elapsed() + backoff < timeout => {
+                tracing::debug!(%error, %topic, partition, "no end offset yet; asking again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Errors that pass on their own while a partition gets (or changes) its leader.
+fn is_passing(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            NotLeaderForPartition
+                | LeaderNotAvailable
+                | UnknownTopicOrPartition
+                | UnknownPartition
+                | RequestTimedOut
+                | OperationTimedOut
+                | BrokerTransportFailure
+                | AllBrokersDown
+        )
+    )
+}
+
 /// `read_to_end`, starting at the first record stamped `from_millis` or later when given, and
 /// stopping early when `each` returns `false`.
 fn read_range(
@@ -332,7 +377,7 @@ fn read_range(
     let mut ends = Vec::with_capacity(partitions.len());
     for &partition in partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        ends.push(consumer.fetch_watermarks(topic, partition, timeout)?.1);
+        ends.push(end_offset(&consumer, topic, partition, started, timeout)?);
     }
     if let Some(from_millis) = from_millis {
         let mut by_time = TopicPartitionList::new();
