@@ -45,6 +45,12 @@ impl fmt::Debug for Secret {
 /// Checks a loaded configuration; pushes one message per problem, each starting with the field path.
 pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);
+
+    /// The secrets this section holds (field path, bytes), refused when they are development
+    /// keys published in this repository unless the service runs with `--dev`.
+    fn secrets(&self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// The checks every service makes of its `service.instance_id` (it names the stable
@@ -608,6 +614,8 @@ pub struct Settings<S> {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub codec: CodecSettings,
+    /// Keys: what this service signs with and whom it trusts (`crate::auth`).
+    pub trust: TrustSettings,
     /// The service's own settings.
     pub service: S,
 }
@@ -618,7 +626,106 @@ impl<S: Validate> Validate for Settings<S> {
         self.topics.validate(errors);
         self.telemetry.validate(errors);
         self.codec.validate(errors);
+        self.trust.validate(errors);
         self.service.validate(errors);
+        if !self.trust.dev {
+            for (field, secret) in self.service.secrets() {
+                if crate::auth::Fingerprint::of(&field, &secret).is_development_key() {
+                    errors.push(format!("{field}: {DEV_KEY_REFUSED}"));
+                }
+            }
+        }
+    }
+}
+
+/// Why a published development key is refused.
+pub const DEV_KEY_REFUSED: &str = "is a development key published in the hitl repository \
+     (anyone can sign with it); generate your own (`hitl-admin keys generate`), or start with \
+     `--dev` for development";
+
+/// What this service signs with and whom it trusts (`[trust]`; docs/trust.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSettings {
+    /// Development mode: the keys published in this repository are accepted. Set by starting with
+    /// `--dev` (or `HITL_TRUST__DEV=true`); never in production.
+    pub dev: bool,
+    /// The keys this service trusts and what each may write (TOML, `[[keys]]`).
+    pub keys_file: Option<PathBuf>,
+    /// The id of the key this service signs its lifecycle events with.
+    pub signing_key_id: Option<String>,
+    /// `hmac-sha256` (default) or `ed25519`.
+    pub signing_algorithm: Option<crate::auth::Algorithm>,
+    /// The signing secret, hex; prefer `HITL_TRUST__SIGNING_SECRET` or `signing_secret_file`.
+    pub signing_secret: Option<Secret>,
+    /// A file holding the signing secret in hex (a mounted secret).
+    pub signing_secret_file: Option<PathBuf>,
+}
+
+impl TrustSettings {
+    /// The key this service signs with, if one is configured.
+    pub fn signer(&self) -> Result<Option<crate::auth::Signer>, String> {
+        let secret = crate::auth::load_secret(
+            "trust.signing_secret",
+            self.signing_secret.as_ref(),
+            self.signing_secret_file.as_ref(),
+            None,
+        )?;
+        match (&self.signing_key_id, secret) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(
+                "trust.signing_secret: trust.signing_key_id is set but no secret \
+                 (signing_secret, signing_secret_file or HITL_TRUST__SIGNING_SECRET)"
+                    .into(),
+            ),
+            (None, Some(_)) => {
+                Err("trust.signing_key_id: a signing secret needs its key id".into())
+            }
+            (Some(key_id), Some(secret)) => {
+                let fingerprint = crate::auth::Fingerprint::of(key_id, &secret);
+                if fingerprint.is_development_key() && !self.dev {
+                    return Err(format!("trust.signing_secret: {DEV_KEY_REFUSED}"));
+                }
+                crate::auth::Signer::new(
+                    key_id,
+                    self.signing_algorithm
+                        .unwrap_or(crate::auth::Algorithm::HmacSha256),
+                    &secret,
+                )
+                .map(Some)
+                .map_err(|error| format!("trust.signing_secret: {error}"))
+            }
+        }
+    }
+
+    /// The keys this service trusts (none without `keys_file`).
+    pub fn key_set(&self) -> Result<crate::auth::KeySet, String> {
+        let Some(path) = &self.keys_file else {
+            return Ok(crate::auth::KeySet::default());
+        };
+        let (set, fingerprints) = crate::auth::load_key_file(path)
+            .map_err(|error| format!("trust.keys_file: {error}"))?;
+        if !self.dev {
+            if let Some(dev) = fingerprints.iter().find(|f| f.is_development_key()) {
+                return Err(format!(
+                    "trust.keys_file: key `{}` in {} {DEV_KEY_REFUSED}",
+                    dev.key_id,
+                    path.display()
+                ));
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl Validate for TrustSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Err(error) = self.signer() {
+            errors.push(error);
+        }
+        if let Err(error) = self.key_set() {
+            errors.push(error);
+        }
     }
 }
 
