@@ -707,6 +707,7 @@ impl AuditProcessor {
     ) -> Result<(), ProcessError> {
         for partition in partitions {
             self.restore(partition).map_err(|error| {
+                tracing::error!(partition, error = format!("{error:#}"), "cannot restore");
                 ProcessError::fatal(error.context(format!(
                     "cannot restore the audit state of partition {partition}"
                 )))
