@@ -33,6 +33,8 @@ pub const HEADER: &str = "hitl-auth";
 pub enum Kind {
     /// A decision on `hitl.decisions`, signed by its publisher.
     Decision,
+    /// A review request on `hitl.review-requests`, signed by the router.
+    ReviewRequest,
     /// A verdict on `hitl.verdicts`, signed by a reviewer app or a reviewer gateway.
     Verdict,
     /// A roster entry (or its tombstone) on `hitl.reviewers`.
@@ -45,6 +47,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Decision => "decision",
+            Self::ReviewRequest => "review-request",
             Self::Verdict => "verdict",
             Self::Reviewer => "reviewer",
             Self::Lifecycle => "lifecycle",

@@ -216,9 +216,24 @@ pub struct KafkaSettings {
     /// Deadline for a single blocking client call (init, commit, abort, admin).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The largest record the services' producers send (`message.max.bytes`; keep it at or below
+    /// the topics' `max.message.bytes`). Every output a service builds must fit it with margin
+    /// ([`KafkaSettings::output_limit`]); an input whose outputs would not is dead-lettered.
+    pub message_max_bytes: usize,
     /// Raw librdkafka settings, applied last (they win).
     pub librdkafka: BTreeMap<String, String>,
 }
+
+impl KafkaSettings {
+    /// The most bytes (key, value and headers) one output record may take: `message_max_bytes`
+    /// less a margin for the record batch's framing.
+    pub fn output_limit(&self) -> usize {
+        self.message_max_bytes.saturating_sub(OUTPUT_MARGIN_BYTES)
+    }
+}
+
+/// What `KafkaSettings::output_limit` keeps free of `message_max_bytes` (batch and record framing).
+pub const OUTPUT_MARGIN_BYTES: usize = 16 * 1024;
 
 impl Default for KafkaSettings {
     fn default() -> Self {
@@ -242,6 +257,7 @@ impl Default for KafkaSettings {
             commit_interval: Duration::from_millis(100),
             commit_max_records: 5_000,
             request_timeout: Duration::from_secs(30),
+            message_max_bytes: 1_000_000,
             librdkafka: BTreeMap::new(),
         }
     }
@@ -264,6 +280,12 @@ impl Validate for KafkaSettings {
                     "kafka.bootstrap_servers: `{server}` is not host:port"
                 ));
             }
+        }
+        if self.message_max_bytes < 256 * 1024 {
+            errors.push(format!(
+                "kafka.message_max_bytes: {} is below 262144: the services' outputs need room",
+                self.message_max_bytes
+            ));
         }
         let sasl = matches!(
             self.security_protocol,
