@@ -665,12 +665,21 @@ fn a_bad_config_refuses_to_start_and_names_the_field() {
     }
 }
 
-/// A tombstone for `key` on `topic` (the default partitioner puts it where the key's records are).
+/// A tombstone for `key` on `topic` (the default partitioner puts it where the key's records are),
+/// signed by the test gateway.
 fn tombstone(topic: &str, key: &str) {
-    use rdkafka::producer::BaseRecord;
+    use rdkafka::{
+        message::{Header, OwnedHeaders},
+        producer::BaseRecord,
+    };
     let producer = producer();
+    let signature = test_signature(topic, key, &[]).expect("a signed topic");
+    let headers = OwnedHeaders::new().insert(Header {
+        key: hitl_runtime::auth::HEADER,
+        value: Some(&signature),
+    });
     producer
-        .send(BaseRecord::<str, [u8]>::to(topic).key(key))
+        .send(BaseRecord::<str, [u8]>::to(topic).key(key).headers(headers))
         .map_err(|(error, _)| error)
         .unwrap();
     flush(&producer);
