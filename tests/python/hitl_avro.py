@@ -37,3 +37,21 @@ def decode(name, payload):
     schema, header = load(name)
     assert payload[:10] == header, f"{name}: header {payload[:10].hex()} is not {header.hex()}"
     return fastavro.schemaless_reader(io.BytesIO(payload[10:]), schema)
+
+
+def sign(kind, key, value, key_id=None, secret_hex=None):
+    """The `hitl-auth` header of a record (docs/trust.md): HMAC-SHA256 over
+    "hitl-auth/v1/<kind>\n" + u32 big-endian key length + key + value, with the key id and hex
+    secret from the arguments or HITL_AUTH_KEY_ID / HITL_AUTH_SECRET."""
+    import hashlib
+    import hmac
+    import os
+    import struct
+
+    key_id = key_id or os.environ["HITL_AUTH_KEY_ID"]
+    secret = bytes.fromhex(secret_hex or os.environ["HITL_AUTH_SECRET"])
+    key = key.encode() if isinstance(key, str) else (key or b"")
+    value = value or b""
+    message = b"hitl-auth/v1/" + kind.encode() + b"\n" + struct.pack(">I", len(key)) + key + value
+    signature = hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return ("hitl-auth", f"hmac-sha256:{key_id}:{signature}".encode())

@@ -12,7 +12,7 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from hitl_avro import decode, encode
+from hitl_avro import decode, encode, sign
 BOOTSTRAP = os.environ["HITL_BOOTSTRAP"]
 TOPICS = {name: os.environ[f"HITL_TOPIC_{name.upper()}"] for name in ("decisions", "outcomes", "review_requests", "lifecycle")}
 
@@ -43,10 +43,13 @@ def read(topic, count, within=60.0):
 
 def main():
     producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True})
-    producer.produce(TOPICS["decisions"], key="py-auto", value=encode("decision", decision("py-auto", 0.97, "allow")))
-    producer.produce(TOPICS["decisions"], key="py-human", value=encode("decision", decision("py-human", 0.4)))
-    producer.produce(TOPICS["decisions"], key="py-json", value=json.dumps(decision("py-json", 0.99, "allow")).encode(),
-                     headers=[("content-type", b"application/json")])
+    # Every decision is signed by the publisher's key (`hitl-auth`), which may publish as "python-model".
+    for key, value, headers in [
+        ("py-auto", encode("decision", decision("py-auto", 0.97, "allow")), []),
+        ("py-human", encode("decision", decision("py-human", 0.4)), []),
+        ("py-json", json.dumps(decision("py-json", 0.99, "allow")).encode(), [("content-type", b"application/json")]),
+    ]:
+        producer.produce(TOPICS["decisions"], key=key, value=value, headers=headers + [sign("decision", key, value)])
     producer.flush(30)
 
     outcomes = {o["decision_id"]: o for o in (decode("outcome", m.value()) for m in read(TOPICS["outcomes"], 2))}

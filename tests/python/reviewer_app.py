@@ -1,5 +1,7 @@
 """A reviewer app in Python, from `schemas/*.avsc` alone: publishes its reviewer's roster entry,
-reads its partition of hitl.assignments, and answers each assignment with a verdict sent to the
+signed (`hitl-auth`, HMAC-SHA256
+with the key in HITL_AUTH_KEY_ID / HITL_AUTH_SECRET: a gateway's or the reviewer's own), reads its
+partition of hitl.assignments, and answers each assignment with a verdict sent to the
 partition the assignment names (`verdict_partition`), with a producer that uses Java's partitioner
 (murmur2), not librdkafka's: the verdict must land on its pool's partition whatever the client.
 
@@ -13,7 +15,7 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from hitl_avro import decode, encode
+from hitl_avro import decode, encode, sign
 
 BOOTSTRAP = os.environ["HITL_BOOTSTRAP"]
 ASSIGNMENTS = os.environ["HITL_TOPIC_ASSIGNMENTS"]
@@ -34,7 +36,8 @@ def main():
         "reviewer_id": REVIEWER, "roles": ["analyst"], "skills": [], "pools": [], "capacity": 5,
         "partition": PARTITION, "presence": "ONLINE", "updated_at": int(time.time() * 1000),
     }
-    producer.produce(REVIEWERS, key=REVIEWER, value=encode("reviewer_status", status))
+    value = encode("reviewer_status", status)
+    producer.produce(REVIEWERS, key=REVIEWER, value=value, headers=[sign("reviewer", REVIEWER, value)])
     producer.flush(30)
 
     consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "py-reviewer", "enable.auto.commit": False,
@@ -54,7 +57,8 @@ def main():
             "reviewer_id": REVIEWER, "verdict": "APPROVE", "amended_action": None,
             "rationale": "checked in Python", "decided_at": int(time.time() * 1000), "pool": event["pool"],
         }
-        producer.produce(VERDICTS, key=event["pool"], value=encode("verdict", verdict),
+        value = encode("verdict", verdict)
+        producer.produce(VERDICTS, key=event["pool"], value=value, headers=[sign("verdict", event["pool"], value)],
                          partition=event["verdict_partition"])
         producer.poll(0)
         approved.add(event["decision_id"])
