@@ -61,11 +61,11 @@ wait_ready() { # name port pid-index
   echo "$1 not ready after 30 s; see $logs/$1.log" >&2; exit 1
 }
 
-target/release/hitl-router --config config/router.toml >"$logs/router.log" 2>&1 &
+target/release/hitl-router --dev --config config/router.toml >"$logs/router.log" 2>&1 &
 pids+=($!)
-target/release/hitl-assignment --config config/assignment.toml >"$logs/assignment.log" 2>&1 &
+target/release/hitl-assignment --dev --config config/assignment.toml >"$logs/assignment.log" 2>&1 &
 pids+=($!)
-target/release/hitl-audit --config config/audit.toml >"$logs/audit.log" 2>&1 &
+target/release/hitl-audit --dev --config config/audit.toml >"$logs/audit.log" 2>&1 &
 pids+=($!)
 wait_ready router 9601 1
 echo "router ready: metrics on http://127.0.0.1:9601/metrics, log in $logs/router.log"
@@ -74,7 +74,7 @@ echo "assignment ready: metrics on http://127.0.0.1:9602/metrics, log in $logs/a
 wait_ready audit 9603 3
 echo "audit ready: metrics on http://127.0.0.1:9603/metrics, log in $logs/audit.log"
 echo
-target/release/hitl-loadtest demo --config config/router.toml --rate "$rate" --duration "$duration"
+target/release/hitl-loadtest demo --dev --config config/router.toml --rate "$rate" --duration "$duration"
 echo
 echo "router metrics (http://127.0.0.1:9601/metrics):"
 curl -fsS http://127.0.0.1:9601/metrics | grep -E '^hitl_router_(decisions|dead_letters|qa_samples|duplicates)_total' | sed 's/^/  /'
@@ -92,7 +92,7 @@ echo "verifying the audit trail (signatures, hash chains, checkpoints, completen
 kill "${pids[1]}" "${pids[2]}" 2>/dev/null || true
 wait "${pids[1]}" "${pids[2]}" 2>/dev/null || true
 sleep 6
-if target/release/hitl-audit verify --config config/audit.toml | sed 's/^/  /'; then
+if target/release/hitl-audit verify --dev --config config/audit.toml | sed 's/^/  /'; then
   echo "  audit trail verified"
 else
   echo "  audit trail verification FAILED" >&2

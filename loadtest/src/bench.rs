@@ -233,9 +233,16 @@ pub fn publish(settings: &Settings<RouterSettings>, count: u64) {
         codec
             .encode(&settings.topics.decisions, decision.as_ref(), &mut buffer)
             .expect("encodes");
+        let headers = crate::clients::signed(
+            &crate::clients::get().publisher,
+            hitl_runtime::auth::Kind::Decision,
+            &decision.decision_id,
+            &buffer,
+        );
         let mut record = BaseRecord::<str, [u8]>::to(&settings.topics.decisions)
             .key(decision.decision_id.as_str())
-            .payload(&buffer[..]);
+            .payload(&buffer[..])
+            .headers(headers);
         while let Err((_, returned)) = producer.send(record) {
             producer.poll(Duration::from_millis(5));
             record = returned;

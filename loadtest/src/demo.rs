@@ -218,9 +218,16 @@ pub fn run(
                                 (key, bytes)
                             }
                         };
+                    let headers = crate::clients::signed(
+                        &crate::clients::get().publisher,
+                        hitl_runtime::auth::Kind::Decision,
+                        &key,
+                        &bytes,
+                    );
                     let mut record = BaseRecord::<str, [u8]>::to(&topic)
                         .key(&key)
-                        .payload(&bytes);
+                        .payload(&bytes)
+                        .headers(headers);
                     while let Err((_, returned)) = producer.send(record) {
                         producer.poll(Duration::from_millis(10));
                         record = returned;

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod clients;
 pub mod demo;
 pub mod mix;
 pub mod restore;

@@ -17,7 +17,9 @@ const USAGE: &str = "usage:
   hitl-loadtest bench-restore [--config FILE] [--count N]
   hitl-loadtest bench-audit [--config FILE] [--decisions N]
   hitl-loadtest audit-memory [--decisions N] [--whole]   (no broker needed)
-Settings come from the router's config file and HITL_* variables (see config/router.toml).";
+Settings come from the router's config file and HITL_* variables (see config/router.toml); the
+clients' signing keys from `--clients FILE` (default config/dev-clients.toml; see docs/trust.md).
+`--dev` accepts the development keys of config/router.toml.";
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
     match args.iter().position(|arg| arg == name) {
@@ -38,6 +40,9 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return hitl_runtime::cli::refuse_to_start(&error),
     };
+    if let Err(error) = hitl_loadtest::clients::init(&args) {
+        return hitl_runtime::cli::finish::<anyhow::Error>(Err(error));
+    }
     hitl_runtime::cli::finish(run(&args, settings))
 }
 

@@ -124,10 +124,17 @@ pub fn spawn(
             let payload = codec
                 .encode_to_vec(&topics.reviewers, &status)
                 .expect("encodes");
+            let headers = crate::clients::signed(
+                &crate::clients::get().gateway,
+                hitl_runtime::auth::Kind::Reviewer,
+                &status.reviewer_id,
+                &payload,
+            );
             let _ = producer.send(
                 BaseRecord::<str, [u8]>::to(&topics.reviewers)
                     .key(&status.reviewer_id)
-                    .payload(&payload),
+                    .payload(&payload)
+                    .headers(headers),
             );
         }
         let _ = producer.flush(Duration::from_secs(10));
@@ -200,9 +207,16 @@ pub fn spawn(
                     .encode_to_vec(&topics.verdicts, &verdict)
                     .expect("encodes");
                 // Where the pool's owner reads it (the assignment names the partition).
+                let headers = crate::clients::signed(
+                    &crate::clients::get().gateway,
+                    hitl_runtime::auth::Kind::Verdict,
+                    &verdict.pool,
+                    &payload,
+                );
                 let mut record = BaseRecord::<str, [u8]>::to(&topics.verdicts)
                     .key(&verdict.pool)
-                    .payload(&payload);
+                    .payload(&payload)
+                    .headers(headers);
                 if let Some(partition) = partition {
                     record = record.partition(partition);
                 }

@@ -226,10 +226,20 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
     produce(&producer, &topics.reviewers, "deploy-reviewer", &bytes, &[]);
     flush(&producer);
     std::thread::sleep(std::time::Duration::from_secs(1));
+    let lease_secret: Vec<u8> = (0..trust().lease_secret.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&trust().lease_secret[i..i + 2], 16).unwrap())
+        .collect();
     let verdict = |id: &str, attempt: u32, kind: VerdictKind| {
         let verdict = Verdict {
             decision_id: id.into(),
-            assignment_id: format!("{id}#{attempt}"),
+            // The lease id the service derives under the test's lease secret.
+            assignment_id: hitl_assignment::core::lease_token(
+                &lease_secret,
+                id,
+                attempt,
+                "deploy-reviewer",
+            ),
             reviewer_id: "deploy-reviewer".into(),
             verdict: kind,
             amended_action: None,
@@ -397,6 +407,20 @@ fn compose_file_is_valid_pinned_and_its_settings_load() {
         }
         let mut environment = environment;
         // Inside the image these paths exist; here, point them at the repository's copies.
+        if name.as_str() == Some("topics") {
+            // hitl-admin reads no keys; the router's settings type stands in for its own here.
+            environment.insert("HITL_TRUST__DEV".into(), "true".into());
+            environment.insert(
+                "HITL_TRUST__KEYS_FILE".into(),
+                repo().join("config/dev-keys.toml").display().to_string(),
+            );
+        }
+        if environment.contains_key("HITL_TRUST__KEYS_FILE") {
+            environment.insert(
+                "HITL_TRUST__KEYS_FILE".into(),
+                repo().join("config/dev-keys.toml").display().to_string(),
+            );
+        }
         if !matches!(name.as_str(), Some("assignment" | "audit")) {
             environment.insert(
                 "HITL_SERVICE__POLICY_PATH".into(),
