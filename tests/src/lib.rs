@@ -251,7 +251,11 @@ impl Service {
         .unwrap();
         let log = config.with_extension("log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary(binary_name))
+        let mut command = Command::new(binary(binary_name));
+        if !config_toml.contains("[trust]") {
+            command.envs(trust_environment(binary_name));
+        }
+        let child = command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -392,8 +396,190 @@ pub fn producer() -> BaseProducer {
         .expect("producer")
 }
 
-/// Produces one record and waits for it to be acknowledged.
+/// The keys of this test process (random, made at first use): what the services trust and sign
+/// with, and what the tests' clients sign with (docs/trust.md).
+pub struct TestTrust {
+    /// The key file every service started by [`Service::spawn`] trusts.
+    pub keys_file: PathBuf,
+    pub router: hitl_runtime::auth::Signer,
+    pub assignment: hitl_runtime::auth::Signer,
+    /// A publisher allowed to publish as the producers the tests use ([`TEST_PRODUCERS`]).
+    pub publisher: hitl_runtime::auth::Signer,
+    /// A reviewer gateway: verdicts and roster entries for anyone.
+    pub gateway: hitl_runtime::auth::Signer,
+    /// Reviewer `mallory`'s own app key: only `mallory`, no roles.
+    pub mallory: hitl_runtime::auth::Signer,
+    /// Reviewer `alice`'s own app key: only `alice`, roles `senior` and `pii`.
+    pub alice: hitl_runtime::auth::Signer,
+    /// Hex secrets by key id, for clients in other languages.
+    pub secrets: BTreeMap<String, String>,
+    pub lease_secret: String,
+}
+
+/// The producers the test publisher key may publish as.
+pub const TEST_PRODUCERS: &[&str] = &[
+    "fraud-model",
+    "fraud-gbm",
+    "toxicity-bert",
+    "ci-pipeline",
+    "model",
+    "p",
+    "python-model",
+];
+
+/// This process's [`TestTrust`].
+pub fn trust() -> &'static TestTrust {
+    static TRUST: OnceLock<TestTrust> = OnceLock::new();
+    TRUST.get_or_init(|| {
+        use hitl_runtime::auth::{random_secret, Algorithm, Signer};
+        let dir = std::env::temp_dir().join(format!("hitl-test-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut secrets = BTreeMap::new();
+        let mut entries = String::new();
+        let mut key = |key_id: &str, grant: &str| {
+            let secret = hex_encode(&random_secret().unwrap());
+            entries.push_str(&format!(
+                "[[keys]]\nkey_id = \"{key_id}\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{secret}\"\ngrant = {grant}\n\n"
+            ));
+            secrets.insert(key_id.to_owned(), secret.clone());
+            Signer::new(key_id, Algorithm::HmacSha256, &hex_decode(&secret)).unwrap()
+        };
+        let producers = TEST_PRODUCERS
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let router = key("router-test", "{ kind = \"service\", service = \"router\" }");
+        let assignment = key(
+            "assignment-test",
+            "{ kind = \"service\", service = \"assignment\" }",
+        );
+        let publisher = key(
+            "publisher-test",
+            &format!("{{ kind = \"publisher\", producers = [{producers}] }}"),
+        );
+        let gateway = key("gateway-test", "{ kind = \"gateway\" }");
+        let mallory = key(
+            "app-mallory",
+            "{ kind = \"reviewer\", reviewer_id = \"mallory\", roles = [] }",
+        );
+        let alice = key(
+            "app-alice",
+            "{ kind = \"reviewer\", reviewer_id = \"alice\", roles = [\"senior\", \"pii\"] }",
+        );
+        let keys_file = dir.join("keys.toml");
+        std::fs::write(&keys_file, entries).unwrap();
+        TestTrust {
+            keys_file,
+            router,
+            assignment,
+            publisher,
+            gateway,
+            mallory,
+            alice,
+            secrets,
+            lease_secret: hex_encode(&random_secret().unwrap()),
+        }
+    })
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The environment that gives a service this process's keys (unless its config has `[trust]`).
+pub fn trust_environment(binary_name: &str) -> Vec<(String, String)> {
+    let trust = trust();
+    let mut environment = vec![(
+        "HITL_TRUST__KEYS_FILE".to_owned(),
+        trust.keys_file.display().to_string(),
+    )];
+    let signer = match binary_name {
+        "hitl-router" => Some("router-test"),
+        "hitl-assignment" => Some("assignment-test"),
+        _ => None,
+    };
+    if let Some(key_id) = signer {
+        environment.push(("HITL_TRUST__SIGNING_KEY_ID".into(), key_id.into()));
+        environment.push((
+            "HITL_TRUST__SIGNING_SECRET".into(),
+            trust.secrets[key_id].clone(),
+        ));
+    }
+    if binary_name == "hitl-assignment" {
+        environment.push((
+            "HITL_SERVICE__LEASE_SECRET".into(),
+            trust.lease_secret.clone(),
+        ));
+    }
+    environment
+}
+
+/// How a test's record on `topic` is signed by [`produce`]: decisions by the test publisher,
+/// verdicts and roster entries by the test gateway, review requests by the router's key,
+/// lifecycle events by the key of the service they name. `None`: not a signed topic.
+pub fn test_signature(topic: &str, key: &str, payload: &[u8]) -> Option<String> {
+    use hitl_runtime::auth::Kind;
+    let trust = trust();
+    let (signer, kind) = if topic.ends_with(".decisions") {
+        (&trust.publisher, Kind::Decision)
+    } else if topic.ends_with(".verdicts") {
+        (&trust.gateway, Kind::Verdict)
+    } else if topic.ends_with(".reviewers") {
+        (&trust.gateway, Kind::Reviewer)
+    } else if topic.ends_with(".review-requests") {
+        (&trust.router, Kind::ReviewRequest)
+    } else if topic.ends_with(".lifecycle") {
+        let service = hitl_schema::Codec::single_object()
+            .decode::<hitl_schema::LifecycleEvent>(payload)
+            .map(|event| event.service)
+            .unwrap_or_default();
+        let signer = if service == "assignment" {
+            &trust.assignment
+        } else {
+            &trust.router
+        };
+        (signer, Kind::Lifecycle)
+    } else {
+        return None;
+    };
+    let value = (!payload.is_empty()).then_some(payload);
+    Some(signer.sign(kind, Some(key.as_bytes()), value))
+}
+
+/// Produces one record, signed the way a trusted client signs it ([`test_signature`]) unless
+/// `headers` already has `hitl-auth`, and waits for it to be acknowledged.
 pub fn produce(
+    producer: &BaseProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
+    let signature = if headers
+        .iter()
+        .any(|(name, _)| *name == hitl_runtime::auth::HEADER)
+    {
+        None
+    } else {
+        test_signature(topic, key, payload)
+    };
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if let Some(signature) = &signature {
+        all.push((hitl_runtime::auth::HEADER, signature));
+    }
+    produce_unsigned(producer, topic, key, payload, &all);
+}
+
+/// Produces one record exactly as given (no signature added), and waits for it to be acknowledged.
+pub fn produce_unsigned(
     producer: &BaseProducer,
     topic: &str,
     key: &str,

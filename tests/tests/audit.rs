@@ -93,16 +93,17 @@ impl Run {
         });
     }
 
-    /// A verdict for `decision_id` that came after its outcome (rejected as already decided).
+    /// A verdict for `decision_id` that came after its outcome (rejected as already decided): the
+    /// assignment service's next event after the four of `human_lifecycle`.
     fn publish_late_verdict(&self, decision_id: &str) {
         let mut late = LifecycleEvent::new(
-            format!("{decision_id}:assignment:99"),
+            format!("{decision_id}:assignment:5"),
             decision_id,
             LifecycleKind::VerdictRejected,
             "assignment",
             hitl_runtime::now_millis(),
         );
-        late.sequence = 99;
+        late.sequence = 5;
         late.reviewer_id = Some("mallory".into());
         late.reason = Some("already_decided".into());
         self.publish_lifecycle(&[late]);

@@ -635,6 +635,7 @@ fn kill_9_mid_stream_then_restart_routes_every_decision_once() {
 /// Runs the router binary on `config` to completion (for configs it must refuse).
 fn router_with_config(config: &Path) -> std::process::Output {
     std::process::Command::new(binary("hitl-router"))
+        .envs(trust_environment("hitl-router"))
         .arg("--config")
         .arg(config)
         .output()

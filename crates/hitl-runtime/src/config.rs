@@ -45,6 +45,12 @@ impl fmt::Debug for Secret {
 /// Checks a loaded configuration; pushes one message per problem, each starting with the field path.
 pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);
+
+    /// The secrets this section holds (field path, bytes), refused when they are development
+    /// keys published in this repository unless the service runs with `--dev`.
+    fn secrets(&self) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
 }
 
 /// The checks every service makes of its `service.instance_id` (it names the stable
@@ -210,9 +216,24 @@ pub struct KafkaSettings {
     /// Deadline for a single blocking client call (init, commit, abort, admin).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The largest record the services' producers send (`message.max.bytes`; keep it at or below
+    /// the topics' `max.message.bytes`). Every output a service builds must fit it with margin
+    /// ([`KafkaSettings::output_limit`]); an input whose outputs would not is dead-lettered.
+    pub message_max_bytes: usize,
     /// Raw librdkafka settings, applied last (they win).
     pub librdkafka: BTreeMap<String, String>,
 }
+
+impl KafkaSettings {
+    /// The most bytes (key, value and headers) one output record may take: `message_max_bytes`
+    /// less a margin for the record batch's framing.
+    pub fn output_limit(&self) -> usize {
+        self.message_max_bytes.saturating_sub(OUTPUT_MARGIN_BYTES)
+    }
+}
+
+/// What `KafkaSettings::output_limit` keeps free of `message_max_bytes` (batch and record framing).
+pub const OUTPUT_MARGIN_BYTES: usize = 16 * 1024;
 
 impl Default for KafkaSettings {
     fn default() -> Self {
@@ -236,6 +257,7 @@ impl Default for KafkaSettings {
             commit_interval: Duration::from_millis(100),
             commit_max_records: 5_000,
             request_timeout: Duration::from_secs(30),
+            message_max_bytes: 1_000_000,
             librdkafka: BTreeMap::new(),
         }
     }
@@ -258,6 +280,12 @@ impl Validate for KafkaSettings {
                     "kafka.bootstrap_servers: `{server}` is not host:port"
                 ));
             }
+        }
+        if self.message_max_bytes < 256 * 1024 {
+            errors.push(format!(
+                "kafka.message_max_bytes: {} is below 262144: the services' outputs need room",
+                self.message_max_bytes
+            ));
         }
         let sasl = matches!(
             self.security_protocol,
@@ -608,6 +636,8 @@ pub struct Settings<S> {
     pub http: HttpSettings,
     pub telemetry: TelemetrySettings,
     pub codec: CodecSettings,
+    /// Keys: what this service signs with and whom it trusts (`crate::auth`).
+    pub trust: TrustSettings,
     /// The service's own settings.
     pub service: S,
 }
@@ -618,7 +648,106 @@ impl<S: Validate> Validate for Settings<S> {
         self.topics.validate(errors);
         self.telemetry.validate(errors);
         self.codec.validate(errors);
+        self.trust.validate(errors);
         self.service.validate(errors);
+        if !self.trust.dev {
+            for (field, secret) in self.service.secrets() {
+                if crate::auth::Fingerprint::of(&field, &secret).is_development_key() {
+                    errors.push(format!("{field}: {DEV_KEY_REFUSED}"));
+                }
+            }
+        }
+    }
+}
+
+/// Why a published development key is refused.
+pub const DEV_KEY_REFUSED: &str = "is a development key published in the hitl repository \
+     (anyone can sign with it); generate your own (`hitl-admin keys generate`), or start with \
+     `--dev` for development";
+
+/// What this service signs with and whom it trusts (`[trust]`; docs/trust.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSettings {
+    /// Development mode: the keys published in this repository are accepted. Set by starting with
+    /// `--dev` (or `HITL_TRUST__DEV=true`); never in production.
+    pub dev: bool,
+    /// The keys this service trusts and what each may write (TOML, `[[keys]]`).
+    pub keys_file: Option<PathBuf>,
+    /// The id of the key this service signs its lifecycle events with.
+    pub signing_key_id: Option<String>,
+    /// `hmac-sha256` (default) or `ed25519`.
+    pub signing_algorithm: Option<crate::auth::Algorithm>,
+    /// The signing secret, hex; prefer `HITL_TRUST__SIGNING_SECRET` or `signing_secret_file`.
+    pub signing_secret: Option<Secret>,
+    /// A file holding the signing secret in hex (a mounted secret).
+    pub signing_secret_file: Option<PathBuf>,
+}
+
+impl TrustSettings {
+    /// The key this service signs with, if one is configured.
+    pub fn signer(&self) -> Result<Option<crate::auth::Signer>, String> {
+        let secret = crate::auth::load_secret(
+            "trust.signing_secret",
+            self.signing_secret.as_ref(),
+            self.signing_secret_file.as_ref(),
+            None,
+        )?;
+        match (&self.signing_key_id, secret) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(
+                "trust.signing_secret: trust.signing_key_id is set but no secret \
+                 (signing_secret, signing_secret_file or HITL_TRUST__SIGNING_SECRET)"
+                    .into(),
+            ),
+            (None, Some(_)) => {
+                Err("trust.signing_key_id: a signing secret needs its key id".into())
+            }
+            (Some(key_id), Some(secret)) => {
+                let fingerprint = crate::auth::Fingerprint::of(key_id, &secret);
+                if fingerprint.is_development_key() && !self.dev {
+                    return Err(format!("trust.signing_secret: {DEV_KEY_REFUSED}"));
+                }
+                crate::auth::Signer::new(
+                    key_id,
+                    self.signing_algorithm
+                        .unwrap_or(crate::auth::Algorithm::HmacSha256),
+                    &secret,
+                )
+                .map(Some)
+                .map_err(|error| format!("trust.signing_secret: {error}"))
+            }
+        }
+    }
+
+    /// The keys this service trusts (none without `keys_file`).
+    pub fn key_set(&self) -> Result<crate::auth::KeySet, String> {
+        let Some(path) = &self.keys_file else {
+            return Ok(crate::auth::KeySet::default());
+        };
+        let (set, fingerprints) = crate::auth::load_key_file(path)
+            .map_err(|error| format!("trust.keys_file: {error}"))?;
+        if !self.dev {
+            if let Some(dev) = fingerprints.iter().find(|f| f.is_development_key()) {
+                return Err(format!(
+                    "trust.keys_file: key `{}` in {} {DEV_KEY_REFUSED}",
+                    dev.key_id,
+                    path.display()
+                ));
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl Validate for TrustSettings {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Err(error) = self.signer() {
+            errors.push(error);
+        }
+        if let Err(error) = self.key_set() {
+            errors.push(error);
+        }
     }
 }
 

@@ -109,7 +109,8 @@ pub fn loop_producer_config(settings: &KafkaSettings, transactional_id: &str) ->
     config
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("compression.type", "none");
+        .set("compression.type", "none")
+        .set("message.max.bytes", settings.message_max_bytes.to_string());
     if settings.delivery == Delivery::Transactional {
         config.set("transactional.id", transactional_id).set(
             "transaction.timeout.ms",
@@ -125,7 +126,8 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = client_config(settings);
     config
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+        .set("message.max.bytes", settings.message_max_bytes.to_string());
     apply_overrides(&mut config, settings);
     config
 }

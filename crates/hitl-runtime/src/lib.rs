@@ -1,6 +1,7 @@
 //! What every hitl service shares: configuration, telemetry, the metrics/health endpoint, Kafka
 //! client setup and topic bootstrap, the transactional loop, and shutdown.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod health;

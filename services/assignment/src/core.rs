@@ -287,6 +287,36 @@ struct ItemView<'a> {
     traceparent: Option<String>,
 }
 
+/// How much of a rejected verdict's rationale its VERDICT_REJECTED event keeps.
+pub const MAX_REJECTED_RATIONALE_BYTES: usize = 1024;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A lease id: `<decision_id>#<attempt>.<32 hex digits>`, the digits an HMAC-SHA256 of the
+/// decision, the attempt and the reviewer under the service's lease secret. Nobody without the
+/// secret can guess a lease before it is handed out, and replaying the same inputs derives the
+/// same id.
+pub fn lease_token(secret: &[u8], decision_id: &str, attempt: u32, reviewer_id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256>>::new_from_slice(secret).expect("any key length");
+    mac.update(&(decision_id.len() as u64).to_be_bytes());
+    mac.update(decision_id.as_bytes());
+    mac.update(&attempt.to_be_bytes());
+    mac.update(reviewer_id.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    format!("{decision_id}#{attempt}.{}", hex::encode(&tag[..16]))
+}
+
 /// Why a verdict was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rejection {
@@ -301,6 +331,12 @@ pub enum Rejection {
     MissingRole,
     Duplicate,
     InvalidAmendment,
+    /// Not signed by a key the service trusts (or the signature does not match).
+    Unauthenticated,
+    /// Signed by a trusted key that may not act for this reviewer.
+    NotAuthorized,
+    /// A field over its bound (the rationale).
+    Oversize,
 }
 
 impl Rejection {
@@ -317,6 +353,9 @@ impl Rejection {
             Self::MissingRole => "missing_role",
             Self::Duplicate => "duplicate",
             Self::InvalidAmendment => "invalid_amendment",
+            Self::Unauthenticated => "unauthenticated",
+            Self::NotAuthorized => "not_authorized",
+            Self::Oversize => "oversize",
         }
     }
 }
@@ -843,6 +882,20 @@ impl Core {
             Err(reason) => self.reject(verdict, reason, now, out),
             Ok((slot, lease_index)) => self.apply(verdict, slot, lease_index, now, out),
         }
+        self.flush(out);
+    }
+
+    /// A verdict the shell refused before the core could judge it (unauthenticated, not
+    /// authorised, oversize): recorded (a VERDICT_REJECTED event on the decision's trail, a
+    /// metric), never applied.
+    pub fn refuse_verdict(
+        &mut self,
+        verdict: &Verdict,
+        reason: Rejection,
+        now: i64,
+        out: &mut Vec<Effect>,
+    ) {
+        self.reject(verdict, reason, now, out);
         self.flush(out);
     }
 
@@ -1614,11 +1667,17 @@ impl Core {
     fn assign(&mut self, slot: u32, reviewer_id: &Arc<str>, now: i64, out: &mut Vec<Effect>) {
         let pool = self.item_ref(slot).pool;
         let lease_ms = self.policy(pool).lease.as_millis() as i64;
-        let item = self.item_mut(slot);
         let lease_id = {
+            let item = self.item_ref(slot);
             let attempts = item.progress.as_ref().map_or(0, |p| p.attempts) + 1;
-            format!("{}#{attempts}", item.decision_id)
+            lease_token(
+                &self.config.lease_secret,
+                &item.decision_id,
+                attempts,
+                reviewer_id,
+            )
         };
+        let item = self.item_mut(slot);
         let progress = item.progress_mut();
         progress.attempts += 1;
         let attempt = progress.attempts;
@@ -1928,10 +1987,12 @@ impl Core {
         event.reviewer_id = Some(verdict.reviewer_id.clone());
         event.assignment_id = Some(verdict.assignment_id.clone());
         event.attributes.insert("verdict".into(), kind.into());
+        // What a rejected verdict claimed is kept, bounded: it may come from anyone.
         if !verdict.rationale.is_empty() {
-            event
-                .attributes
-                .insert("rationale".into(), verdict.rationale.clone());
+            event.attributes.insert(
+                "rationale".into(),
+                truncate_utf8(&verdict.rationale, MAX_REJECTED_RATIONALE_BYTES).to_owned(),
+            );
         }
         out.push(Effect::Lifecycle(event));
         out.push(Effect::Observed(Observation::VerdictRejected { reason }));

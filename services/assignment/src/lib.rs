@@ -50,11 +50,14 @@ pub async fn run(
         |startup| {
             let metrics = Arc::new(metrics::AssignmentMetrics::register(startup.registry));
             let codec = settings.codec.build(settings.kafka.request_timeout)?;
+            let keys = Arc::new(settings.trust.key_set().map_err(anyhow::Error::msg)?);
+            let signer = settings.trust.signer().map_err(anyhow::Error::msg)?;
             let (updates, roster) = mpsc::channel();
             let roster_reader = service::spawn_roster_reader(
                 &settings.kafka,
                 settings.topics.reviewers.clone(),
                 codec.clone(),
+                keys.clone(),
                 updates,
                 startup.shutdown.clone(),
             )?;
@@ -65,6 +68,8 @@ pub async fn run(
                 metrics,
                 roster,
                 startup.tracer.clone(),
+                keys,
+                signer,
             ))
         },
     )

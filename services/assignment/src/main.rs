@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return hitl_runtime::cli::refuse_to_start(&error),
     };
+    let problems = hitl_assignment::service::trust_problems(&settings);
+    if !problems.is_empty() {
+        return hitl_runtime::cli::refuse_to_start(&hitl_runtime::ConfigError::Invalid(problems));
+    }
     hitl_runtime::cli::finish(serve(settings).map(|()| ExitCode::SUCCESS))
 }
 

@@ -83,6 +83,7 @@ pub(crate) struct AssignmentMetrics {
     sla_breaches: Family<PoolLabels, Counter>,
     verdicts: Family<VerdictLabels, Counter>,
     rejected_verdicts: Family<ReasonLabels, Counter>,
+    rejected_roster: Family<ReasonLabels, Counter>,
     outcomes: Family<OutcomeLabels, Counter>,
     qa_labels: Family<QaLabels, Counter>,
     utilisation: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -134,6 +135,7 @@ impl AssignmentMetrics {
             sla_breaches: Family::default(),
             verdicts: Family::default(),
             rejected_verdicts: Family::default(),
+            rejected_roster: Family::default(),
             outcomes: Family::default(),
             qa_labels: Family::default(),
             utilisation: Gauge::default(),
@@ -208,6 +210,11 @@ impl AssignmentMetrics {
             "rejected_verdicts",
             "Verdicts rejected (never applied), by reason",
             metrics.rejected_verdicts.clone(),
+        );
+        r.register(
+            "rejected_roster_entries",
+            "Roster entries refused (never applied): unsigned, untrusted key, another reviewer's entry, roles not granted",
+            metrics.rejected_roster.clone(),
         );
         r.register(
             "outcomes",
@@ -394,6 +401,12 @@ impl AssignmentMetrics {
         }
         self.utilisation.set(utilisation.unwrap_or(0.0));
         self.reviewers_online.set(online as i64);
+    }
+
+    pub(crate) fn roster_refused(&self, reason: &'static str) {
+        self.rejected_roster
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub(crate) fn dead_lettered(&self, class: &str) {

@@ -89,6 +89,10 @@ pub struct CoreConfig {
     /// requests) before its changelog entry is deleted.
     #[serde(with = "humantime_serde")]
     pub done_retention: Duration,
+    /// The secret lease ids are derived with (HMAC-SHA256): unguessable without it, and the same
+    /// on every replay of the same inputs. Not part of the serialised config.
+    #[serde(skip)]
+    pub lease_secret: Vec<u8>,
 }
 
 impl Default for CoreConfig {
@@ -99,6 +103,7 @@ impl Default for CoreConfig {
             pools: BTreeMap::new(),
             max_scan: 10_000,
             done_retention: Duration::from_secs(7 * 24 * 3600),
+            lease_secret: Vec::new(),
         }
     }
 }

@@ -8,12 +8,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
     sync::{mpsc, Arc},
     time::{Duration, Instant},
 };
 
 use hitl_runtime::{
-    config::{Delivery, KafkaSettings, Topics},
+    auth::{self, AuthError, KeySet, Signer},
+    config::{Delivery, KafkaSettings, Secret, Topics},
     kafka::reader_config,
     trace::{self, Span, SpanKind, TraceContext, Tracer},
     InputRecord, OutputRecord, ProcessError, Processor, Validate,
@@ -21,12 +23,13 @@ use hitl_runtime::{
 use hitl_schema::{Codec, ReviewRequest, ReviewerStatus, Verdict};
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
+    message::Headers,
     Message, Offset, TopicPartitionList,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    core::{Core, Effect, Observation, ReviewSpan, StateRecord},
+    core::{Core, Effect, Observation, Rejection, ReviewSpan, StateRecord},
     metrics::AssignmentMetrics,
     pools::{CoreConfig, PoolPolicy},
     queue::DecayParams,
@@ -63,6 +66,15 @@ pub struct AssignmentSettings {
     /// How long decided ids are remembered (late verdicts, re-delivered requests).
     #[serde(with = "humantime_serde")]
     pub done_retention: Duration,
+    /// The secret lease ids are derived with (hex, at least 32 bytes); prefer
+    /// `HITL_SERVICE__LEASE_SECRET` or `lease_secret_file`.
+    pub lease_secret: Option<Secret>,
+    /// A file holding the lease secret in hex (a mounted secret).
+    pub lease_secret_file: Option<PathBuf>,
+    /// Larger verdicts go to the DLQ unread.
+    pub max_verdict_bytes: usize,
+    /// A verdict whose rationale is longer is rejected (`oversize`).
+    pub max_rationale_bytes: usize,
 }
 
 impl Default for AssignmentSettings {
@@ -81,6 +93,10 @@ impl Default for AssignmentSettings {
             pools: core.pools,
             max_scan: core.max_scan,
             done_retention: core.done_retention,
+            lease_secret: None,
+            lease_secret_file: None,
+            max_verdict_bytes: 16 * 1024,
+            max_rationale_bytes: 4 * 1024,
         }
     }
 }
@@ -97,8 +113,46 @@ impl AssignmentSettings {
             pools: self.pools.clone(),
             max_scan: self.max_scan,
             done_retention: self.done_retention,
+            lease_secret: self.lease_secret().ok().flatten().unwrap_or_default(),
         }
     }
+
+    /// The lease secret's bytes, if configured.
+    pub fn lease_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        hitl_runtime::auth::load_secret(
+            "service.lease_secret",
+            self.lease_secret.as_ref(),
+            self.lease_secret_file.as_ref(),
+            None,
+        )
+    }
+}
+
+/// The trust settings the assignment service cannot run without: a key to sign its lifecycle
+/// events with, and the router's key (review requests are accepted from the router only). Each
+/// problem names its field.
+pub fn trust_problems(settings: &hitl_runtime::Settings<AssignmentSettings>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if matches!(settings.trust.signer(), Ok(None)) {
+        problems.push(
+            "trust.signing_key_id: the assignment service signs its lifecycle events for the \
+             audit; set trust.signing_key_id and trust.signing_secret (or signing_secret_file)"
+                .into(),
+        );
+    }
+    let routers = settings.trust.key_set().map_or(0, |keys| {
+        keys.keys()
+            .filter(|key| key.may_speak_for("router").is_ok())
+            .count()
+    });
+    if routers == 0 {
+        problems.push(
+            "trust.keys_file: no key of the router is trusted (grant service = \"router\"): \
+             review requests are accepted only when the router signed them"
+                .into(),
+        );
+    }
+    problems
 }
 
 impl Validate for AssignmentSettings {
@@ -116,7 +170,35 @@ impl Validate for AssignmentSettings {
         if self.max_record_bytes < 64 {
             errors.push("service.max_record_bytes: must be at least 64".into());
         }
+        if !(256..=256 * 1024).contains(&self.max_verdict_bytes) {
+            errors.push("service.max_verdict_bytes: must be within 256 and 262144".into());
+        }
+        if self.max_rationale_bytes > self.max_verdict_bytes {
+            errors.push("service.max_rationale_bytes: must not exceed max_verdict_bytes".into());
+        }
+        match self.lease_secret() {
+            Err(error) => errors.push(error),
+            Ok(None) => errors.push(
+                "service.lease_secret: required (hex, 32 bytes or more): lease ids are derived \
+                 from it; set lease_secret_file or HITL_SERVICE__LEASE_SECRET"
+                    .into(),
+            ),
+            Ok(Some(secret)) if secret.len() < 32 => errors.push(format!(
+                "service.lease_secret: {} bytes; at least 32 are needed",
+                secret.len()
+            )),
+            Ok(Some(_)) => {}
+        }
         errors.extend(self.core_config().problems("service."));
+    }
+
+    fn secrets(&self) -> Vec<(String, Vec<u8>)> {
+        self.lease_secret()
+            .ok()
+            .flatten()
+            .map(|secret| ("service.lease_secret".to_owned(), secret))
+            .into_iter()
+            .collect()
     }
 }
 
@@ -125,6 +207,34 @@ impl Validate for AssignmentSettings {
 pub enum RosterUpdate {
     Status(ReviewerStatus),
     Removed(String),
+    /// An entry that was not applied (unsigned, untrusted, another reviewer's, roles not granted).
+    Refused {
+        reason: &'static str,
+    },
+}
+
+/// Whether a roster entry (or, without `status`, the tombstone of reviewer `key`) is
+/// authenticated: signed by a trusted key that may act for that reviewer and claim its roles.
+pub fn check_roster_entry(
+    keys: &KeySet,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    header: Option<&[u8]>,
+    reviewer_id: &str,
+    status: Option<&ReviewerStatus>,
+) -> Result<(), AuthError> {
+    let signer = keys.verify(auth::Kind::Reviewer, key, payload, header)?;
+    signer.may_act_for(reviewer_id)?;
+    if let Some(status) = status {
+        if key.is_some_and(|key| key != status.reviewer_id.as_bytes()) {
+            return Err(AuthError::NotAllowed(format!(
+                "the entry of `{}` is keyed by another reviewer id",
+                status.reviewer_id
+            )));
+        }
+        signer.may_claim_roles(&status.roles)?;
+    }
+    Ok(())
 }
 
 /// Reads every partition of the reviewers topic from its start, for ever, and sends each change.
@@ -133,6 +243,7 @@ pub fn spawn_roster_reader(
     kafka: &KafkaSettings,
     topic: String,
     codec: Codec,
+    keys: Arc<KeySet>,
     updates: mpsc::Sender<RosterUpdate>,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -187,16 +298,50 @@ pub fn spawn_roster_reader(
                         continue;
                     }
                 };
+                let header = message
+                    .headers()
+                    .and_then(|headers| {
+                        headers
+                            .iter()
+                            .find(|header| header.key == auth::HEADER)
+                            .and_then(|header| header.value)
+                    });
                 let update = match message.payload() {
                     None => match message.key().map(String::from_utf8_lossy) {
-                        Some(id) => RosterUpdate::Removed(id.into_owned()),
+                        Some(id) => match check_roster_entry(
+                            &keys,
+                            message.key(),
+                            None,
+                            header,
+                            &id,
+                            None,
+                        ) {
+                            Ok(()) => RosterUpdate::Removed(id.into_owned()),
+                            Err(error) => {
+                                tracing::warn!(reviewer_id = %id.chars().take(128).collect::<String>(), %error, offset = message.offset(), "roster tombstone refused");
+                                RosterUpdate::Refused { reason: error.reason() }
+                            }
+                        },
                         None => continue,
                     },
                     Some(payload) => match codec.decode::<ReviewerStatus>(payload) {
-                        Ok(status) => RosterUpdate::Status(status),
+                        Ok(status) => match check_roster_entry(
+                            &keys,
+                            message.key(),
+                            Some(payload),
+                            header,
+                            &status.reviewer_id,
+                            Some(&status),
+                        ) {
+                            Ok(()) => RosterUpdate::Status(status),
+                            Err(error) => {
+                                tracing::warn!(reviewer_id = %status.reviewer_id.chars().take(128).collect::<String>(), %error, offset = message.offset(), "roster entry refused");
+                                RosterUpdate::Refused { reason: error.reason() }
+                            }
+                        },
                         Err(error) => {
                             tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "roster reader: undecodable reviewer status skipped");
-                            continue;
+                            RosterUpdate::Refused { reason: "undecodable" }
                         }
                     },
                 };
@@ -278,6 +423,10 @@ pub struct AssignmentProcessor {
     effects: Vec<Effect>,
     last_gauges: Instant,
     tracer: Tracer,
+    /// Who may write verdicts (gateways, reviewers' own keys) and review requests (the router).
+    keys: Arc<KeySet>,
+    /// Signs the lifecycle events.
+    signer: Option<Signer>,
 }
 
 impl AssignmentProcessor {
@@ -287,8 +436,12 @@ impl AssignmentProcessor {
         metrics: Arc<AssignmentMetrics>,
         roster: mpsc::Receiver<RosterUpdate>,
         tracer: Tracer,
+        keys: Arc<KeySet>,
+        signer: Option<Signer>,
     ) -> Self {
         Self {
+            keys,
+            signer,
             core: Core::new(settings.service.core_config()),
             codec,
             topics: settings.topics.clone(),
@@ -317,6 +470,7 @@ impl AssignmentProcessor {
                     self.core.reviewer_removed(&id, now, &mut self.effects);
                     self.statuses.remove(&id);
                 }
+                RosterUpdate::Refused { reason } => self.metrics.roster_refused(reason),
             }
         }
     }
@@ -420,6 +574,9 @@ impl AssignmentProcessor {
                     if let Some(traceparent) = event.traceparent {
                         record = record.with_header("traceparent", traceparent);
                     }
+                    if let Some(signer) = &self.signer {
+                        record.sign(signer, auth::Kind::Lifecycle);
+                    }
                     output.push(record);
                 }
                 Effect::State {
@@ -507,6 +664,26 @@ impl AssignmentProcessor {
                 return self.dead_letter(input, "decode", &class, &message, output)
             }
         };
+        // Only the router routes: a review request it did not sign is refused (a client that
+        // could write the topic would otherwise choose the pool, the roles and the quorum).
+        let signed_by_router = self
+            .keys
+            .verify(
+                auth::Kind::ReviewRequest,
+                input.key(),
+                input.payload(),
+                input.header(auth::HEADER),
+            )
+            .and_then(|key| key.may_speak_for("router"));
+        if let Err(error) = signed_by_router {
+            return self.dead_letter(
+                input,
+                "authenticate",
+                &format!("auth.{}", error.reason()),
+                &error.to_string(),
+                output,
+            );
+        }
         let mut problems = Vec::new();
         if request.decision.decision_id.trim().is_empty() {
             problems.push("decision.decision_id is empty");
@@ -539,6 +716,14 @@ impl AssignmentProcessor {
     }
 
     fn verdict(&mut self, input: &InputRecord<'_>, now: i64, output: &mut Vec<OutputRecord>) {
+        let size = input.payload().map_or(0, <[u8]>::len);
+        if size > self.settings.max_verdict_bytes {
+            let message = format!(
+                "verdict of {size} bytes exceeds max_verdict_bytes {}",
+                self.settings.max_verdict_bytes
+            );
+            return self.dead_letter(input, "decode", "oversize", &message, output);
+        }
         let decoded = self.payload(input).and_then(|payload| {
             let is_json = input
                 .header("content-type")
@@ -554,7 +739,40 @@ impl AssignmentProcessor {
             Ok(verdict) => {
                 let started = trace::now_nanos();
                 let from = self.effects.len();
-                self.core.verdict(&verdict, now, &mut self.effects);
+                // Who sent it: a trusted key that may act for the reviewer it names, checked on
+                // the record's exact bytes. Anything else is recorded and never applied.
+                let refused = match self
+                    .keys
+                    .verify(
+                        auth::Kind::Verdict,
+                        input.key(),
+                        input.payload(),
+                        input.header(auth::HEADER),
+                    )
+                    .and_then(|key| key.may_act_for(&verdict.reviewer_id))
+                {
+                    Err(AuthError::NotAllowed(why)) => Some((Rejection::NotAuthorized, why)),
+                    Err(error) => Some((Rejection::Unauthenticated, error.to_string())),
+                    Ok(()) if verdict.rationale.len() > self.settings.max_rationale_bytes => {
+                        Some((
+                            Rejection::Oversize,
+                            format!(
+                                "rationale of {} bytes is over max_rationale_bytes {}",
+                                verdict.rationale.len(),
+                                self.settings.max_rationale_bytes
+                            ),
+                        ))
+                    }
+                    Ok(()) => None,
+                };
+                match refused {
+                    Some((reason, why)) => {
+                        tracing::warn!(decision_id = %hitl_assignment_truncate(&verdict.decision_id), reason = reason.as_str(), %why, "verdict refused");
+                        self.core
+                            .refuse_verdict(&verdict, reason, now, &mut self.effects);
+                    }
+                    None => self.core.verdict(&verdict, now, &mut self.effects),
+                }
                 if self.tracer.is_enabled() {
                     self.verdict_span(input, &verdict, from, started);
                 }
@@ -610,6 +828,11 @@ impl AssignmentProcessor {
         }
         self.tracer.export(span);
     }
+}
+
+/// At most 128 characters of an id that came from outside, for a log line.
+fn hitl_assignment_truncate(text: &str) -> String {
+    text.chars().take(128).collect()
 }
 
 /// `record` with the `traceparent` of `trace`, if any.

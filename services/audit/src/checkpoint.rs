@@ -63,7 +63,17 @@ impl Checkpointer {
 
     /// Cuts the signed checkpoint of everything pending.
     pub fn cut(&mut self, keys: &Keys, now: i64) -> AuditCheckpoint {
-        let entries = std::mem::take(&mut self.pending);
+        self.cut_at_most(keys, now, usize::MAX)
+    }
+
+    /// Cuts the signed checkpoint of the oldest `max` records pending (a checkpoint's size is
+    /// bounded by its entries: `bounds::Limits::checkpoint_bound`).
+    pub fn cut_at_most(&mut self, keys: &Keys, now: i64, max: usize) -> AuditCheckpoint {
+        let entries: Vec<CheckpointEntry> = if self.pending.len() <= max {
+            std::mem::take(&mut self.pending)
+        } else {
+            self.pending.drain(..max).collect()
+        };
         let count = entries.len() as i64;
         let mut checkpoint = AuditCheckpoint {
             partition: self.partition,

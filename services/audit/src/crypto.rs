@@ -109,13 +109,58 @@ pub fn verify(key: &VerifyingKey, message: &[u8], signature_hex: &str) -> bool {
     key.verify(message, &signature).is_ok()
 }
 
+/// The key of the keyed hashes: sensitive context values and reviewer pseudonyms. `verify`
+/// needs it (and no signing key) to compare a decision on `hitl.decisions` with its trail.
+#[derive(Clone)]
+pub struct Hasher {
+    hash_key: Vec<u8>,
+}
+
+impl Hasher {
+    pub fn new(hash_key: &[u8]) -> Self {
+        Self {
+            hash_key: hash_key.to_vec(),
+        }
+    }
+
+    fn keyed(&self, domain: &str, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.hash_key).expect("HMAC takes any key");
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// What the audit trail keeps of a sensitive context value.
+    pub fn hash_sensitive(&self, value: &str) -> String {
+        format!("hmac-sha256:{}", self.keyed("context", value))
+    }
+
+    /// A stable pseudonym of a reviewer for labeled data (not reversible without the key).
+    pub fn pseudonym(&self, reviewer_id: &str) -> String {
+        format!("rv-{}", &self.keyed("reviewer", reviewer_id)[..24])
+    }
+
+    /// The decision as the audit stores it: every sensitive context value replaced by its keyed
+    /// hash.
+    pub fn hashed(&self, decision: &hitl_schema::Decision) -> hitl_schema::Decision {
+        let mut decision = decision.clone();
+        for key in &decision.sensitive_fields {
+            if let Some(value) = decision.context.get_mut(key) {
+                *value = self.hash_sensitive(value);
+            }
+        }
+        decision
+    }
+}
+
 /// The audit service's secrets: the signing key (Ed25519 seed), its id, and the key of the keyed
 /// hashes (sensitive context values, reviewer pseudonyms).
 #[derive(Clone)]
 pub struct Keys {
     signing: SigningKey,
     key_id: String,
-    hash_key: Vec<u8>,
+    hasher: Hasher,
 }
 
 impl Keys {
@@ -123,7 +168,7 @@ impl Keys {
         Ok(Self {
             signing: SigningKey::from_bytes(&bytes32("signing_key", seed_hex)?),
             key_id: key_id.to_owned(),
-            hash_key: hash_key.as_bytes().to_vec(),
+            hasher: Hasher::new(hash_key.as_bytes()),
         })
     }
 
@@ -145,22 +190,18 @@ impl Keys {
         hex::encode(self.signing.sign(message).to_bytes())
     }
 
-    fn keyed(&self, domain: &str, value: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.hash_key).expect("HMAC takes any key");
-        mac.update(domain.as_bytes());
-        mac.update(&[0]);
-        mac.update(value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
     }
 
     /// What the audit trail keeps of a sensitive context value.
     pub fn hash_sensitive(&self, value: &str) -> String {
-        format!("hmac-sha256:{}", self.keyed("context", value))
+        self.hasher.hash_sensitive(value)
     }
 
     /// A stable pseudonym of a reviewer for labeled data (not reversible without the key).
     pub fn pseudonym(&self, reviewer_id: &str) -> String {
-        format!("rv-{}", &self.keyed("reviewer", reviewer_id)[..24])
+        self.hasher.pseudonym(reviewer_id)
     }
 
     /// Fills in `content_hash` and `signature` (and `key_id`) of a record.

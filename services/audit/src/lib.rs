@@ -5,8 +5,10 @@
 //! `trail`, `checkpoint`, `verify` and `crypto` are pure (no Kafka, no clock); `service` is the
 //! shell and `reader` reads topics for `verify`.
 
+pub mod bounds;
 pub mod checkpoint;
 pub mod crypto;
+pub mod head;
 mod metrics;
 pub mod reader;
 pub mod service;

@@ -1,20 +1,24 @@
-//! `hitl-audit [--config FILE]` runs the audit service.
-//! `hitl-audit verify [--config FILE] [--public-key [KEY_ID=]HEX]... [--no-decisions] [--no-outcomes]
-//!     [--allow-uncovered] [--audit-topic T] [--checkpoints-topic T]` proves the trail complete and
-//!     untampered (exit 0), or lists every problem (exit 1).
+//! `hitl-audit [--config FILE] [--dev]` runs the audit service (`--dev` accepts the development
+//! keys published in this repository; never in production).
+//! `hitl-audit verify [--config FILE] [--public-key [KEY_ID=]HEX]... [--keys-file FILE]...
+//!     [--expect-head FILE|HASH]... [--no-decisions] [--no-outcomes] [--allow-uncovered]
+//!     [--audit-topic T] [--checkpoints-topic T]` proves the trail complete and untampered
+//!     (exit 0), or lists every problem (exit 1). Every key that ever signed (key rotation) is
+//!     given by `--public-key KEY_ID=HEX` or a keys file (lines `KEY_ID = HEX`, or `[[keys]]`
+//!     tables with `key_id` and `public_key`); the report says which key signed what.
 //! `hitl-audit keygen` prints a fresh signing key and its public key.
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use hitl_audit::{
-    crypto::{random_seed_hex, verifying_key, Keys},
-    reader,
-    verify::{verify, Input},
+    crypto::{random_seed_hex, verifying_key, Hasher, Keys},
+    head, reader,
+    verify::{verify_with, Checks, ExpectedHead, Input},
     AuditSettings,
 };
 use hitl_runtime::{
     cli::{finish, load_from_process, refuse_to_start},
-    config::Settings,
+    config::{ConfigError, Settings},
     out, outln, shutdown, telemetry,
 };
 use hitl_schema::Codec;
@@ -32,12 +36,73 @@ fn value_of<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
 fn keygen() -> anyhow::Result<()> {
     let seed = random_seed_hex()?;
     let keys = Keys::new(&seed, "k1", "unused-for-keygen")?;
-    outln!("signing_key = \"{seed}\"   # secret: [service] of the audit service")?;
+    outln!(
+        "signing_key = \"{seed}\"   # secret: [service] of the audit service (or a file: \
+         signing_key_file)"
+    )?;
     outln!(
         "public key: {}   # for `hitl-audit verify --public-key`",
         keys.public_hex()
     )?;
     Ok(())
+}
+
+/// The public keys of a keys file: `KEY_ID = HEX` lines, or `[[keys]]` tables with `key_id` and
+/// `public_key` (other fields, such as `algorithm`, are ignored).
+fn keys_file(path: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| anyhow::anyhow!("--keys-file {path}: {error}"))?;
+    let unquote = |v: &str| v.trim().trim_matches('"').trim().to_owned();
+    let mut keys = Vec::new();
+    let mut table: (Option<String>, Option<String>) = (None, None);
+    let mut in_tables = false;
+    let flush = |table: &mut (Option<String>, Option<String>),
+                 keys: &mut Vec<(String, String)>|
+     -> anyhow::Result<()> {
+        match std::mem::take(table) {
+            (Some(id), Some(public)) => keys.push((id, public)),
+            (None, None) => {}
+            _ => anyhow::bail!("--keys-file {path}: a [[keys]] table needs key_id and public_key"),
+        }
+        Ok(())
+    };
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        if line == "[[keys]]" {
+            flush(&mut table, &mut keys)?;
+            in_tables = true;
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            anyhow::bail!("--keys-file {path}: `{line}` is not NAME = VALUE");
+        };
+        let (name, value) = (unquote(name), unquote(value));
+        if !in_tables {
+            keys.push((name, value));
+        } else if name == "key_id" {
+            table.0 = Some(value);
+        } else if name == "public_key" {
+            table.1 = Some(value);
+        }
+    }
+    flush(&mut table, &mut keys)?;
+    Ok(keys)
+}
+
+/// What `--expect-head` names: a head file, or one checkpoint hash.
+fn expected_head(given: &str) -> anyhow::Result<ExpectedHead> {
+    if std::path::Path::new(given).exists() {
+        return Ok(ExpectedHead::Partitions(
+            head::read(std::path::Path::new(given)).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    if given.len() == 64 && given.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(ExpectedHead::Hash(given.to_ascii_lowercase()));
+    }
+    anyhow::bail!("--expect-head {given}: neither a head file nor a 64-digit checkpoint hash")
 }
 
 /// Whether the trail verifies clean.
@@ -48,6 +113,11 @@ fn run_verify(settings: &Settings<AuditSettings>, args: &[String]) -> anyhow::Re
             .split_once('=')
             .unwrap_or((&settings.service.key_id, given));
         public.insert(key_id.to_owned(), verifying_key("--public-key", hex)?);
+    }
+    for path in value_of(args, "--keys-file") {
+        for (key_id, hex) in keys_file(path)? {
+            public.insert(key_id, verifying_key("--keys-file", &hex)?);
+        }
     }
     if public.is_empty() {
         // Without a public key given, the configured signing key's public half.
@@ -72,8 +142,8 @@ fn run_verify(settings: &Settings<AuditSettings>, args: &[String]) -> anyhow::Re
     // Read in this order on a live system: what must be in the trail (decisions, outcomes), then
     // the checkpoints, then the trail itself — each thing read earlier was written before what the
     // later reads must contain. (An audit service lagging behind still shows as incomplete.)
-    let decisions = (!args.iter().any(|a| a == "--no-decisions"))
-        .then(|| reader::decision_ids(&settings.kafka, &topics.decisions, &codec, timeout))
+    let received = (!args.iter().any(|a| a == "--no-decisions"))
+        .then(|| reader::decisions(&settings.kafka, &topics.decisions, &codec, timeout))
         .transpose()?;
     let outcomes = (!args.iter().any(|a| a == "--no-outcomes"))
         .then(|| {
@@ -89,12 +159,25 @@ fn run_verify(settings: &Settings<AuditSettings>, args: &[String]) -> anyhow::Re
     let input = Input {
         audit: reader::read_topic(&settings.kafka, &audit_topic, timeout)?,
         checkpoints,
-        decisions,
+        decisions: received.as_ref().map(|r| r.keys().cloned().collect()),
         outcomes,
         require_checkpointed: !args.iter().any(|a| a == "--allow-uncovered"),
     };
+    let hasher = settings
+        .service
+        .hash_key_text()
+        .map_err(anyhow::Error::msg)?
+        .map(|key| Hasher::new(key.as_bytes()));
+    let checks = Checks {
+        received,
+        hasher,
+        expect_heads: value_of(args, "--expect-head")
+            .into_iter()
+            .map(expected_head)
+            .collect::<anyhow::Result<_>>()?,
+    };
     let read = started.elapsed();
-    let report = verify(&input, &public);
+    let report = verify_with(&input, &public, &checks);
     out!("{report}")?;
     outln!(
         "(read in {:.2}s, verified in {:.2}s)",
@@ -122,6 +205,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }));
+    }
+    let problems = hitl_audit::service::start_problems(&settings);
+    if !problems.is_empty() {
+        return refuse_to_start(&ConfigError::Invalid(problems));
     }
     finish(serve(settings).map(|()| ExitCode::SUCCESS))
 }

@@ -35,6 +35,29 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeadLabels {
+    partition: i32,
+    hash: String,
+}
+
+/// Every reason an input is refused (`hitl_audit_events_rejected_total{reason}`).
+pub(crate) const REJECTION_REASONS: &[&str] = &[
+    "unauthenticated",
+    "unknown_key",
+    "bad_signature",
+    "not_allowed",
+    "invalid",
+    "oversize",
+    "timeline_full",
+    "conflicting_event",
+];
+
 #[derive(Debug)]
 pub(crate) struct AuditMetrics {
     records: Counter,
@@ -50,6 +73,9 @@ pub(crate) struct AuditMetrics {
     reloads: Family<ResultLabels, Counter>,
     completeness: Gauge<f64, std::sync::atomic::AtomicU64>,
     restore_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    rejected: Family<ReasonLabels, Counter>,
+    head: Family<HeadLabels, Gauge>,
+    heads: std::sync::Mutex<std::collections::BTreeMap<i32, HeadLabels>>,
 }
 
 fn source_label(source: LabelSource) -> &'static str {
@@ -85,6 +111,9 @@ impl AuditMetrics {
             reloads: Family::default(),
             completeness: Gauge::default(),
             restore_seconds: Gauge::default(),
+            rejected: Family::default(),
+            head: Family::default(),
+            heads: std::sync::Mutex::default(),
         };
         let r = registry.sub_registry_with_prefix("hitl_audit");
         r.register(
@@ -154,6 +183,24 @@ impl AuditMetrics {
             "Duration of the last restore from the audit topic",
             metrics.restore_seconds.clone(),
         );
+        r.register(
+            "events_rejected",
+            "Lifecycle inputs refused, never applied, by reason: unauthenticated, unknown_key, \
+             bad_signature, not_allowed (no trusted service key signed them, or not for this \
+             service or kind); invalid; oversize; timeline_full (no room left in the trail); \
+             conflicting_event (a known event id with other content). Each is dead-lettered and, \
+             when its decision has a trail here, noted in it",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "checkpoint_head",
+            "The sequence of the newest committed checkpoint per audit partition, labeled with its \
+             hash: a copy of the head outside Kafka (`hitl-audit verify --expect-head`)",
+            metrics.head.clone(),
+        );
+        for reason in REJECTION_REASONS {
+            let _ = metrics.rejected.get_or_create(&ReasonLabels { reason });
+        }
         // Every reload result from the start, at 0, so that alerts on their increase work.
         for result in ["reloaded", "missing", "failed", "not_reloaded"] {
             let _ = metrics.reloads.get_or_create(&ResultLabels { result });
@@ -207,6 +254,25 @@ impl AuditMetrics {
                 class: class.to_owned(),
             })
             .inc();
+    }
+
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// The newest checkpoint of a partition: one series per partition, the old one removed.
+    pub(crate) fn head(&self, partition: i32, sequence: i64, hash: &str) {
+        let labels = HeadLabels {
+            partition,
+            hash: hash.to_owned(),
+        };
+        let mut heads = self.heads.lock().expect("heads lock");
+        if let Some(old) = heads.insert(partition, labels.clone()) {
+            if old != labels {
+                self.head.remove(&old);
+            }
+        }
+        self.head.get_or_create(&labels).set(sequence);
     }
 
     pub(crate) fn reloaded(&self, result: &'static str) {

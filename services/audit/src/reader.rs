@@ -1,6 +1,9 @@
 //! Reads what `verify` checks from the topics: every partition, from the start, in log order.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use hitl_runtime::{
     config::KafkaSettings,
@@ -41,7 +44,19 @@ pub fn decision_ids(
     codec: &Codec,
     timeout: Duration,
 ) -> Result<BTreeSet<String>, ReadError> {
-    let mut ids = BTreeSet::new();
+    Ok(decisions(settings, topic, codec, timeout)?
+        .into_keys()
+        .collect())
+}
+
+/// Every decision received on `topic` that has an id (Avro or JSON), by id in log order.
+pub fn decisions(
+    settings: &KafkaSettings,
+    topic: &str,
+    codec: &Codec,
+    timeout: Duration,
+) -> Result<BTreeMap<String, Vec<Decision>>, ReadError> {
+    let mut ids: BTreeMap<String, Vec<Decision>> = BTreeMap::new();
     kafka::read_topic(settings, topic, timeout, |message| {
         let Some(payload) = message.payload() else {
             return;
@@ -58,7 +73,9 @@ pub fn decision_ids(
         };
         if let Ok(decision) = decoded {
             if !decision.decision_id.trim().is_empty() {
-                ids.insert(decision.decision_id);
+                ids.entry(decision.decision_id.clone())
+                    .or_default()
+                    .push(decision);
             }
         }
     })?;

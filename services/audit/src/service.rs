@@ -6,25 +6,30 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use hitl_runtime::{
+    auth::{self, Grant, KeySet},
     config::{KafkaSettings, Secret, Topics},
     kafka::{read_partition, read_partition_since},
     trace::{self, Span, SpanKind, TraceContext, Tracer},
     InputRecord, OutputRecord, ProcessError, Processor, Validate,
 };
-use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, LifecycleEvent};
+use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, DecidedBy, LifecycleEvent, LifecycleKind};
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{
+    bounds::Limits,
     checkpoint::Checkpointer,
-    crypto::Keys,
+    crypto::{checkpoint_hash, Keys},
+    head::{self, Head, Heads},
     metrics::AuditMetrics,
-    trail::{AuditCore, Effect, Reload},
+    trail::{AuditCore, Claim, Effect, Note, Noted, Reload},
 };
 
 /// The audit service's `[service]` settings.
@@ -37,11 +42,22 @@ pub struct AuditSettings {
     /// Create missing topics at start.
     pub create_topics: bool,
     /// Ed25519 signing key: 64 hex digits (a 32-byte seed). `hitl-audit keygen` makes one.
+    /// Prefer `signing_key_file` (a mounted secret) or `HITL_SERVICE__SIGNING_KEY`.
     pub signing_key: Option<Secret>,
-    /// Names the key in every record and checkpoint (rotate keys by changing both).
+    /// A file holding the signing key (64 hex digits).
+    pub signing_key_file: Option<PathBuf>,
+    /// Names the key in every record and checkpoint (rotate keys by changing both; `verify`
+    /// takes every key id's public key).
     pub key_id: String,
-    /// Key of the keyed hashes of sensitive context values and reviewer pseudonyms.
+    /// Key of the keyed hashes of sensitive context values and reviewer pseudonyms (16 or more
+    /// characters). Prefer `hash_key_file` or `HITL_SERVICE__HASH_KEY`.
     pub hash_key: Option<Secret>,
+    /// A file holding the hash key (its text, trimmed).
+    pub hash_key_file: Option<PathBuf>,
+    /// Where the newest committed checkpoint of each partition is kept outside Kafka (`head`
+    /// module): `hitl-audit verify --expect-head FILE` finds a trail whose newest records and
+    /// checkpoints were deleted together. Unset: not kept.
+    pub head_file: Option<PathBuf>,
     /// A checkpoint every this many records per partition…
     pub checkpoint_every_records: usize,
     /// …or this long after the previous one, whichever comes first.
@@ -53,6 +69,19 @@ pub struct AuditSettings {
     pub restore_timeout: Duration,
     /// Larger input records go to the DLQ unread.
     pub max_record_bytes: usize,
+    /// A decision id (the key of every output).
+    pub max_id_bytes: usize,
+    /// What one event may add to a timeline (its entry), and an outcome.
+    pub max_entry_bytes: usize,
+    /// The decision as stored (sensitive values hashed).
+    pub max_decision_bytes: usize,
+    /// Lifecycle events in one audit record's timeline (those that can repeat without bound —
+    /// rejected verdicts, assignments, revocations — fill at most 3/4 of it).
+    pub max_timeline_entries: usize,
+    /// Bytes of one timeline's entries (same share).
+    pub max_timeline_bytes: usize,
+    /// Refusal notes kept one by one per trail; later refusals are counted in its summary.
+    pub max_refusal_notes: usize,
     /// How long a finished trail (decided, QA label in or expired) stays whole in memory after its
     /// latest event; then only a summary stays, and a new event reads it back from the audit topic.
     #[serde(with = "humantime_serde")]
@@ -66,13 +95,22 @@ impl Default for AuditSettings {
             group_id: "hitl-audit".into(),
             create_topics: true,
             signing_key: None,
+            signing_key_file: None,
             key_id: "k1".into(),
             hash_key: None,
+            hash_key_file: None,
+            head_file: None,
             checkpoint_every_records: 1000,
             checkpoint_interval: Duration::from_secs(10),
             tick_interval: Duration::from_millis(250),
             restore_timeout: Duration::from_secs(600),
-            max_record_bytes: 4 * 1024 * 1024,
+            max_record_bytes: 1024 * 1024,
+            max_id_bytes: Limits::default().max_id_bytes,
+            max_entry_bytes: Limits::default().max_entry_bytes,
+            max_decision_bytes: Limits::default().max_decision_bytes,
+            max_timeline_entries: Limits::default().max_timeline_entries,
+            max_timeline_bytes: Limits::default().max_timeline_bytes,
+            max_refusal_notes: Limits::default().max_notes,
             seal_after: Duration::from_secs(600),
         }
     }
@@ -83,35 +121,144 @@ impl AuditSettings {
         format!("hitl-audit-{}", self.instance_id)
     }
 
+    /// The bounds on what events add to trails.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_id_bytes: self.max_id_bytes,
+            max_entry_bytes: self.max_entry_bytes,
+            max_decision_bytes: self.max_decision_bytes,
+            max_timeline_entries: self.max_timeline_entries,
+            max_timeline_bytes: self.max_timeline_bytes,
+            max_notes: self.max_refusal_notes,
+        }
+    }
+
+    /// The signing key's hex seed, given inline (or by environment) or in a file.
+    fn signing_seed(&self) -> Result<Option<String>, String> {
+        read_secret(
+            "service.signing_key",
+            self.signing_key.as_ref(),
+            self.signing_key_file.as_ref(),
+        )
+    }
+
+    /// The hash key, given inline (or by environment) or in a file.
+    pub fn hash_key_text(&self) -> Result<Option<String>, String> {
+        read_secret(
+            "service.hash_key",
+            self.hash_key.as_ref(),
+            self.hash_key_file.as_ref(),
+        )
+    }
+
     /// The keys, or every problem with them (each naming its field).
     pub fn keys(&self) -> Result<Keys, Vec<String>> {
         let mut problems = Vec::new();
-        let seed = self.signing_key.as_ref().map(Secret::expose);
-        let hash_key = self.hash_key.as_ref().map(Secret::expose);
-        if seed.is_none() {
+        let seed = self.signing_seed().unwrap_or_else(|error| {
+            problems.push(error);
+            None
+        });
+        let hash_key = self.hash_key_text().unwrap_or_else(|error| {
+            problems.push(error);
+            None
+        });
+        if seed.is_none() && problems.is_empty() {
             problems.push(
-                "service.signing_key: required (64 hex digits; `hitl-audit keygen` makes one)"
+                "service.signing_key: required (64 hex digits, or service.signing_key_file; \
+                 `hitl-audit keygen` makes one)"
                     .into(),
             );
         }
-        match hash_key {
-            None => problems
-                .push("service.hash_key: required (a secret of 16 or more characters)".into()),
+        match &hash_key {
+            None if problems.is_empty() => problems.push(
+                "service.hash_key: required (a secret of 16 or more characters, or \
+                 service.hash_key_file)"
+                    .into(),
+            ),
             Some(key) if key.len() < 16 => {
                 problems.push("service.hash_key: must be at least 16 characters".into())
             }
-            Some(_) => {}
+            _ => {}
         }
         if !problems.is_empty() {
             return Err(problems);
         }
         Keys::new(
-            seed.unwrap_or_default(),
+            seed.as_deref().unwrap_or_default(),
             &self.key_id,
-            hash_key.unwrap_or_default(),
+            hash_key.as_deref().unwrap_or_default(),
         )
         .map_err(|error| vec![format!("service.{error}")])
     }
+}
+
+/// A secret given inline (which `HITL_SERVICE__<NAME>` also sets) or in a file (trimmed); not both.
+fn read_secret(
+    field: &str,
+    inline: Option<&Secret>,
+    file: Option<&PathBuf>,
+) -> Result<Option<String>, String> {
+    match (inline, file) {
+        (None, None) => Ok(None),
+        (Some(secret), None) => Ok(Some(secret.expose().trim().to_owned())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim().to_owned()))
+            .map_err(|error| format!("{field}_file: cannot read {}: {error}", path.display())),
+        (Some(_), Some(_)) => Err(format!("{field}: give {field} or {field}_file, not both")),
+    }
+}
+
+/// Everything that keeps the audit service from starting with these settings, each naming its
+/// field: its keys, a trusted service key (`[trust] keys_file`), and size bounds that fit the
+/// producer's `kafka.message_max_bytes`. `main` refuses to start on any (exit status 2).
+pub fn start_problems(settings: &hitl_runtime::Settings<AuditSettings>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(keys) = settings.service.keys() {
+        problems.extend(keys);
+    }
+    match settings.trust.key_set() {
+        Ok(keys) => {
+            if let Err(problem) = require_service_key(&keys, settings) {
+                problems.push(problem);
+            }
+        }
+        Err(problem) => problems.push(problem),
+    }
+    problems.extend(settings.service.limits().problems(
+        settings.kafka.output_limit(),
+        settings.service.checkpoint_every_records,
+    ));
+    if let Some(path) = &settings.service.head_file {
+        if let Err(error) = head::read(path) {
+            problems.push(format!("service.head_file: {error}"));
+        }
+    }
+    problems
+}
+
+fn require_service_key(
+    keys: &KeySet,
+    settings: &hitl_runtime::Settings<AuditSettings>,
+) -> Result<(), String> {
+    if keys
+        .keys()
+        .any(|key| matches!(key.grant, Grant::Service { .. }))
+    {
+        return Ok(());
+    }
+    Err(match &settings.trust.keys_file {
+        None => {
+            "trust.keys_file: required: the audit service ingests only lifecycle events signed \
+                 by a service key (a [[keys]] entry with grant = { kind = \"service\", service = \
+                 \"router\" }, and one for \"assignment\")"
+                .to_owned()
+        }
+        Some(path) => format!(
+            "trust.keys_file: {} trusts no service key (grant = {{ kind = \"service\", ... }}): \
+             the audit service would accept no lifecycle event",
+            path.display()
+        ),
+    })
 }
 
 impl Validate for AuditSettings {
@@ -132,15 +279,46 @@ impl Validate for AuditSettings {
         if self.max_record_bytes < 64 {
             errors.push("service.max_record_bytes: must be at least 64".into());
         }
+        // The bounds alone here; against kafka.message_max_bytes in `start_problems`.
+        errors.extend(
+            self.limits()
+                .problems(usize::MAX, self.checkpoint_every_records),
+        );
         if self.seal_after.is_zero() {
             errors.push("service.seal_after: must be more than 0".into());
         }
         // Keys are checked when the service starts (`verify` needs none of them).
-        if self.signing_key.is_some() || self.hash_key.is_some() {
+        let given = self.signing_key.is_some()
+            || self.hash_key.is_some()
+            || self.signing_key_file.is_some()
+            || self.hash_key_file.is_some();
+        if given {
             if let Err(problems) = self.keys() {
                 errors.extend(problems);
             }
         }
+    }
+
+    /// The signing key (and its public key: it is published too) and the hash key, refused when
+    /// they are the development keys of this repository unless the service runs with `--dev`.
+    fn secrets(&self) -> Vec<(String, Vec<u8>)> {
+        let mut secrets = Vec::new();
+        if let Ok(Some(seed)) = self.signing_seed() {
+            if let Ok(keys) = Keys::new(&seed, &self.key_id, "unused-here-0123456789") {
+                secrets.push((
+                    "service.signing_key".to_owned(),
+                    hex::decode(&seed).unwrap_or_default(),
+                ));
+                secrets.push((
+                    "service.signing_key (its public key)".to_owned(),
+                    keys.verifying_key().to_bytes().to_vec(),
+                ));
+            }
+        }
+        if let Ok(Some(hash_key)) = self.hash_key_text() {
+            secrets.push(("service.hash_key".to_owned(), hash_key.into_bytes()));
+        }
+        secrets
     }
 }
 
@@ -176,7 +354,66 @@ fn keep_latest(
 }
 
 fn new_core(keys: Arc<Keys>, settings: &AuditSettings) -> AuditCore {
-    AuditCore::new(keys).with_seal_after(settings.seal_after.as_millis() as i64)
+    AuditCore::new(keys)
+        .with_seal_after(settings.seal_after.as_millis() as i64)
+        .with_limits(settings.limits())
+}
+
+/// The kinds of lifecycle event each hitl service writes, and the outcomes it may carry: a
+/// service key may speak for its own service only, and only of what that service does.
+fn may_write(event: &LifecycleEvent) -> Result<(), String> {
+    let auto = event
+        .outcome
+        .as_ref()
+        .map(|outcome| outcome.decided_by == DecidedBy::Auto);
+    let kind = event.kind;
+    match event.service.as_str() {
+        "router" => {
+            if !matches!(
+                kind,
+                LifecycleKind::Routed | LifecycleKind::QaSampled | LifecycleKind::DeadLettered
+            ) {
+                return Err(format!("the router writes no {} events", kind.as_str()));
+            }
+            if auto == Some(false) {
+                return Err("the router decides automatic outcomes only".into());
+            }
+        }
+        "assignment" => {
+            if matches!(kind, LifecycleKind::Routed | LifecycleKind::QaSampled) {
+                return Err(format!(
+                    "the assignment service writes no {} events",
+                    kind.as_str()
+                ));
+            }
+            if auto == Some(true) {
+                return Err("the assignment service decides no automatic outcomes".into());
+            }
+        }
+        crate::trail::AUDIT_SERVICE => {
+            return Err(
+                "no lifecycle event may claim service `audit` (the audit's own notes)".into(),
+            )
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The key id a `hitl-auth` header names (for notes and logs; cut to 64 characters).
+fn header_key_id(header: Option<&[u8]>) -> Option<String> {
+    let header = std::str::from_utf8(header?).ok()?;
+    let key_id = header.split(':').nth(1)?;
+    Some(key_id.chars().take(64).collect())
+}
+
+/// Why an input is refused before the core sees it.
+struct Refusal<'a> {
+    reason: &'static str,
+    class: String,
+    message: String,
+    claimed: Option<&'a LifecycleEvent>,
+    authenticated: bool,
 }
 
 /// The audit service as a `Processor` of the loop.
@@ -191,23 +428,49 @@ pub struct AuditProcessor {
     effects: Vec<Effect>,
     last_gauges: Instant,
     tracer: Tracer,
+    /// The service keys whose lifecycle events are ingested.
+    trusted: KeySet,
+    /// The newest committed checkpoint per partition (`head_file`), and those of the open
+    /// transaction.
+    heads: Heads,
+    pending_heads: Vec<Head>,
+    heads_unwritten: bool,
 }
 
 impl AuditProcessor {
     /// Builds the processor and registers its metrics (the service does this in `run`; the
-    /// benchmark harness runs it on its own loop).
+    /// benchmark harness runs it on its own loop). Refuses settings `start_problems` finds.
     pub fn build(
         settings: &hitl_runtime::Settings<AuditSettings>,
         registry: &mut prometheus_client::registry::Registry,
         tracer: Tracer,
     ) -> anyhow::Result<Self> {
+        let problems = start_problems(settings);
+        if !problems.is_empty() {
+            anyhow::bail!("refusing to start:\n  - {}", problems.join("\n  - "));
+        }
         let keys = settings.service.keys().map_err(|problems| {
             anyhow::anyhow!("refusing to start:\n  - {}", problems.join("\n  - "))
         })?;
-        tracing::info!(key_id = %keys.key_id(), public_key = %keys.public_hex(), "audit signing key");
+        let trusted = settings.trust.key_set().map_err(anyhow::Error::msg)?;
+        let mut services: Vec<String> = trusted
+            .keys()
+            .filter_map(|key| match &key.grant {
+                Grant::Service { service } => Some(format!("{} ({service})", key.key_id)),
+                _ => None,
+            })
+            .collect();
+        services.sort();
+        tracing::info!(key_id = %keys.key_id(), public_key = %keys.public_hex(), service_keys = %services.join(", "), "audit signing key; lifecycle events are ingested only when signed by a service key");
+        let heads = match &settings.service.head_file {
+            Some(path) => head::read(path).map_err(anyhow::Error::msg)?,
+            None => Heads::new(),
+        };
         let codec = settings.codec.build(settings.kafka.request_timeout)?;
         let metrics = Arc::new(AuditMetrics::register(registry));
-        Ok(Self::new(settings, keys, codec, metrics, tracer))
+        let mut processor = Self::new(settings, keys, codec, metrics, tracer, trusted);
+        processor.heads = heads;
+        Ok(processor)
     }
 
     fn new(
@@ -216,6 +479,7 @@ impl AuditProcessor {
         codec: Codec,
         metrics: Arc<AuditMetrics>,
         tracer: Tracer,
+        trusted: KeySet,
     ) -> Self {
         Self {
             core: new_core(Arc::new(keys), &settings.service),
@@ -228,7 +492,16 @@ impl AuditProcessor {
             effects: Vec::new(),
             last_gauges: Instant::now(),
             tracer,
+            trusted,
+            heads: Heads::new(),
+            pending_heads: Vec::new(),
+            heads_unwritten: false,
         }
+    }
+
+    /// Exports a partition's newest checkpoint as a metric.
+    fn show_head(&self, head: &Head) {
+        self.metrics.head(head.partition, head.sequence, &head.hash);
     }
 
     /// Restores partition p: the latest record of every decision from the audit topic, and the
@@ -239,6 +512,8 @@ impl AuditProcessor {
         let mut last_checkpoint: Option<AuditCheckpoint> = None;
         let mut covered: HashSet<(String, i64)> = HashSet::new();
         let codec = &self.codec;
+        let head = self.heads.get(&partition).cloned();
+        let mut at_head: Option<String> = None;
         read_partition(
             &self.kafka,
             &self.topics.audit_checkpoints,
@@ -250,6 +525,12 @@ impl AuditProcessor {
                 };
                 match codec.decode::<AuditCheckpoint>(payload) {
                     Ok(checkpoint) if checkpoint.partition == partition => {
+                        if head
+                            .as_ref()
+                            .is_some_and(|h| h.sequence == checkpoint.sequence)
+                        {
+                            at_head = Some(checkpoint_hash(&checkpoint));
+                        }
                         covered.extend(
                             checkpoint
                                 .entries
@@ -265,6 +546,43 @@ impl AuditProcessor {
                 }
             },
         )?;
+        if let Some(head) = head {
+            if at_head.as_deref() != Some(head.hash.as_str()) {
+                let newest = last_checkpoint
+                    .as_ref()
+                    .map_or("none".to_owned(), |c| c.sequence.to_string());
+                anyhow::bail!(
+                    "audit partition {partition}: the head file {} names checkpoint {} ({}), but \
+                     {} {}: the newest checkpoints (and the records they cover) were deleted or \
+                     replaced. Investigate with `hitl-audit verify --expect-head {}`; to continue \
+                     from the chain as it is, move the head file away",
+                    self.settings
+                        .head_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display(),
+                    head.sequence,
+                    head.hash,
+                    self.topics.audit_checkpoints,
+                    if at_head.is_some() {
+                        format!(
+                            "holds another checkpoint {} (its newest is {newest})",
+                            head.sequence
+                        )
+                    } else {
+                        format!("ends at checkpoint {newest}")
+                    },
+                    self.settings
+                        .head_file
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new(""))
+                        .display(),
+                );
+            }
+        }
+        if let Some(last) = &last_checkpoint {
+            self.show_head(&Head::of(last));
+        }
         let mut checkpointer = Checkpointer::resume(
             partition,
             last_checkpoint.as_ref(),
@@ -389,6 +707,7 @@ impl AuditProcessor {
     ) -> Result<(), ProcessError> {
         for partition in partitions {
             self.restore(partition).map_err(|error| {
+                tracing::error!(partition, error = format!("{error:#}"), "cannot restore");
                 ProcessError::fatal(error.context(format!(
                     "cannot restore the audit state of partition {partition}"
                 )))
@@ -398,11 +717,12 @@ impl AuditProcessor {
     }
 
     /// Turns the core's effects into output records (and metrics); records get the
-    /// `traceparent` of `trace`, this service's span of the event that caused them. An output
-    /// that cannot be encoded fails the hook (see `ProcessError::output_encoding`): it is never
-    /// dropped.
+    /// `traceparent` of `trace`, this service's span of the event that caused them; a refusal
+    /// dead-letters `input`. An output that cannot be encoded fails the hook (see
+    /// `ProcessError::output_encoding`): it is never dropped.
     fn emit(
         &mut self,
+        input: Option<&InputRecord<'_>>,
         trace: Option<&TraceContext>,
         output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
@@ -411,7 +731,8 @@ impl AuditProcessor {
             Some(trace) => record.with_header("traceparent", trace.header()),
             None => record,
         };
-        for effect in self.effects.drain(..) {
+        let effects = std::mem::take(&mut self.effects);
+        for effect in effects {
             match effect {
                 Effect::Record { partition, record } => {
                     let payload = self
@@ -446,6 +767,16 @@ impl AuditProcessor {
                     )));
                 }
                 Effect::Observed(observation) => self.metrics.observe(&observation, now),
+                Effect::Refused {
+                    reason,
+                    class,
+                    message,
+                } => {
+                    self.metrics.rejected(reason);
+                    if let Some(input) = input {
+                        self.dead_letter(input, "audit", &class, &message, output);
+                    }
+                }
             }
         }
         Ok(())
@@ -458,26 +789,28 @@ impl AuditProcessor {
         output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
         let every_ms = self.settings.checkpoint_interval.as_millis() as i64;
+        let every = self.settings.checkpoint_every_records;
         for (partition, checkpointer) in &mut self.checkpointers {
-            let due = checkpointer.due(now, self.settings.checkpoint_every_records, every_ms)
-                || (force && !checkpointer.pending.is_empty());
-            if !due {
-                continue;
+            // At most `every` records per checkpoint (its size bound), as many as are due.
+            while checkpointer.due(now, every, every_ms)
+                || (force && !checkpointer.pending.is_empty())
+            {
+                let checkpoint = checkpointer.cut_at_most(self.core.keys(), now, every);
+                let payload = self
+                    .codec
+                    .encode_to_vec(&self.topics.audit_checkpoints, &checkpoint)
+                    .map_err(|error| ProcessError::output_encoding("a checkpoint", error))?;
+                let mut out = OutputRecord::new(
+                    &self.topics.audit_checkpoints,
+                    partition.to_string().into_bytes(),
+                    payload,
+                );
+                out.partition = Some(*partition);
+                out.last = true;
+                output.push(out);
+                self.metrics.checkpoint();
+                self.pending_heads.push(Head::of(&checkpoint));
             }
-            let checkpoint = checkpointer.cut(self.core.keys(), now);
-            let payload = self
-                .codec
-                .encode_to_vec(&self.topics.audit_checkpoints, &checkpoint)
-                .map_err(|error| ProcessError::output_encoding("a checkpoint", error))?;
-            let mut out = OutputRecord::new(
-                &self.topics.audit_checkpoints,
-                partition.to_string().into_bytes(),
-                payload,
-            );
-            out.partition = Some(*partition);
-            out.last = true;
-            output.push(out);
-            self.metrics.checkpoint();
         }
         Ok(())
     }
@@ -485,6 +818,7 @@ impl AuditProcessor {
     fn dead_letter(
         &self,
         input: &InputRecord<'_>,
+        stage: &str,
         class: &str,
         message: &str,
         output: &mut Vec<OutputRecord>,
@@ -494,10 +828,65 @@ impl AuditProcessor {
         output.push(OutputRecord::dead_letter(
             &self.topics.decisions_dlq,
             input,
-            "decode",
+            stage,
             class,
             message,
         ));
+    }
+
+    /// Refuses an input before the core: dead-letters it, counts it, and notes it in the trail of
+    /// the decision its key names, if this instance holds one (reloading a sealed trail that has
+    /// room for another note).
+    fn refuse(
+        &mut self,
+        input: &InputRecord<'_>,
+        refusal: Refusal<'_>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
+        self.metrics.rejected(refusal.reason);
+        self.dead_letter(input, "auth", &refusal.class, &refusal.message, output);
+        let decision_id = input
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .filter(|key| !key.is_empty() && key.len() <= self.settings.max_id_bytes);
+        let Some(decision_id) = decision_id else {
+            return Ok(());
+        };
+        let header = input.header(auth::HEADER);
+        let mut digest = Sha256::new();
+        digest.update(input.payload().unwrap_or_default());
+        digest.update([0]);
+        digest.update(header.unwrap_or_default());
+        let note = Note {
+            id: hex::encode(&digest.finalize()[..8]),
+            reason: refusal.reason,
+            class: refusal.class,
+            authenticated: refusal.authenticated,
+            claim: refusal.claimed.map(Claim::of),
+            key_id: header_key_id(header),
+            source: Some(format!("{}/{}", input.partition(), input.offset())),
+        };
+        let now = hitl_runtime::now_millis();
+        if let Noted::Reload(reload) = self.core.note(decision_id, &note, now, &mut self.effects) {
+            let partition = reload.partition;
+            match self.reload(reload, decision_id) {
+                Ok(true) => {
+                    self.metrics.reloaded("reloaded");
+                    self.core.note(decision_id, &note, now, &mut self.effects);
+                }
+                Ok(false) => self.metrics.reloaded("missing"),
+                Err(error) => {
+                    self.metrics.reloaded("failed");
+                    self.effects.clear();
+                    return Err(ProcessError::transient(error.context(format!(
+                        "cannot reload the sealed trail of decision {decision_id} from {} \
+                         partition {partition} to note a refused input",
+                        self.topics.audit
+                    ))));
+                }
+            }
+        }
+        self.emit(None, None, output)
     }
 }
 
@@ -508,30 +897,81 @@ impl Processor for AuditProcessor {
         output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
         let Some(payload) = input.payload() else {
-            self.dead_letter(input, "empty", "record has no value", output);
+            self.dead_letter(input, "decode", "empty", "record has no value", output);
             return Ok(());
         };
         if payload.len() > self.settings.max_record_bytes {
-            let message = format!("record of {} bytes exceeds max_record_bytes", payload.len());
-            self.dead_letter(input, "oversize", &message, output);
+            let message = format!(
+                "record of {} bytes exceeds max_record_bytes ({})",
+                payload.len(),
+                self.settings.max_record_bytes
+            );
+            self.metrics.rejected("oversize");
+            self.dead_letter(input, "decode", "oversize", &message, output);
             return Ok(());
         }
+        // Only what a trusted service key signed is read as an event (docs/trust.md).
+        let signer = match self.trusted.verify(
+            auth::Kind::Lifecycle,
+            input.key(),
+            Some(payload),
+            input.header(auth::HEADER),
+        ) {
+            Ok(key) => key,
+            Err(error) => {
+                let claimed = self.codec.decode::<LifecycleEvent>(payload).ok();
+                let refusal = Refusal {
+                    reason: error.reason(),
+                    class: format!("auth.{}", error.reason()),
+                    message: error.to_string(),
+                    claimed: claimed.as_ref(),
+                    authenticated: false,
+                };
+                return self.refuse(input, refusal, output);
+            }
+        };
         let event = match self.codec.decode::<LifecycleEvent>(payload) {
             Ok(event) => event,
             Err(error) => {
                 let class = format!("decode.{}", error.class());
-                self.dead_letter(input, &class, &error.to_string(), output);
+                self.dead_letter(input, "decode", &class, &error.to_string(), output);
                 return Ok(());
             }
         };
         if event.decision_id.is_empty() || event.event_id.is_empty() {
             self.dead_letter(
                 input,
+                "decode",
                 "validation",
                 "decision_id and event_id are required",
                 output,
             );
             return Ok(());
+        }
+        let allowed = signer
+            .may_speak_for(&event.service)
+            .map_err(|error| error.to_string())
+            .and_then(|()| may_write(&event))
+            .map_err(|why| format!("key `{}`: {why}", signer.key_id));
+        if let Err(message) = allowed {
+            let refusal = Refusal {
+                reason: "not_allowed",
+                class: "auth.not_allowed".into(),
+                message,
+                claimed: Some(&event),
+                authenticated: false,
+            };
+            return self.refuse(input, refusal, output);
+        }
+        if input.key() != Some(event.decision_id.as_bytes()) {
+            let refusal = Refusal {
+                reason: "invalid",
+                class: "validation.key".into(),
+                message: "the record's key is not the event's decision_id".into(),
+                claimed: Some(&event),
+                authenticated: true,
+            };
+            return self.refuse(input, refusal, output);
         }
         if let Some(reload) = self.core.needs_reload(&event) {
             let partition = reload.partition;
@@ -543,7 +983,7 @@ impl Processor for AuditProcessor {
                         "decision {} was sealed, but its audit record is not on {} partition {partition}",
                         event.decision_id, self.topics.audit
                     );
-                    self.dead_letter(input, "audit.reload", &message, output);
+                    self.dead_letter(input, "audit", "audit.reload", &message, output);
                     return Ok(());
                 }
                 Err(error) => {
@@ -563,8 +1003,9 @@ impl Processor for AuditProcessor {
         } else {
             0
         };
+        let source = format!("{}/{}", input.partition(), input.offset());
         self.core
-            .event(input.partition(), &event, &mut self.effects);
+            .event_from(input.partition(), &event, Some(source), &mut self.effects);
         // The event's trace context: its own field, or the record's header.
         let parent = event
             .traceparent
@@ -603,7 +1044,7 @@ impl Processor for AuditProcessor {
             }
             self.tracer.export(span);
         }
-        self.emit(context.as_ref(), output)
+        self.emit(Some(input), context.as_ref(), output)
     }
 
     fn tick(
@@ -611,6 +1052,8 @@ impl Processor for AuditProcessor {
         now_millis: i64,
         output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
+        self.core.flush_summaries(&mut self.effects);
+        self.emit(None, None, output)?;
         self.core.seal_idle(now_millis);
         self.checkpoints(now_millis, false, output)?;
         if self.last_gauges.elapsed() >= Duration::from_secs(2) {
@@ -622,11 +1065,31 @@ impl Processor for AuditProcessor {
         Ok(())
     }
 
+    fn committed(&mut self) {
+        let pending = std::mem::take(&mut self.pending_heads);
+        for head in &pending {
+            self.show_head(head);
+        }
+        if head::advance(&mut self.heads, pending) {
+            self.heads_unwritten = true;
+        }
+        if let (true, Some(path)) = (self.heads_unwritten, &self.settings.head_file) {
+            match head::write(path, &self.heads) {
+                Ok(()) => self.heads_unwritten = false,
+                // Tried again after the next commit; the file only lags (a lower bound).
+                Err(error) => {
+                    tracing::error!(%error, path = %path.display(), "cannot write the checkpoint head file")
+                }
+            }
+        }
+    }
+
     fn aborted(&mut self) -> Result<(), ProcessError> {
         tracing::warn!("transaction aborted: rebuilding state from the audit topic");
         let keys = Arc::new(self.core.keys().clone());
         self.core = new_core(keys, &self.settings);
         self.effects.clear();
+        self.pending_heads.clear();
         let partitions: Vec<i32> = self.checkpointers.keys().copied().collect();
         self.checkpointers.clear();
         self.restore_partitions(partitions)

@@ -13,14 +13,30 @@
 //!   that hash when equal (a deleted or replaced latest record fails here, even after compaction
 //!   removed older versions); records newer than every checkpoint are reported as not covered;
 //! - completeness: every decision received (if given) has an audit record, and every final outcome
-//!   published (if given) is in its decision's latest record.
+//!   published (if given) is in its decision's latest record;
+//! - the decision as received: the decision in each trail is one published on `hitl.decisions`
+//!   with its id, compared after the same hashing of sensitive values (`Checks::received`; a
+//!   forged ROUTED decision fails here);
+//! - no missing events: in each latest record, every service's numbered events (`sequence` 1, 2,
+//!   …) have no gap, but for sequences the audit itself noted as refused (a deleted or withheld
+//!   event fails here), and a trail with numbered assignment events holds the router's event;
+//! - the tail: the checkpoint chain reaches the head kept outside Kafka (`Checks::expect_heads`;
+//!   deleting the newest records and checkpoints together fails here).
+//!
+//! The report also says which key signed how many records and checkpoints (key rotation).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
-use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, Outcome};
+use hitl_schema::{AuditCheckpoint, AuditRecord, Codec, Decision, Outcome};
 
-use crate::crypto::{checkpoint_content, checkpoint_hash, merkle_root, record_content, sha256_hex};
+use crate::{
+    crypto::{
+        checkpoint_content, checkpoint_hash, merkle_root, record_content, sha256_hex, Hasher,
+    },
+    head::Heads,
+    trail::{parse_range, AUDIT_SERVICE, REFUSED, REFUSED_SUMMARY},
+};
 
 /// A record as read from a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +64,28 @@ pub struct Input {
     pub require_checkpointed: bool,
 }
 
+/// Checks beyond the trail itself.
+#[derive(Default)]
+pub struct Checks {
+    /// Every decision published on `hitl.decisions`, by id, in log order: the trail's decision
+    /// must be one of them.
+    pub received: Option<BTreeMap<String, Vec<Decision>>>,
+    /// The audit's hash key, to hash the sensitive values of the decisions received as the trail
+    /// does; without it those values are left out of the comparison.
+    pub hasher: Option<Hasher>,
+    /// Checkpoint heads kept outside Kafka that the chain must reach.
+    pub expect_heads: Vec<ExpectedHead>,
+}
+
+/// A head the checkpoint chain must reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedHead {
+    /// A head file: per partition, the checkpoint of that sequence with that hash.
+    Partitions(Heads),
+    /// One checkpoint's hash (any partition).
+    Hash(String),
+}
+
 /// One thing wrong, with what it is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Problem {
@@ -63,6 +101,8 @@ pub struct Report {
     pub decisions: usize,
     pub checkpoints: usize,
     pub uncovered: usize,
+    /// Per key id: the records and checkpoints it signed (and verified or not).
+    pub signed_by: BTreeMap<String, (usize, usize)>,
 }
 
 impl Report {
@@ -84,6 +124,12 @@ impl std::fmt::Display for Report {
             "{} audit records of {} decisions, {} checkpoints, {} records not yet covered by a checkpoint",
             self.records, self.decisions, self.checkpoints, self.uncovered
         )?;
+        for (key_id, (records, checkpoints)) in &self.signed_by {
+            writeln!(
+                f,
+                "signed by key `{key_id}`: {records} records, {checkpoints} checkpoints"
+            )?;
+        }
         if self.problems.is_empty() {
             return writeln!(
                 f,
@@ -188,6 +234,15 @@ fn check_all(
 
 /// Verifies everything in `input` with the public keys by key id.
 pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
+    verify_with(input, keys, &Checks::default())
+}
+
+/// `verify`, plus `checks`.
+pub fn verify_with(
+    input: &Input,
+    keys: &BTreeMap<String, VerifyingKey>,
+    checks: &Checks,
+) -> Report {
     let codec = Codec::single_object();
     let mut report = Report::default();
     // decision → (version, hash) of every version seen, and the latest in log order.
@@ -210,6 +265,7 @@ pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
         }
         report.records += 1;
         let Some(record) = record else { continue };
+        report.signed_by.entry(record.key_id.clone()).or_default().0 += 1;
         // Chain: versions only go up along the log; each names the previous version's hash.
         if let Some(previous) = latest.get(&key) {
             if record.version <= previous.record.version {
@@ -258,6 +314,8 @@ pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
     // Checkpoints, per partition in log order.
     let mut checkpointed: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
     let mut last_by_partition: BTreeMap<i32, AuditCheckpoint> = BTreeMap::new();
+    // partition → sequence → checkpoint hash, for the expected heads.
+    let mut chain: BTreeMap<i32, BTreeMap<i64, String>> = BTreeMap::new();
     for logged in &input.checkpoints {
         report.checkpoints += 1;
         let Some(payload) = &logged.payload else {
@@ -281,6 +339,15 @@ pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
             "checkpoint {} of audit partition {}",
             checkpoint.sequence, checkpoint.partition
         );
+        report
+            .signed_by
+            .entry(checkpoint.key_id.clone())
+            .or_default()
+            .1 += 1;
+        chain
+            .entry(checkpoint.partition)
+            .or_default()
+            .insert(checkpoint.sequence, checkpoint_hash(&checkpoint));
         match keys.get(&checkpoint.key_id) {
             None => report.problem(
                 &subject,
@@ -386,6 +453,70 @@ pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
         }
     }
 
+    // Each trail on its own: no missing events; the decision as received.
+    for (decision_id, found) in &latest {
+        let subject = format!("decision {decision_id}");
+        for what in missing_events(&found.record) {
+            report.problem(&subject, what);
+        }
+        if let (Some(received), Some(audited)) = (&checks.received, &found.record.decision) {
+            if let Some(what) = forged_decision(
+                audited,
+                received.get(decision_id).map(Vec::as_slice),
+                checks.hasher.as_ref(),
+            ) {
+                report.problem(&subject, what);
+            }
+        }
+    }
+
+    // The tail: the chain reaches every head kept outside Kafka.
+    for expected in &checks.expect_heads {
+        match expected {
+            ExpectedHead::Hash(hash) => {
+                let found = chain.values().any(|c| c.values().any(|h| h == hash));
+                if !found {
+                    report.problem(
+                        "checkpoints",
+                        format!(
+                            "no checkpoint has the expected head hash {hash}: the trail ends \
+                             before it (its newest records and checkpoints were deleted)"
+                        ),
+                    );
+                }
+            }
+            ExpectedHead::Partitions(heads) => {
+                for head in heads.values() {
+                    let subject = format!("checkpoints of audit partition {}", head.partition);
+                    let known = chain.get(&head.partition);
+                    let newest = known.and_then(|c| c.keys().next_back().copied());
+                    match known.and_then(|c| c.get(&head.sequence)) {
+                        Some(hash) if *hash == head.hash => {}
+                        Some(_) => report.problem(
+                            &subject,
+                            format!(
+                                "checkpoint {} is not the one the head names ({}): replaced",
+                                head.sequence, head.hash
+                            ),
+                        ),
+                        None => report.problem(
+                            &subject,
+                            format!(
+                                "truncated: the chain ends at checkpoint {} but the head kept \
+                                 outside Kafka is checkpoint {} ({}, {} records): the newest \
+                                 records and checkpoints were deleted",
+                                newest.map_or("none".to_owned(), |n| n.to_string()),
+                                head.sequence,
+                                head.hash,
+                                head.to_offset + 1
+                            ),
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
     // Completeness.
     if let Some(decisions) = &input.decisions {
         for decision_id in decisions {
@@ -434,4 +565,188 @@ pub fn verify(input: &Input, keys: &BTreeMap<String, VerifyingKey>) -> Report {
     report.problems.sort();
     report.problems.dedup();
     report
+}
+
+/// Ranges of numbers, `3..5, 9`.
+fn ranges(numbers: &[i64]) -> String {
+    let mut parts = Vec::new();
+    let mut iter = numbers.iter().copied().peekable();
+    while let Some(first) = iter.next() {
+        let mut last = first;
+        while iter.peek() == Some(&(last + 1)) {
+            last = iter.next().expect("peeked");
+        }
+        parts.push(if first == last {
+            first.to_string()
+        } else {
+            format!("{first}..{last}")
+        });
+    }
+    parts.join(", ")
+}
+
+/// The gaps in each service's numbered events in a record's timeline. A sequence counts as
+/// present when its event is in the timeline, or the audit noted it refused (an authenticated
+/// event: a note, or the summary's omitted range).
+pub fn missing_events(record: &AuditRecord) -> Vec<String> {
+    let mut present: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    let mut omitted: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for entry in &record.timeline {
+        if entry.service != AUDIT_SERVICE {
+            present
+                .entry(entry.service.as_str())
+                .or_default()
+                .insert(entry.sequence);
+            continue;
+        }
+        if entry.kind == REFUSED
+            && entry.attributes.get("authenticated").map(String::as_str) == Some("true")
+        {
+            let claimed = (
+                entry.attributes.get("claimed_service"),
+                entry
+                    .attributes
+                    .get("claimed_sequence")
+                    .and_then(|s| s.parse::<i64>().ok()),
+            );
+            if let (Some(service), Some(sequence)) = claimed {
+                omitted
+                    .entry(service.clone())
+                    .or_default()
+                    .push((sequence, sequence));
+            }
+        } else if entry.kind == REFUSED_SUMMARY {
+            for (name, value) in &entry.attributes {
+                if let (Some(service), Some(range)) =
+                    (name.strip_prefix("omitted."), parse_range(value))
+                {
+                    omitted.entry(service.to_owned()).or_default().push(range);
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (service, sequences) in &present {
+        let accounted = |n: i64| {
+            sequences.contains(&n)
+                || omitted
+                    .get(*service)
+                    .is_some_and(|r| r.iter().any(|(a, b)| (*a..=*b).contains(&n)))
+        };
+        let highest = sequences.iter().copied().max().unwrap_or(0);
+        let missing: Vec<i64> = (1..highest).filter(|n| !accounted(*n)).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "missing events: {service} events {} are not in the trail (it holds {service} \
+                 events up to {highest}): deleted or never ingested",
+                ranges(&missing)
+            ));
+        }
+    }
+    let numbered_assignment = present
+        .get("assignment")
+        .is_some_and(|s| s.iter().any(|n| *n > 0));
+    if numbered_assignment && !present.contains_key("router") {
+        problems.push(
+            "missing events: the trail holds the assignment service's events but not the \
+             router's (the ROUTED event)"
+                .to_owned(),
+        );
+    }
+    problems
+}
+
+/// The decision with its sensitive values as the trail keeps them (hashed with the audit's key),
+/// or left out (`***`) on both sides without it.
+fn comparable(decision: &Decision, hasher: Option<&Hasher>, audited: bool) -> Decision {
+    match (hasher, audited) {
+        (Some(_), true) => decision.clone(),
+        (Some(hasher), false) => hasher.hashed(decision),
+        (None, _) => {
+            let mut decision = decision.clone();
+            for key in &decision.sensitive_fields {
+                if let Some(value) = decision.context.get_mut(key) {
+                    *value = "***".into();
+                }
+            }
+            decision
+        }
+    }
+}
+
+/// The fields in which two decisions differ.
+fn differences(a: &Decision, b: &Decision) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    let mut differ = |name, same: bool| {
+        if !same {
+            fields.push(name);
+        }
+    };
+    differ("decision_id", a.decision_id == b.decision_id);
+    differ("workflow", a.workflow == b.workflow);
+    differ("subject", a.subject == b.subject);
+    differ("action", a.action == b.action);
+    differ(
+        "confidence",
+        a.confidence.to_bits() == b.confidence.to_bits(),
+    );
+    differ(
+        "risk_score",
+        a.risk_score.map(f64::to_bits) == b.risk_score.map(f64::to_bits),
+    );
+    differ(
+        "amount",
+        a.amount.map(f64::to_bits) == b.amount.map(f64::to_bits),
+    );
+    differ("priority", a.priority == b.priority);
+    differ("producer", a.producer == b.producer);
+    differ("model_name", a.model_name == b.model_name);
+    differ("model_version", a.model_version == b.model_version);
+    differ(
+        "features",
+        a.features.len() == b.features.len()
+            && a.features
+                .iter()
+                .zip(&b.features)
+                .all(|((ka, va), (kb, vb))| ka == kb && va.to_bits() == vb.to_bits()),
+    );
+    differ("context", a.context == b.context);
+    differ("sensitive_fields", a.sensitive_fields == b.sensitive_fields);
+    differ("created_at", a.created_at == b.created_at);
+    differ("sla_ms", a.sla_ms == b.sla_ms);
+    fields
+}
+
+/// Why the trail's decision is not one of those received with its id, if it is not.
+fn forged_decision(
+    audited: &Decision,
+    received: Option<&[Decision]>,
+    hasher: Option<&Hasher>,
+) -> Option<String> {
+    let Some(received) = received.filter(|r| !r.is_empty()) else {
+        return Some(
+            "the trail holds a decision that was never published on the decisions topic".into(),
+        );
+    };
+    let audited = comparable(audited, hasher, true);
+    let mut closest: Option<Vec<&'static str>> = None;
+    for decision in received {
+        let fields = differences(&audited, &comparable(decision, hasher, false));
+        if fields.is_empty() {
+            return None;
+        }
+        if closest.as_ref().is_none_or(|c| fields.len() < c.len()) {
+            closest = Some(fields);
+        }
+    }
+    Some(format!(
+        "forged decision: the decision in the trail differs from the one received on the \
+         decisions topic in {}{}",
+        closest.unwrap_or_default().join(", "),
+        if hasher.is_none() {
+            " (sensitive values not compared: no hash_key)"
+        } else {
+            ""
+        }
+    ))
 }

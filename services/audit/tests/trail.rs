@@ -126,7 +126,7 @@ fn qa_events(id: &str) -> Vec<LifecycleEvent> {
         &[],
         T0 + 10,
     ));
-    let mut verdict = event(id, LifecycleKind::Verdict, "assignment", T0 + 90, 3);
+    let mut verdict = event(id, LifecycleKind::Verdict, "assignment", T0 + 90, 1);
     verdict.reviewer_id = Some("cy".into());
     verdict.attributes.insert("verdict".into(), "REJECT".into());
     verdict.attributes.insert("qa_sample".into(), "true".into());

@@ -11,6 +11,7 @@ use std::{
 };
 
 use hitl_runtime::{
+    auth::{self, KeySet, Signer},
     config::Topics,
     pipeline::is_transient_codec_error,
     trace::{self, Span, SpanKind, TraceContext, Tracer},
@@ -49,6 +50,10 @@ pub struct RouterSettings {
     pub policy_check_interval: Duration,
     /// Create missing topics at start.
     pub create_topics: bool,
+    /// Accept only decisions signed by a trusted publisher key whose grant names the decision's
+    /// `producer` (docs/trust.md). Turning it off lets any client that can write the topic choose
+    /// `producer`, and so defeat separation of duties.
+    pub require_signed_decisions: bool,
 }
 
 impl Default for RouterSettings {
@@ -58,11 +63,12 @@ impl Default for RouterSettings {
             shadow_policy_path: None,
             instance_id: "0".into(),
             group_id: "hitl-router".into(),
-            max_record_bytes: 1024 * 1024,
+            max_record_bytes: 64 * 1024,
             max_decisions_per_second: 0,
             dedup_window: 100_000,
             policy_check_interval: Duration::from_secs(2),
             create_topics: true,
+            require_signed_decisions: true,
         }
     }
 }
@@ -87,10 +93,50 @@ impl Validate for RouterSettings {
         if self.max_record_bytes < 64 {
             errors.push("service.max_record_bytes: must be at least 64".into());
         }
+        // A decision is re-encoded into every output (JSON input as Avro: at most twice its
+        // size), and the audit trail keeps it (escaped as JSON: at most six times more).
+        if self.max_record_bytes > MAX_DECISION_BYTES {
+            errors.push(format!(
+                "service.max_record_bytes: {} is over {MAX_DECISION_BYTES}, the most a decision \
+                 may take so that every record built from it fits a 1 MB Kafka record",
+                self.max_record_bytes
+            ));
+        }
         if self.policy_check_interval.is_zero() {
             errors.push("service.policy_check_interval: must be more than 0".into());
         }
     }
+}
+
+/// The largest decision record the router accepts (`service.max_record_bytes` at most).
+pub const MAX_DECISION_BYTES: usize = 64 * 1024;
+
+/// The trust settings the router cannot run without: a key to sign its lifecycle events with,
+/// and (when decisions must be signed) at least one publisher key. Each problem names its field.
+pub fn trust_problems(settings: &hitl_runtime::Settings<RouterSettings>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if matches!(settings.trust.signer(), Ok(None)) {
+        problems.push(
+            "trust.signing_key_id: the router signs its lifecycle events for the audit; set \
+             trust.signing_key_id and trust.signing_secret (or signing_secret_file)"
+                .into(),
+        );
+    }
+    if settings.service.require_signed_decisions {
+        let publishers = settings.trust.key_set().map_or(0, |keys| {
+            keys.keys()
+                .filter(|key| matches!(key.grant, hitl_runtime::auth::Grant::Publisher { .. }))
+                .count()
+        });
+        if publishers == 0 {
+            problems.push(
+                "trust.keys_file: decisions must be signed (service.require_signed_decisions) \
+                 but no publisher key is trusted"
+                    .into(),
+            );
+        }
+    }
+    problems
 }
 
 impl RouterSettings {
@@ -233,11 +279,14 @@ pub enum BuildError {
     Policy(#[from] LoadError),
     #[error("codec: {0}")]
     Codec(#[from] hitl_schema::CodecError),
+    #[error("{0}")]
+    Trust(String),
 }
 
 /// Where a record went wrong, for the DLQ's `hitl.error.stage`.
 #[derive(Debug, Clone, Copy)]
 enum Stage {
+    Authenticate,
     Decode,
     Validate,
     Route,
@@ -246,6 +295,7 @@ enum Stage {
 impl Stage {
     fn as_str(self) -> &'static str {
         match self {
+            Self::Authenticate => "authenticate",
             Self::Decode => "decode",
             Self::Validate => "validate",
             Self::Route => "route",
@@ -263,6 +313,10 @@ struct Rejection {
 /// The router as a `Processor` of the transactional loop.
 pub struct RouterProcessor {
     codec: Codec,
+    /// Signs the lifecycle events.
+    signer: Option<Signer>,
+    /// The publisher keys decisions are checked against, if they must be signed.
+    publishers: Option<KeySet>,
     topics: Topics,
     max_record_bytes: usize,
     active: PolicySource,
@@ -286,14 +340,28 @@ impl RouterProcessor {
     ) -> Result<Self, BuildError> {
         let codec = settings.codec.build(settings.kafka.request_timeout)?;
         let metrics = Arc::new(RouterMetrics::register(registry));
-        Ok(Self::new(
+        let mut processor = Self::new(
             &settings.service,
             codec,
             settings.topics.clone(),
             metrics,
             reload_requested,
             tracer,
-        )?)
+        )?;
+        processor.signer = settings.trust.signer().map_err(BuildError::Trust)?;
+        if settings.service.require_signed_decisions {
+            processor.publishers = Some(settings.trust.key_set().map_err(BuildError::Trust)?);
+        } else {
+            tracing::warn!("service.require_signed_decisions is off: any client that can write the decisions topic chooses `producer` (separation of duties does not hold)");
+        }
+        Ok(processor)
+    }
+
+    /// Signs lifecycle events with `signer` and accepts only decisions signed by `publishers`.
+    pub fn with_trust(mut self, signer: Option<Signer>, publishers: Option<KeySet>) -> Self {
+        self.signer = signer;
+        self.publishers = publishers;
+        self
     }
 
     fn new(
@@ -317,6 +385,8 @@ impl RouterProcessor {
         tracing::info!(version = %active.policy.version, rules = active.policy.rules.len(), shadow = ?shadow.as_ref().map(|s| &s.policy.version), "policy loaded");
         Ok(Self {
             codec,
+            signer: None,
+            publishers: None,
             topics,
             max_record_bytes: settings.max_record_bytes,
             active,
@@ -447,10 +517,13 @@ impl RouterProcessor {
                         .failed(format!("{}: {}", rejection.class, rejection.message)),
                 );
             }
-            lifecycle = Some(
+            let mut record =
                 OutputRecord::new(&self.topics.lifecycle, decision_id.as_bytes(), payload)
-                    .with_header("traceparent", context.header()),
-            );
+                    .with_header("traceparent", context.header());
+            if let Some(signer) = &self.signer {
+                record.sign(signer, auth::Kind::Lifecycle);
+            }
+            lifecycle = Some(record);
         }
         self.metrics.dead_lettered(&rejection.class);
         tracing::warn!(
@@ -484,9 +557,40 @@ impl Processor for RouterProcessor {
         } else {
             0
         };
+        // Who published it: a trusted publisher key, checked on the record's exact bytes before
+        // anything else is believed.
+        let publisher = match &self.publishers {
+            None => Ok(None),
+            Some(keys) => keys
+                .verify(
+                    auth::Kind::Decision,
+                    input.key(),
+                    input.payload(),
+                    input.header(auth::HEADER),
+                )
+                .map(|key| Some((key.key_id.clone(), key))),
+        };
         let decision = match self.decode(input) {
             Ok(decision) => decision,
             Err(rejection) => return self.dead_letter(input, rejection, started_nanos, output),
+        };
+        let publisher = publisher.and_then(|key| match key {
+            Some((key_id, key)) => key
+                .may_publish_as(&decision.producer)
+                .map(|()| Some(key_id)),
+            None => Ok(None),
+        });
+        let publisher = match publisher {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                let rejection = Rejection {
+                    stage: Stage::Authenticate,
+                    class: format!("auth.{}", error.reason()),
+                    message: error.to_string(),
+                    decision_id: Some(decision.decision_id),
+                };
+                return self.dead_letter(input, rejection, started_nanos, output);
+            }
         };
         let problems = validate::problems(&decision);
         if !problems.is_empty() {
@@ -515,17 +619,32 @@ impl Processor for RouterProcessor {
         let workflow = decision.workflow.clone();
         let age = now - decision.created_at;
         let started = Instant::now();
-        let routed = core::route(
+        let mut routed = core::route(
             &self.active.policy,
             self.shadow.as_ref().map(|source| &source.policy),
             decision,
             now,
             Some(traceparent.clone()),
         );
+        if let Some(key_id) = publisher {
+            routed
+                .lifecycle
+                .attributes
+                .insert("publisher_key".into(), key_id);
+        }
         self.metrics.evaluated(started.elapsed(), age);
         let produced = output.len();
-        if let Err(error) = encode_routed(&self.codec, &self.topics, &routed, &traceparent, output)
-        {
+        let encoded = encode_routed(&self.codec, &self.topics, &routed, &traceparent, output);
+        if let (Ok(()), Some(signer)) = (&encoded, &self.signer) {
+            for record in &mut output[produced..] {
+                if record.topic == self.topics.lifecycle {
+                    record.sign(signer, auth::Kind::Lifecycle);
+                } else if record.topic == self.topics.review_requests {
+                    record.sign(signer, auth::Kind::ReviewRequest);
+                }
+            }
+        }
+        if let Err(error) = encoded {
             output.truncate(produced);
             if is_transient_codec_error(&error) {
                 return Err(ProcessError::output_encoding("the routed records", error));

@@ -6,6 +6,15 @@ use crate::policy::Tier;
 
 /// Longest accepted decision id, in bytes.
 pub const MAX_DECISION_ID_BYTES: usize = 256;
+/// Longest accepted short text field (workflow, subject, action, producer, model, priority), and
+/// map key or `sensitive_fields` entry, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest accepted `context` value, in bytes.
+pub const MAX_CONTEXT_VALUE_BYTES: usize = 16 * 1024;
+/// Most entries in `context`, in `features` and in `sensitive_fields`.
+pub const MAX_CONTEXT_ENTRIES: usize = 256;
+pub const MAX_FEATURES: usize = 1024;
+pub const MAX_SENSITIVE_FIELDS: usize = 256;
 
 /// Every problem with a decision, each naming its field. Empty: valid.
 pub fn problems(decision: &Decision) -> Vec<String> {
@@ -25,6 +34,55 @@ pub fn problems(decision: &Decision) -> Vec<String> {
         if is_blank(value) {
             problems.push(format!("{field}: must not be empty"));
         }
+    }
+    for (field, value) in [
+        ("workflow", Some(&decision.workflow)),
+        ("subject", Some(&decision.subject)),
+        ("action", Some(&decision.action)),
+        ("producer", Some(&decision.producer)),
+        ("model_name", Some(&decision.model_name)),
+        ("model_version", decision.model_version.as_ref()),
+        ("priority", decision.priority.as_ref()),
+    ] {
+        if value.is_some_and(|value| value.len() > MAX_TEXT_BYTES) {
+            problems.push(format!("{field}: longer than {MAX_TEXT_BYTES} bytes"));
+        }
+    }
+    for (field, count, max) in [
+        ("context", decision.context.len(), MAX_CONTEXT_ENTRIES),
+        ("features", decision.features.len(), MAX_FEATURES),
+        (
+            "sensitive_fields",
+            decision.sensitive_fields.len(),
+            MAX_SENSITIVE_FIELDS,
+        ),
+    ] {
+        if count > max {
+            problems.push(format!("{field}: {count} entries, more than {max}"));
+        }
+    }
+    let long_key = decision
+        .context
+        .keys()
+        .chain(decision.features.keys())
+        .chain(&decision.sensitive_fields)
+        .find(|key| key.len() > MAX_TEXT_BYTES);
+    if let Some(key) = long_key {
+        problems.push(format!(
+            "a context, features or sensitive_fields name of {} bytes is longer than {MAX_TEXT_BYTES}",
+            key.len()
+        ));
+    }
+    if let Some((key, value)) = decision
+        .context
+        .iter()
+        .find(|(_, value)| value.len() > MAX_CONTEXT_VALUE_BYTES)
+    {
+        problems.push(format!(
+            "context.{}: {} bytes, longer than {MAX_CONTEXT_VALUE_BYTES}",
+            key.chars().take(64).collect::<String>(),
+            value.len()
+        ));
     }
     if !(0.0..=1.0).contains(&decision.confidence) {
         problems.push(format!(

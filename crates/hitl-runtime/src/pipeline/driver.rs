@@ -444,6 +444,7 @@ pub(super) fn run<P: Processor>(
             .max_records_per_second
             .map(|rate| governor::RateLimiter::direct(Quota::per_second(rate))),
         clock: governor::clock::DefaultClock::default(),
+        output_limit: kafka.output_limit(),
     };
     let result = loop {
         health.heartbeat();
@@ -484,6 +485,8 @@ struct Driver<'a, P> {
     limiter: Option<DefaultDirectRateLimiter>,
     /// The limiter's clock, to compute how long to wait.
     clock: governor::clock::DefaultClock,
+    /// The most bytes one output record may take (`KafkaSettings::output_limit`).
+    output_limit: usize,
 }
 
 impl<P: Processor> Driver<'_, P> {
@@ -585,7 +588,11 @@ impl<P: Processor> Driver<'_, P> {
         }
 
         let input = InputRecord::new(message);
-        match self.processor.process(&input, &mut self.output) {
+        let mut result = self.processor.process(&input, &mut self.output);
+        if result.is_ok() {
+            result = self.check_output_sizes();
+        }
+        match result {
             Ok(()) => {}
             Err(ProcessError::Poison(poison)) => {
                 self.output.clear();
@@ -620,11 +627,44 @@ impl<P: Processor> Driver<'_, P> {
                 }));
             }
         }
+        // A dead letter carries its input: an input as large as the topic allows, with the
+        // headers added, may not fit the producer's limit. It is cut to fit (and says so) rather
+        // than failing the transaction for ever.
+        let limit = self.output_limit;
+        for record in &mut self.output {
+            if record.is_dead_letter() {
+                record.fit_dead_letter(limit);
+            }
+        }
         self.shared.metrics.record_in();
         self.shared
             .lock_state()
             .handle_processed(&partition, offset);
         self.produce()
+    }
+
+    /// An input whose outputs would not fit the producer's limit is refused — dead-lettered,
+    /// never retried (the send would fail the same way every time and stop the partition). The
+    /// services bound their inputs so that this does not happen; this is the backstop.
+    fn check_output_sizes(&mut self) -> Result<(), ProcessError> {
+        let limit = self.output_limit;
+        let Some(record) = self
+            .output
+            .iter()
+            .find(|record| !record.is_dead_letter() && record.size() > limit)
+        else {
+            return Ok(());
+        };
+        Err(ProcessError::poison(
+            "output",
+            "oversize.output",
+            format!(
+                "an output record for {} would take {} bytes, over the limit of {limit} \
+                 (kafka.message_max_bytes less a margin)",
+                record.topic,
+                record.size()
+            ),
+        ))
     }
 
     fn tick(&mut self) -> Result<(), LoopError> {

@@ -93,6 +93,63 @@ impl OutputRecord {
         .with_header("hitl.source.partition", input.partition().to_string())
         .with_header("hitl.source.offset", input.offset().to_string())
     }
+    /// The bytes this record takes in a batch, near enough: key, value, header names and values.
+    pub fn size(&self) -> usize {
+        self.key.len()
+            + self.payload.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+
+    /// Signs this record (its key and value) as `kind` with `signer`: the `hitl-auth` header.
+    pub fn sign(&mut self, signer: &crate::auth::Signer, kind: crate::auth::Kind) {
+        let header = signer.sign(kind, Some(&self.key), self.payload.as_deref());
+        self.headers
+            .push((crate::auth::HEADER.to_owned(), header.into_bytes()));
+    }
+
+    /// Whether this is a dead letter (it has the contract's `hitl.error.class` header).
+    pub fn is_dead_letter(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(name, _)| name == "hitl.error.class")
+    }
+
+    /// Makes a dead letter fit `limit` bytes: a longer value is cut to what fits, and the headers
+    /// `hitl.error.truncated` (the original length) and `hitl.source.sha256` (of the whole original
+    /// value) say so; header values are cut to 4 KiB. The key is kept whole only up to 4 KiB too.
+    pub fn fit_dead_letter(&mut self, limit: usize) {
+        if self.size() <= limit {
+            return;
+        }
+        const MAX_FIELD: usize = 4 * 1024;
+        for (_, value) in &mut self.headers {
+            value.truncate(MAX_FIELD);
+        }
+        self.key.truncate(MAX_FIELD);
+        if let Some(payload) = &mut self.payload {
+            use sha2::Digest;
+            let original = payload.len();
+            let digest = hex::encode(sha2::Sha256::digest(&payload[..]));
+            let room = limit.saturating_sub(
+                self.key.len() + 256 + {
+                    self.headers
+                        .iter()
+                        .map(|(name, value)| name.len() + value.len())
+                        .sum::<usize>()
+                },
+            );
+            payload.truncate(room);
+            self.headers
+                .push(("hitl.error.truncated".into(), original.to_string().into()));
+            self.headers
+                .push(("hitl.source.sha256".into(), digest.into()));
+        }
+    }
+
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
