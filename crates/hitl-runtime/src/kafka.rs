@@ -157,6 +157,10 @@ fn millis(duration: Duration) -> String {
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
 /// Returns the names it created.
+///
+/// A principal without the Create permission (under least-privilege ACLs the operator creates the
+/// topics) is refused every topic, existing or not (TopicAuthorizationFailed): those are left to
+/// the operator, not an error.
 pub async fn ensure_topics(
     settings: &KafkaSettings,
     specs: &[TopicSpec],
@@ -179,16 +183,28 @@ pub async fn ensure_topics(
     let options = AdminOptions::new().operation_timeout(Some(settings.request_timeout));
     let results = admin.create_topics(new_topics.iter(), &options).await?;
     let mut created = Vec::new();
+    let mut refused = Vec::new();
     for result in results {
         match result {
             Ok(name) => created.push(name),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, RDKafkaErrorCode::TopicAuthorizationFailed)) => refused.push(name),
             Err((name, code)) => {
                 return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
                     tracing::error!(topic = %name, error = %code, "cannot create topic");
                 })
             }
         }
+    }
+    if !refused.is_empty() {
+        // Under least-privilege ACLs the operator creates the topics. A principal without Create
+        // cannot tell a missing topic from one it may not see: it goes on as with
+        // `create_topics = false`.
+        tracing::info!(
+            topics = refused.len(),
+            "not authorized to create topics: leaving them to the operator (`hitl-admin topics create`)"
+        );
+        tracing::debug!(topics = ?refused, "not authorized to create");
     }
     Ok(created)
 }
