@@ -21,7 +21,8 @@ use rdkafka::{
 };
 
 const USAGE: &str = "usage: hitl-admin topics create|list [--config FILE]
-       hitl-admin dlq tail [--count N] [--config FILE]";
+       hitl-admin dlq tail [--count N] [--config FILE]
+       hitl-admin keys generate --key-id ID [--algorithm hmac-sha256|ed25519] [--grant TOML]";
 
 /// The tables this tool reads; any others in the file are accepted and ignored.
 #[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
@@ -89,6 +90,7 @@ fn run(settings: &AdminSettings) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ["keys", "generate"] => keys_generate(&args),
         ["dlq", "tail"] => {
             dlq_tail(settings, count_flag(&args)?)?;
             Ok(ExitCode::SUCCESS)
@@ -98,6 +100,44 @@ fn run(settings: &AdminSettings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
     }
+}
+
+/// Prints a new random key: its secret (for the signer, to keep in a secret store) and the
+/// `[[keys]]` entry for the verifiers' key file (docs/trust.md).
+fn keys_generate(args: &[String]) -> anyhow::Result<ExitCode> {
+    use hitl_runtime::auth::{random_secret, Algorithm, Signer};
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let key_id =
+        flag("--key-id").ok_or_else(|| anyhow::anyhow!("--key-id is required\n{USAGE}"))?;
+    let algorithm = match flag("--algorithm").as_deref() {
+        None | Some("hmac-sha256") => Algorithm::HmacSha256,
+        Some("ed25519") => Algorithm::Ed25519,
+        Some(other) => anyhow::bail!("--algorithm `{other}`: hmac-sha256 or ed25519"),
+    };
+    let grant = flag("--grant").unwrap_or_else(|| "{ kind = \"gateway\" }".into());
+    let secret = random_secret()?;
+    let signer = Signer::new(&key_id, algorithm, &secret).map_err(anyhow::Error::msg)?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    outln!("# The signer's secret (keep it in your secret store; never commit it):")?;
+    outln!("secret = \"{secret}\"")?;
+    outln!()?;
+    outln!("# The entry for the verifiers' key file (trust.keys_file):")?;
+    outln!("[[keys]]")?;
+    outln!("key_id = \"{key_id}\"")?;
+    outln!("algorithm = \"{}\"", algorithm.as_str())?;
+    match signer.public_key_hex() {
+        Some(public) => outln!("public_key = \"{public}\"")?,
+        None => outln!(
+            "secret_file = \"/run/secrets/{key_id}\"   # the same secret: HMAC keys are shared"
+        )?,
+    }
+    outln!("grant = {grant}")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn count_flag(args: &[String]) -> anyhow::Result<usize> {

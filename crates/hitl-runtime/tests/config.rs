@@ -128,3 +128,77 @@ fn secrets_are_not_printed() {
     assert_eq!(client.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
     assert_eq!(client.get("sasl.password"), Some("hunter2"));
 }
+
+/// Every key published in `config/` is known as a development key (so a service refuses it
+/// without `--dev`), and the refusal names the field.
+#[test]
+fn the_published_development_keys_are_all_known_and_refused_without_dev() {
+    use hitl_runtime::auth::{load_key_file, Fingerprint};
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+    let keys = std::path::Path::new(config).join("dev-keys.toml");
+    let (set, fingerprints) = load_key_file(&keys).unwrap();
+    assert!(set.len() >= 4);
+    for fingerprint in &fingerprints {
+        assert!(
+            fingerprint.is_development_key(),
+            "{} in config/dev-keys.toml is not in auth::DEVELOPMENT_KEYS",
+            fingerprint.key_id
+        );
+    }
+    // The clients' secrets (config/dev-clients.toml) and the services' own.
+    let clients =
+        std::fs::read_to_string(std::path::Path::new(config).join("dev-clients.toml")).unwrap();
+    let router = std::fs::read_to_string(std::path::Path::new(config).join("router.toml")).unwrap();
+    let assignment =
+        std::fs::read_to_string(std::path::Path::new(config).join("assignment.toml")).unwrap();
+    for text in [clients, router, assignment] {
+        for line in text.lines() {
+            let Some(value) = line
+                .split_once('=')
+                .filter(|(name, _)| {
+                    let name = name.trim();
+                    name == "secret" || name.ends_with("_secret")
+                })
+                .map(|(_, value)| value.trim().trim_matches('"'))
+            else {
+                continue;
+            };
+            let bytes: Vec<u8> = (0..value.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&value[i..i + 2], 16).unwrap())
+                .collect();
+            assert!(
+                Fingerprint::of("", &bytes).is_development_key(),
+                "{line}: a published secret that is not in auth::DEVELOPMENT_KEYS"
+            );
+        }
+    }
+    // Refused without --dev, naming the field; accepted with it.
+    let router = std::path::Path::new(config).join("router.toml");
+    let environment = env(&[("HITL_TRUST__KEYS_FILE", keys.to_str().unwrap())]);
+    let refused = load::<Plain>(Some(&router_without_service(&router)), &environment).unwrap_err();
+    let ConfigError::Invalid(problems) = refused else {
+        panic!("{refused}")
+    };
+    assert!(problems
+        .iter()
+        .any(|p| p.starts_with("trust.signing_secret: is a development key")));
+    assert!(problems
+        .iter()
+        .any(|p| p.starts_with("trust.keys_file: key `") && p.contains("development key")));
+    let mut dev = environment.clone();
+    dev.insert("HITL_TRUST__DEV".into(), "true".into());
+    load::<Plain>(Some(&router_without_service(&router)), &dev).unwrap();
+}
+
+/// `config/router.toml` without its `[service]` table (which `NoServiceSettings` refuses).
+fn router_without_service(path: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(path).unwrap();
+    let kept: String = text.split("\n[service]").next().unwrap().to_owned();
+    let out = std::env::temp_dir().join(format!(
+        "hitl-router-no-service-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&out, kept).unwrap();
+    out
+}
