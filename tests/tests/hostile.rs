@@ -539,6 +539,62 @@ fn hostile_reviewers_cannot_decide_for_others_or_change_the_roster() {
         vec![target.reviewer_id.clone()],
         "the signed trail names the reviewer who decided"
     );
+
+    // Alice loses the senior role (the gateway says so); her old entry, copied from the topic
+    // with its signature, is sent again to bring it back: refused as a replay, and a new senior
+    // item is not hers.
+    let old_entry = everything(&run.topics.reviewers)
+        .into_iter()
+        .find(|record| {
+            record.key.as_deref() == Some("alice") && record.headers.contains_key(HEADER)
+        })
+        .expect("alice's first entry");
+    std::thread::sleep(Duration::from_millis(5));
+    let demoted = run.status("alice", &[], 0, Presence::Online);
+    produce(
+        &producer,
+        &run.topics.reviewers,
+        "alice",
+        &demoted,
+        &[(HEADER, &gateway("alice", &demoted))],
+    );
+    produce_unsigned(
+        &producer,
+        &run.topics.reviewers,
+        "alice",
+        old_entry.payload.as_deref().unwrap(),
+        &[(HEADER, &old_entry.headers[HEADER])],
+    );
+    flush(&producer);
+    wait_for(WAIT, "the replayed roster entry refused", || {
+        (metric(
+            &assignment,
+            r#"hitl_assignment_rejected_roster_entries_total{reason="not_allowed"}"#,
+        ) >= 4.0)
+            .then_some(())
+    });
+    produce(
+        &producer,
+        &run.topics.decisions,
+        "senior-9",
+        &run.decision("senior-9", "senior", "fraud-model"),
+        &[],
+    );
+    flush(&producer);
+    wait_for(WAIT, "senior-9 queued", || {
+        run.trail("senior-9")
+            .filter(|trail| trail.timeline.iter().any(|entry| entry.kind == "QUEUED"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    collect(&assigned);
+    assert!(
+        !assigned
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|event| event.decision_id == "senior-9"),
+        "a senior item went to the demoted alice"
+    );
     drop(audit);
 }
 

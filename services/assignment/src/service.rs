@@ -287,6 +287,8 @@ pub fn spawn_roster_reader(
                 return;
             }
             tracing::info!(%topic, partitions, "reading the reviewer roster");
+            // The newest `updated_at` accepted per reviewer.
+            let mut latest: HashMap<String, i64> = HashMap::new();
             while !stop.is_cancelled() {
                 let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
@@ -332,8 +334,24 @@ pub fn spawn_roster_reader(
                             header,
                             &status.reviewer_id,
                             Some(&status),
-                        ) {
-                            Ok(()) => RosterUpdate::Status(status),
+                        )
+                        .and_then(|()| {
+                            // A signed entry copied from the topic and sent again later (to
+                            // bring back roles taken away since) is older than what was seen.
+                            match latest.get(&status.reviewer_id) {
+                                Some(seen) if *seen > status.updated_at => {
+                                    Err(AuthError::NotAllowed(format!(
+                                        "a replayed entry: updated_at {} is older than {seen}",
+                                        status.updated_at
+                                    )))
+                                }
+                                _ => Ok(()),
+                            }
+                        }) {
+                            Ok(()) => {
+                                latest.insert(status.reviewer_id.clone(), status.updated_at);
+                                RosterUpdate::Status(status)
+                            }
                             Err(error) => {
                                 tracing::warn!(reviewer_id = %status.reviewer_id.chars().take(128).collect::<String>(), %error, offset = message.offset(), "roster entry refused");
                                 RosterUpdate::Refused { reason: error.reason() }
