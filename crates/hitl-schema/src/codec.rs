@@ -190,10 +190,37 @@ impl Codec {
         Ok(())
     }
 
-    /// Decodes a JSON record (fields by name, defaults applied).
+    /// Decodes a JSON record (fields by name, defaults applied). The error never quotes the
+    /// input's values (`json_error_without_values`).
     pub fn decode_json<T: Record>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        serde_json::from_slice(bytes).map_err(|error| CodecError::Json(error.to_string()))
+        serde_json::from_slice(bytes)
+            .map_err(|error| CodecError::Json(json_error_without_values(&error)))
     }
+}
+
+/// serde_json's message, without the values of the input it quotes: `invalid type: string
+/// "<value>", expected a map` becomes `invalid type: string, expected a map`, and an unknown
+/// variant is not named. The value may be a sensitive one (a `context` sent as a string), and the
+/// message goes to logs, dead-letter headers and spans. Field names, positions and syntax errors
+/// are kept.
+fn json_error_without_values(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    for prefix in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        // The expectation comes from the schema, never from the input: the last one is it.
+        let (unexpected, expected) = rest
+            .rfind(", expected ")
+            .map_or((rest, ""), |end| rest.split_at(end));
+        let kind = unexpected
+            .split(['"', '`'])
+            .next()
+            .unwrap_or_default()
+            .trim_end();
+        return format!("{}{expected}", format!("{prefix}{kind}").trim_end());
+    }
+    message
 }
 
 /// The `serde_avro_fast` encoding of `value` with `schema`.

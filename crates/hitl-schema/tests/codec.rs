@@ -349,6 +349,18 @@ fn json_decisions_decode_with_defaults() {
             .class(),
         "json"
     );
+    // The error names the field's position and type, never the value sent (it may be PII).
+    let error = Codec::single_object()
+        .decode_json::<Decision>(
+            br#"{"decision_id":"j1","context":"{\"ssn\":\"078-05-1120\", expected x"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(!error.contains("078-05-1120"), "{error}");
+    assert!(
+        error.contains("invalid type: string, expected a map at line 1"),
+        "{error}"
+    );
 }
 
 proptest! {
