@@ -267,12 +267,32 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::
     )?;
     let mut ratios = Vec::new();
     let mut doubling_ratios = Vec::new();
+    let mut auth_ratios = Vec::new();
     for round in 0..rounds {
-        let mut rates = [0.0f64; 3];
-        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        let mut rates = [0.0f64; 4];
+        let order: [usize; 4] = if round % 2 == 0 {
+            [0, 1, 2, 3]
+        } else {
+            [3, 2, 1, 0]
+        };
         for which in order {
             let topic = format!("{}.passthrough", settings.topics.decisions);
-            rates[which] = if which == 0 {
+            rates[which] = if which == 3 {
+                // The router without checking publishers' signatures (its own still sign): what
+                // authenticating decisions costs.
+                let mut registry = prometheus_client::registry::Registry::default();
+                let (tracer, _exporter) =
+                    hitl_runtime::trace::start(&settings.telemetry, "bench-router", &mut registry);
+                let processor = RouterProcessor::build(
+                    settings,
+                    &mut registry,
+                    Arc::new(AtomicBool::new(false)),
+                    tracer,
+                )
+                .expect("router builds")
+                .with_trust(settings.trust.signer().ok().flatten(), None);
+                measure(settings, "router-unverified", processor, count)?
+            } else if which == 0 {
                 measure(settings, "passthrough", Passthrough { topic }, count)?
             } else if which == 2 {
                 let second_topic = format!("{topic}-lifecycle");
@@ -319,11 +339,22 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::
             rates[2],
             rates[1] / rates[2],
         )?;
+        outln!(
+            "         router without verifying publishers' signatures {:>8.0}/s; router/that {:.3}",
+            rates[3],
+            rates[1] / rates[3]
+        )?;
+        auth_ratios.push(rates[1] / rates[3]);
         ratios.push(ratio);
         doubling_ratios.push(rates[1] / rates[2]);
     }
     ratios.sort_by(f64::total_cmp);
     doubling_ratios.sort_by(f64::total_cmp);
+    auth_ratios.sort_by(f64::total_cmp);
+    outln!(
+        "median router (verifying signatures) / router (not verifying): {:.3}",
+        auth_ratios[auth_ratios.len() / 2]
+    )?;
     let median = ratios[ratios.len() / 2];
     outln!(
         "median ratio router/passthrough: {median:.3}; router/two-records: {:.3} (delivery = {:?})",
