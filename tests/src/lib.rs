@@ -150,6 +150,7 @@ pub fn unique_topics(test: &str) -> Topics {
         decisions_dlq: named(&defaults.decisions_dlq),
         review_requests: named(&defaults.review_requests),
         assignments: named(&defaults.assignments),
+        assignments_pii: named(&defaults.assignments_pii),
         verdicts: named(&defaults.verdicts),
         reviewers: named(&defaults.reviewers),
         outcomes: named(&defaults.outcomes),
@@ -190,12 +191,13 @@ pub fn create_topics(topics: &Topics) {
 pub fn topics_toml(topics: &Topics) -> String {
     format!(
         "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
-         verdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
+         assignments_pii = \"{}\"\nverdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
          audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\npartitions = {}\n",
         topics.decisions,
         topics.decisions_dlq,
         topics.review_requests,
         topics.assignments,
+        topics.assignments_pii,
         topics.verdicts,
         topics.reviewers,
         topics.outcomes,

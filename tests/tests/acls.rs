@@ -34,11 +34,12 @@ const SIGNING_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5
 
 /// The principals of the ACL file with this test's (development) passwords; `users` reads them
 /// from `HITL_KAFKA_PASSWORD_<NAME>`.
-const PRINCIPALS: [(&str, &str); 6] = [
+const PRINCIPALS: [(&str, &str); 7] = [
     ("hitl-router", "test-router-secret"),
     ("hitl-assignment", "test-assignment-secret"),
     ("hitl-audit", "test-audit-secret"),
     ("hitl-reviewer-app", "test-reviewer-app-secret"),
+    ("hitl-reviewer-app-pii", "test-reviewer-app-pii-secret"),
     ("hitl-publisher", "test-publisher-secret"),
     ("hitl-reader", "test-reader-secret"),
 ];
@@ -399,11 +400,17 @@ fn the_services_run_under_exactly_the_acl_file_and_a_reviewer_app_writes_only_it
             &format!("the reviewer app writing {topic}"),
         );
     }
-    // Nor read (or even see) decisions as received (PII in clear), a service's state or the trail.
+    // Nor read (or even see) decisions as received (PII in clear), the clear copies of PII-cleared
+    // reviewers' assignments, a service's state or the trail.
     let peek: BaseConsumer = hitl_runtime::kafka::reader_config(&reviewer, true)
         .create()
         .unwrap();
-    for topic in [&topics.decisions, &topics.assignment_state, &topics.audit] {
+    for topic in [
+        &topics.decisions,
+        &topics.assignments_pii,
+        &topics.assignment_state,
+        &topics.audit,
+    ] {
         let metadata = peek
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .unwrap();

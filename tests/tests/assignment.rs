@@ -208,15 +208,27 @@ fn balances_across_reviewer_partitions_masks_pii_and_decides_on_approval() {
             .entry(event.reviewer_id.as_str())
             .or_default()
             .push(*partition);
-        // Each reviewer reads its own partition; only bob may see the customer's name.
+        // Each reviewer reads its own partition; nobody sees the customer's name on
+        // hitl.assignments, which every reviewer app may read.
         let expected_partition = if event.reviewer_id == "ann" { 0 } else { 1 };
         assert_eq!(*partition, expected_partition, "{event:?}");
-        let customer = &event.context["customer"];
-        assert_eq!(customer == "***", event.reviewer_id == "ann", "{event:?}");
+        assert_eq!(event.context["customer"], "***", "{event:?}");
         assert_eq!(event.context["country"], "DE");
     }
     assert_eq!(per_reviewer["ann"].len(), 2, "{per_reviewer:?}");
     assert_eq!(per_reviewer["bob"].len(), 2, "{per_reviewer:?}");
+    // bob holds the pool's PII role: his two assignments, in clear, on hitl.assignments.pii
+    // (readable only by PII-cleared reviewer apps), on his partition; nothing there for ann.
+    let clear = assignment_events(&read_at_least(&run.topics.assignments_pii, 2, WAIT));
+    assert_eq!(clear.len(), 2, "{clear:?}");
+    for (partition, event) in &clear {
+        assert_eq!(event.reviewer_id, "bob");
+        assert_eq!(*partition, 1);
+        assert_ne!(event.context["customer"], "***");
+        assert!(events
+            .iter()
+            .any(|(_, masked)| masked.assignment_id == event.assignment_id));
+    }
 
     for (_, event) in &events {
         run.verdict(event, VerdictKind::Approve);

@@ -21,23 +21,16 @@
 //! - `hitl.decisions.dlq`: the original bytes for operators (super user only). Allowed.
 //! - `hitl.verdicts`, `hitl.reviewers`: written by the reviewer apps of this test, read by the
 //!   assignment service only; nothing of a decision's context goes there. Not scanned.
-//! - `hitl.assignments`: what reviewers read. Each ASSIGNED event may carry a sensitive value in
-//!   clear only when its reviewer holds one of its pool's `pii_roles`; a partition that only
-//!   reviewers without any PII role read carries none. See `KNOWN GAP` below for the rest of the
-//!   topic.
+//! - `hitl.assignments`: what reviewer apps read — all of it (the `hitl-reviewer-app` principal may
+//!   read the whole topic: Kafka ACLs do not go below a topic, and reviewers share partitions).
+//!   No sensitive value anywhere on it; the positive control in clear.
+//! - `hitl.assignments.pii`: readable only by the PII-cleared reviewer-app principal: the clear
+//!   copy of an ASSIGNED event, only for a reviewer holding one of its pool's `pii_roles`.
 //! - `hitl.outcomes`, `hitl.feedback`, `hitl.audit`, `hitl.audit.checkpoints`: read by
 //!   `hitl-reader` (actuators, ML pipelines, compliance): no sensitive value, no reviewer id in
 //!   feedback (pseudonyms only); the trail keeps the keyed hash of each sensitive value and the
 //!   positive control in clear.
 //! - every service's log file, its `/metrics`, every exported span: no sensitive value.
-//!
-//! KNOWN GAP (`the_assignments_topic_as_a_whole_holds_no_clear_pii`, ignored): the
-//! `hitl-reviewer-app` principal is granted Read on the whole of `hitl.assignments` (Kafka ACLs do
-//! not go below a topic), and reviewers share partitions as soon as there are more reviewers than
-//! partitions (or when none is declared: by key hash). So the clear values the assignment service
-//! writes for a PII-cleared reviewer can be read by any reviewer app, with or without the role.
-//! Only a topic of its own for PII-cleared assignments (with its own principal) or values encrypted
-//! to the reviewer (or the gateway) closes it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -195,6 +188,7 @@ struct Evidence {
     /// pool → the roles that see its sensitive values in clear.
     pii_roles: BTreeMap<String, Vec<String>>,
     assignments: Vec<Received>,
+    assignments_pii: Vec<Received>,
     /// topic → its records, for the topics `hitl-reader` reads.
     reader_topics: BTreeMap<String, Vec<Received>>,
     audit: Vec<Received>,
@@ -560,6 +554,7 @@ fn pii_run(test: &str) -> Evidence {
         reviewers,
         pii_roles,
         assignments: read_all(&topics.assignments, quiet),
+        assignments_pii: read_all(&topics.assignments_pii, quiet),
         audit: reader_topics[&topics.audit].clone(),
         feedback: reader_topics[&topics.feedback].clone(),
         reader_topics,
@@ -596,101 +591,104 @@ fn no_clear_pii_for_reviewers_without_the_role_readers_logs_metrics_or_traces() 
     let canary = run.canary.as_str();
     let codec = Codec::single_object();
 
-    // hitl.assignments, event by event: masked unless its reviewer holds a PII role of its pool,
-    // then in clear (masking is by role, not blanket); the positive control always in clear.
-    let mut masked = 0;
-    let mut clear = 0;
+    // hitl.assignments, which every reviewer app may read (all of it: Kafka ACLs do not go below
+    // a topic, and reviewers share partitions): every event masked, the positive control in clear.
     let mut pools_seen = BTreeSet::new();
-    let mut masked_for_a_pii_holder = false;
     let mut renewed = false;
+    let mut masked_ids = BTreeSet::new();
     for record in &run.assignments {
         let event: AssignmentEvent = codec
             .decode(record.payload.as_deref().expect("a value"))
             .expect("an AssignmentEvent");
         let reviewer = run.reviewer(&event.reviewer_id);
         assert_eq!(record.partition, reviewer.partition, "{event:?}");
+        let found = find_in_record(record, canary);
+        assert!(
+            found.is_empty(),
+            "hitl.assignments carries a sensitive value ({} {:?}, roles {:?}, pool {}) in {found:?}",
+            event.reviewer_id,
+            event.kind,
+            reviewer.roles,
+            event.pool
+        );
         if event.kind != AssignmentKind::Assigned {
-            assert!(
-                find_in_record(record, canary).is_empty(),
-                "a REVOKED event carries a sensitive value: {event:?}"
-            );
             continue;
         }
         renewed |= event.reason.as_deref() == Some("renewed");
         pools_seen.insert(event.pool.clone());
+        masked_ids.insert(event.assignment_id.clone());
         let published = &run.contexts[&event.decision_id];
         assert_eq!(
             event.context["note"], published["note"],
             "the positive control is shown to every reviewer: {event:?}"
         );
         assert_eq!(event.context["country"], "DE");
-        if run.sees_pii(reviewer, &event.pool) {
-            clear += 1;
-            assert_eq!(
-                event.context["customer"], published["customer"],
-                "{event:?}"
-            );
-            assert_eq!(event.context["iban"], published["iban"], "{event:?}");
-        } else {
-            masked += 1;
-            masked_for_a_pii_holder |= run
-                .pii_roles
-                .values()
-                .flatten()
-                .any(|role| reviewer.roles.contains(role));
-            assert_eq!(event.context["customer"], "***", "{event:?}");
-            assert_eq!(event.context["iban"], "***", "{event:?}");
-            let found = find_in_record(record, canary);
-            assert!(
-                found.is_empty(),
-                "the assignment of {} (roles {:?}, pool {}) carries a sensitive value in {found:?}",
-                reviewer.id,
-                reviewer.roles,
-                event.pool
-            );
-        }
+        assert_eq!(event.context["customer"], "***", "{event:?}");
+        assert_eq!(event.context["iban"], "***", "{event:?}");
     }
-    assert!(
-        masked > 0 && clear > 0,
-        "assignments both masked ({masked}) and in clear ({clear})"
-    );
-    assert!(
-        masked_for_a_pii_holder,
-        "a holder of one pool's PII role got another pool's item masked"
-    );
     assert_eq!(
         pools_seen,
         BTreeSet::from(["general".into(), "qa".into(), "two-person".into()]),
         "reviews, QA samples and two-person reviews were all assigned"
     );
     assert!(renewed, "a renewed assignment was scanned");
-    // hitl.assignments, as the apps of reviewers without any PII role read it: their partitions.
-    for reviewer in run
-        .reviewers
-        .iter()
-        .filter(|r| run.pii_roles.keys().all(|pool| !run.sees_pii(r, pool)))
-    {
-        let theirs: Vec<Received> = run
-            .assignments
-            .iter()
-            .filter(|r| r.partition == reviewer.partition)
-            .cloned()
-            .collect();
-        assert!(!theirs.is_empty(), "{} got assignments", reviewer.id);
-        let found = where_in(&theirs, canary);
+    assert!(
+        !where_in(&run.assignments, &run.control).is_empty(),
+        "the positive control is on hitl.assignments"
+    );
+    // hitl.assignments.pii, which only PII-cleared reviewer apps may read: the clear copy of an
+    // ASSIGNED event, for a reviewer holding one of its pool's PII roles only (masking is by
+    // role, not blanket: a holder of one pool's PII role gets none for another pool's items).
+    let mut clear = 0;
+    let mut holders_of_other_roles_left_out = false;
+    for record in &run.assignments_pii {
+        let event: AssignmentEvent = codec
+            .decode(record.payload.as_deref().expect("a value"))
+            .expect("an AssignmentEvent");
+        let reviewer = run.reviewer(&event.reviewer_id);
+        assert_eq!(record.partition, reviewer.partition, "{event:?}");
+        assert_eq!(event.kind, AssignmentKind::Assigned);
         assert!(
-            found.is_empty(),
-            "partition {} of the assignments topic, read by {} (no PII role), holds sensitive \
-             values at {found:?}",
-            reviewer.partition,
-            reviewer.id
+            run.sees_pii(reviewer, &event.pool),
+            "a clear copy for {} (roles {:?}) in pool {}",
+            reviewer.id,
+            reviewer.roles,
+            event.pool
         );
         assert!(
-            !where_in(&theirs, &run.control).is_empty(),
-            "the positive control is on {}'s partition",
-            reviewer.id
+            masked_ids.contains(&event.assignment_id),
+            "its masked twin is on hitl.assignments"
         );
+        let published = &run.contexts[&event.decision_id];
+        assert_eq!(
+            event.context["customer"], published["customer"],
+            "{event:?}"
+        );
+        assert_eq!(event.context["iban"], published["iban"], "{event:?}");
+        clear += 1;
     }
+    assert!(clear > 0, "PII-cleared reviewers got their clear copies");
+    for record in &run.assignments {
+        let event: AssignmentEvent = codec
+            .decode(record.payload.as_deref().expect("a value"))
+            .expect("an AssignmentEvent");
+        let reviewer = run.reviewer(&event.reviewer_id);
+        let holds_some_pii_role = run
+            .pii_roles
+            .values()
+            .flatten()
+            .any(|role| reviewer.roles.contains(role));
+        if event.kind == AssignmentKind::Assigned
+            && holds_some_pii_role
+            && !run.sees_pii(reviewer, &event.pool)
+        {
+            holders_of_other_roles_left_out = true;
+        }
+    }
+    assert!(
+        holders_of_other_roles_left_out,
+        "a holder of one pool's PII role got another pool's item (masked, no clear copy)"
+    );
 
     // The topics hitl-reader (actuators, ML pipelines, compliance) reads.
     for (topic, records) in &run.reader_topics {
@@ -825,19 +823,4 @@ fn no_clear_pii_for_reviewers_without_the_role_readers_logs_metrics_or_traces() 
         found.join("\n")
     );
     eprintln!("PII test took {:?}", started.elapsed());
-}
-
-/// See `KNOWN GAP` at the top: a reviewer app without the PII role may read the whole topic.
-#[test]
-#[ignore = "known gap (issue #11, PII): the hitl-reviewer-app ACL grants Read on all of \
-            hitl.assignments and reviewers share partitions, so clear values written for \
-            PII-cleared reviewers are readable by reviewer apps without the role; needs a topic \
-            of its own for PII-cleared assignments or values encrypted to the reviewer"]
-fn the_assignments_topic_as_a_whole_holds_no_clear_pii() {
-    let run = pii_run("pii-topic");
-    let found = where_in(&run.assignments, &run.canary);
-    assert!(
-        found.is_empty(),
-        "the assignments topic holds sensitive values at {found:?}"
-    );
 }

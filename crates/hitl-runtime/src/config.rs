@@ -360,6 +360,10 @@ pub struct Topics {
     pub decisions_dlq: String,
     pub review_requests: String,
     pub assignments: String,
+    /// ASSIGNED events with the sensitive context values in clear, for reviewers holding the
+    /// pool's PII role only: readable by a PII-cleared principal alone (`hitl.assignments` carries
+    /// every assignment with those values masked).
+    pub assignments_pii: String,
     pub verdicts: String,
     pub reviewers: String,
     pub outcomes: String,
@@ -380,6 +384,7 @@ impl Default for Topics {
             decisions_dlq: "hitl.decisions.dlq".into(),
             review_requests: "hitl.review-requests".into(),
             assignments: "hitl.assignments".into(),
+            assignments_pii: "hitl.assignments.pii".into(),
             verdicts: "hitl.verdicts".into(),
             reviewers: "hitl.reviewers".into(),
             outcomes: "hitl.outcomes".into(),
@@ -415,6 +420,7 @@ impl Topics {
             deleted(&self.decisions_dlq, MONTH),
             deleted(&self.review_requests, WEEK),
             deleted(&self.assignments, WEEK),
+            deleted(&self.assignments_pii, WEEK),
             deleted(&self.verdicts, WEEK),
             compacted(&self.reviewers, FOREVER),
             deleted(&self.outcomes, MONTH),
@@ -442,6 +448,7 @@ impl Validate for Topics {
             ("decisions_dlq", &self.decisions_dlq),
             ("review_requests", &self.review_requests),
             ("assignments", &self.assignments),
+            ("assignments_pii", &self.assignments_pii),
             ("verdicts", &self.verdicts),
             ("reviewers", &self.reviewers),
             ("outcomes", &self.outcomes),

@@ -103,9 +103,9 @@ fn bench(c: &mut Criterion) {
         core.reviewer_status(&reviewer(i, 1000), now, &mut out);
         elapsed += started.elapsed();
         assigned.extend(out.drain(..).filter_map(|effect| match effect {
-            Effect::Assignment { event, .. } if event.kind == AssignmentKind::Assigned => {
-                Some(event)
-            }
+            Effect::Assignment {
+                event, pii: false, ..
+            } if event.kind == AssignmentKind::Assigned => Some(event),
             _ => None,
         }));
     }
@@ -145,7 +145,10 @@ fn bench(c: &mut Criterion) {
                 core.request_traced(&request(next_item), trace(next_item), now, &mut Vec::new());
                 next_item += 1;
                 for effect in out.drain(..) {
-                    if let Effect::Assignment { event, .. } = effect {
+                    if let Effect::Assignment {
+                        event, pii: false, ..
+                    } = effect
+                    {
                         if event.kind == AssignmentKind::Assigned {
                             leases.push_back(event); // keeps the lease supply going
                         }
@@ -168,7 +171,7 @@ fn bench(c: &mut Criterion) {
                 total += started.elapsed();
                 let made = out
                     .iter()
-                    .filter(|e| matches!(e, Effect::Assignment { .. }))
+                    .filter(|e| matches!(e, Effect::Assignment { pii: false, .. }))
                     .count() as u64;
                 assert!(made > 0, "queue ran dry");
                 done += made;

@@ -408,10 +408,13 @@ pub enum Observation {
 /// What a core call produced, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// To `hitl.assignments`, on the reviewer's partition when the roster names one.
+    /// To `hitl.assignments` (sensitive values masked), or with `pii` to `hitl.assignments.pii`
+    /// (the same ASSIGNED event with them in clear, for a reviewer holding the pool's PII role), on
+    /// the reviewer's partition when the roster names one.
     Assignment {
         partition: Option<i32>,
         event: AssignmentEvent,
+        pii: bool,
         /// The `traceparent` for the record: this service's span of the item.
         trace: Option<TraceContext>,
     },
@@ -1612,16 +1615,26 @@ impl Core {
         }
     }
 
-    fn masked_context(&self, item: &Item, reviewer: &Reviewer) -> BTreeMap<String, String> {
+    /// Whether `reviewer` holds a PII role of the item's pool and the item has a sensitive value
+    /// to show: then the ASSIGNED event also goes, in clear, to `hitl.assignments.pii`.
+    fn sees_pii(&self, item: &Item, reviewer: &Reviewer) -> bool {
         let policy = self.policy(item.pool);
-        let sees_pii = policy
+        policy
             .pii_roles
             .iter()
-            .any(|role| reviewer.roles.contains(role));
+            .any(|role| reviewer.roles.contains(role))
+            && item
+                .context
+                .iter()
+                .any(|(key, _)| item.sensitive.iter().any(|s| s == key))
+    }
+
+    /// The item's context with its sensitive values masked, unless `reveal`.
+    fn masked_context(&self, item: &Item, reveal: bool) -> BTreeMap<String, String> {
         item.context
             .iter()
             .map(|(key, value)| {
-                let hidden = !sees_pii && item.sensitive.iter().any(|s| s == key);
+                let hidden = !reveal && item.sensitive.iter().any(|s| s == key);
                 let shown = if hidden { MASK } else { &**value };
                 (key.to_string(), shown.to_owned())
             })
@@ -1638,8 +1651,8 @@ impl Core {
         now: i64,
     ) -> AssignmentEvent {
         let item = self.item_ref(slot);
-        let context = match (kind, self.roster.get(&lease.reviewer)) {
-            (AssignmentKind::Assigned, Some(reviewer)) => self.masked_context(item, reviewer),
+        let context = match kind {
+            AssignmentKind::Assigned => self.masked_context(item, false),
             _ => BTreeMap::new(),
         };
         AssignmentEvent {
@@ -1662,6 +1675,19 @@ impl Core {
             // The shell knows where the pool lives.
             verdict_partition: None,
         }
+    }
+
+    /// The ASSIGNED `event` again, with the sensitive values in clear, for `hitl.assignments.pii`
+    /// when its reviewer holds the pool's PII role (else nothing).
+    fn clear_copy(&self, slot: u32, event: &AssignmentEvent) -> Option<AssignmentEvent> {
+        let item = self.item_ref(slot);
+        let reviewer = self.roster.get(event.reviewer_id.as_str())?;
+        if event.kind != AssignmentKind::Assigned || !self.sees_pii(item, reviewer) {
+            return None;
+        }
+        let mut clear = event.clone();
+        clear.context = self.masked_context(item, true);
+        Some(clear)
     }
 
     fn assign(&mut self, slot: u32, reviewer_id: &Arc<str>, now: i64, out: &mut Vec<Effect>) {
@@ -1702,9 +1728,18 @@ impl Core {
         attributes.insert("lease_expires_at".into(), lease.expires_at.to_string());
         let partition = self.roster.get(reviewer_id).and_then(|r| r.partition);
         let trace = self.span_of(slot);
+        if let Some(clear) = self.clear_copy(slot, &event) {
+            out.push(Effect::Assignment {
+                partition,
+                event: clear,
+                pii: true,
+                trace: trace.clone(),
+            });
+        }
         out.push(Effect::Assignment {
             partition,
             event,
+            pii: false,
             trace,
         });
         out.push(Effect::Lifecycle(lifecycle));
@@ -1775,6 +1810,7 @@ impl Core {
         out.push(Effect::Assignment {
             partition,
             event,
+            pii: false,
             trace,
         });
         out.push(Effect::Lifecycle(lifecycle));
@@ -2042,9 +2078,18 @@ impl Core {
             let partition = self.roster.get(&lease.reviewer).and_then(|r| r.partition);
             let renewed =
                 self.assignment_event(slot, &lease, AssignmentKind::Assigned, Some("renewed"), now);
+            if let Some(clear) = self.clear_copy(slot, &renewed) {
+                out.push(Effect::Assignment {
+                    partition,
+                    event: clear,
+                    pii: true,
+                    trace: self.span_of(slot),
+                });
+            }
             out.push(Effect::Assignment {
                 partition,
                 event: renewed,
+                pii: false,
                 trace: self.span_of(slot),
             });
             return;

@@ -544,22 +544,22 @@ impl AssignmentProcessor {
                 Effect::Assignment {
                     partition,
                     mut event,
+                    pii,
                     trace,
                 } => {
+                    let topic = if pii {
+                        &self.topics.assignments_pii
+                    } else {
+                        &self.topics.assignments
+                    };
                     // Where the reviewer app must send the verdict: the partition this pool's
                     // review requests arrive on (verdicts are co-partitioned with them).
                     event.verdict_partition = self.pool_partition.get(&event.pool).copied();
-                    let payload = self
-                        .codec
-                        .encode_to_vec(&self.topics.assignments, &event)
-                        .map_err(|error| {
-                            ProcessError::output_encoding("an assignment event", error)
-                        })?;
-                    let mut record = OutputRecord::new(
-                        &self.topics.assignments,
-                        event.reviewer_id.as_bytes(),
-                        payload,
-                    );
+                    let payload = self.codec.encode_to_vec(topic, &event).map_err(|error| {
+                        ProcessError::output_encoding("an assignment event", error)
+                    })?;
+                    let mut record =
+                        OutputRecord::new(topic, event.reviewer_id.as_bytes(), payload);
                     record.partition = partition.filter(|p| *p < partitions);
                     output.push(with_trace(record, trace));
                 }

@@ -120,7 +120,9 @@ fn assignments(effects: &[Effect], kind: AssignmentKind) -> Vec<AssignmentEvent>
     effects
         .iter()
         .filter_map(|effect| match effect {
-            Effect::Assignment { event, .. } if event.kind == kind => Some(event.clone()),
+            Effect::Assignment {
+                event, pii: false, ..
+            } if event.kind == kind => Some(event.clone()),
             _ => None,
         })
         .collect()
@@ -224,7 +226,13 @@ fn sensitive_context_is_masked_unless_the_reviewer_may_see_it() {
     let event = &assignments(&out, AssignmentKind::Assigned)[0];
     assert_eq!(event.context["customer"], MASK);
     assert_eq!(event.context["country"], "DE");
+    assert!(
+        clear_copies(&out).is_empty(),
+        "nothing for hitl.assignments.pii"
+    );
 
+    // A reviewer with the pool's PII role: still masked on hitl.assignments (which every reviewer
+    // app may read), in clear on hitl.assignments.pii (which only PII-cleared apps may read).
     let mut core = core_with(&[reviewer("cleared", &["pii"], 1, Presence::Online)]);
     let mut out = Vec::new();
     core.request(
@@ -233,7 +241,23 @@ fn sensitive_context_is_masked_unless_the_reviewer_may_see_it() {
         &mut out,
     );
     let event = &assignments(&out, AssignmentKind::Assigned)[0];
-    assert_eq!(event.context["customer"], "Alice Example");
+    assert_eq!(event.context["customer"], MASK);
+    let clear = clear_copies(&out);
+    assert_eq!(clear.len(), 1);
+    assert_eq!(clear[0].context["customer"], "Alice Example");
+    assert_eq!(clear[0].assignment_id, event.assignment_id);
+}
+
+fn clear_copies(effects: &[Effect]) -> Vec<AssignmentEvent> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Assignment {
+                event, pii: true, ..
+            } => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -955,7 +979,9 @@ fn check_step(
     }
     for effect in out {
         match effect {
-            Effect::Assignment { event, .. } if event.kind == AssignmentKind::Assigned => {
+            Effect::Assignment {
+                event, pii: false, ..
+            } if event.kind == AssignmentKind::Assigned => {
                 let status = model.roster.get(&event.reviewer_id);
                 prop_assert!(
                     status.is_some_and(|s| s.presence == Presence::Online)
@@ -996,14 +1022,31 @@ fn check_step(
                         .or_default()
                         .insert(event.reviewer_id.clone());
                 }
-                // Masking.
+                // Masking: hitl.assignments never carries a sensitive value in clear; a
+                // reviewer with a PII role gets them, and only them, on hitl.assignments.pii.
+                prop_assert_eq!(&event.context["customer"], MASK, "masking");
                 let sees = status.roles.iter().any(|r| r == "pii");
-                prop_assert_eq!(event.context["customer"] == MASK, !sees, "masking");
+                let clear = out.iter().find_map(|effect| match effect {
+                    Effect::Assignment {
+                        event: clear,
+                        pii: true,
+                        ..
+                    } if clear.assignment_id == event.assignment_id => Some(clear),
+                    _ => None,
+                });
+                prop_assert_eq!(clear.is_some(), sees, "a clear copy for PII reviewers only");
+                if let Some(clear) = clear {
+                    prop_assert_ne!(&clear.context["customer"], MASK, "the clear copy");
+                    prop_assert_eq!(clear.kind, AssignmentKind::Assigned);
+                }
                 model
                     .leases
                     .insert(event.assignment_id.clone(), event.clone());
             }
-            Effect::Assignment { event, .. } => {
+            Effect::Assignment { pii: true, .. } => {}
+            Effect::Assignment {
+                event, pii: false, ..
+            } => {
                 prop_assert!(
                     model.leases.remove(&event.assignment_id).is_some(),
                     "revoked a lease that was not active"
@@ -1049,7 +1092,7 @@ fn check_step(
             *count,
             "inflight agrees with the model"
         );
-        let newly_assigned = out.iter().any(|e| matches!(e, Effect::Assignment { event, .. } if event.kind == AssignmentKind::Assigned && event.reason.is_none() && event.reviewer_id == *reviewer && event.pool == *pool));
+        let newly_assigned = out.iter().any(|e| matches!(e, Effect::Assignment { event, pii: false, .. } if event.kind == AssignmentKind::Assigned && event.reason.is_none() && event.reviewer_id == *reviewer && event.pool == *pool));
         if newly_assigned {
             let capacity = model.roster[*reviewer].capacity.max(0) as u32;
             prop_assert!(
