@@ -600,7 +600,8 @@ fn hostile_reviewers_cannot_decide_for_others_or_change_the_roster() {
 
 /// Publishers: a decision that names a producer its key was not granted (so that its author
 /// could approve it), one signed by a reviewer's key, one unsigned, one with bytes after its
-/// datum, one with a foreign schema fingerprint, and a megabyte record. Each is dead-lettered with
+/// datum, one with a foreign schema fingerprint, and a megabyte record (and a valid one whose context
+/// grows sixfold once JSON-escaped, which is routed and audited). Each is dead-lettered with
 /// its reason (the trail records the ones with a decision id); the partition they were on keeps
 /// routing, and the time it took is printed.
 #[test]
@@ -654,6 +655,24 @@ fn hostile_publishers_cannot_choose_their_producer_smuggle_bytes_or_stall_a_part
     huge.resize(1000 * 1000 - 2048, b'z');
     let sent_huge = Instant::now();
     send(&huge, &[(HEADER, &publisher(&huge))]);
+    // A valid decision whose context is 60 KB of control characters: six times larger once
+    // JSON-escaped (`\u0001`). It must be routed and audited like any other, not stall anything.
+    let escaped = {
+        let mut decision: Decision = run
+            .codec
+            .decode(&run.decision("escaped", "payments", "fraud-model"))
+            .unwrap();
+        for i in 0..4 {
+            decision
+                .context
+                .insert(format!("blob-{i}"), "\u{1}".repeat(15_000));
+        }
+        decision.sensitive_fields = vec!["blob-0".into()];
+        run.codec
+            .encode_to_vec(&run.topics.decisions, &decision)
+            .unwrap()
+    };
+    send(&escaped, &[(HEADER, &publisher(&escaped))]);
     // And a good decision right behind them all, on the same partition.
     let good = run.decision("good", "payments", "fraud-model");
     send(&good, &[(HEADER, &publisher(&good))]);
@@ -675,7 +694,11 @@ fn hostile_publishers_cannot_choose_their_producer_smuggle_bytes_or_stall_a_part
     );
     assert_eq!(review.decision.producer, "fraud-model");
     let requests = everything(&run.topics.review_requests);
-    assert_eq!(requests.len(), 1, "only the good decision reached people");
+    assert_eq!(
+        requests.len(),
+        2,
+        "only the escaped and the good decision reached people"
+    );
 
     let dead = run.dead_letters();
     let classes: BTreeMap<&str, usize> = dead.iter().map(|(c, r)| (c.as_str(), r.len())).collect();
@@ -710,6 +733,10 @@ fn hostile_publishers_cannot_choose_their_producer_smuggle_bytes_or_stall_a_part
             r#"hitl_router_dead_letters_total{class="auth.not_allowed"}"#
         ) >= 2.0
     );
+    // The escaped decision has its trail (the audit's bounds cover escaping).
+    wait_for(WAIT, "the escaped decision's trail", || {
+        run.trail("escaped")
+    });
     // The refused self-approval is on its decision's trail, as dead-lettered.
     wait_for(WAIT, "the self-approval's trail", || {
         let trail = run.trail("self-approval")?;

@@ -213,6 +213,11 @@ pub enum RosterUpdate {
     },
 }
 
+/// The longest reviewer id, role, skill or pool name a roster entry may hold, in bytes.
+pub const MAX_ROSTER_TEXT_BYTES: usize = 256;
+/// The most roles, skills or pools a roster entry may list.
+pub const MAX_ROSTER_LIST: usize = 64;
+
 /// Whether a roster entry (or, without `status`, the tombstone of reviewer `key`) is
 /// authenticated: signed by a trusted key that may act for that reviewer and claim its roles.
 pub fn check_roster_entry(
@@ -226,6 +231,18 @@ pub fn check_roster_entry(
     let signer = keys.verify(auth::Kind::Reviewer, key, payload, header)?;
     signer.may_act_for(reviewer_id)?;
     if let Some(status) = status {
+        let lists = [&status.roles, &status.skills, &status.pools];
+        let too_long = status.reviewer_id.len() > MAX_ROSTER_TEXT_BYTES
+            || lists.iter().any(|list| {
+                list.len() > MAX_ROSTER_LIST
+                    || list.iter().any(|text| text.len() > MAX_ROSTER_TEXT_BYTES)
+            });
+        if too_long {
+            return Err(AuthError::NotAllowed(format!(
+                "an entry over its bounds (ids and names at most {MAX_ROSTER_TEXT_BYTES} bytes, \
+                 at most {MAX_ROSTER_LIST} roles, skills and pools)"
+            )));
+        }
         if key.is_some_and(|key| key != status.reviewer_id.as_bytes()) {
             return Err(AuthError::NotAllowed(format!(
                 "the entry of `{}` is keyed by another reviewer id",
