@@ -731,8 +731,9 @@ impl AuditProcessor {
             Some(trace) => record.with_header("traceparent", trace.header()),
             None => record,
         };
-        let effects = std::mem::take(&mut self.effects);
-        for effect in effects {
+        // Drained from a local (the loop calls `self`), then put back: its capacity is reused.
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
             match effect {
                 Effect::Record { partition, record } => {
                     let payload = self
@@ -779,6 +780,7 @@ impl AuditProcessor {
                 }
             }
         }
+        self.effects = effects;
         Ok(())
     }
 
