@@ -322,7 +322,7 @@ struct Sealed {
     /// (and tell a different event under a known id) without the trail.
     event_ids: Box<[(u64, u64)]>,
     /// Refusal notes in the trail.
-    notes: usize,
+    notes: u16,
 }
 
 /// Where a sealed decision's latest audit record is: its partition, and the `written_at` (the
@@ -458,7 +458,7 @@ impl AuditCore {
                             )
                         })
                         .collect(),
-                    notes: trail.notes,
+                    notes: u16::try_from(trail.notes).unwrap_or(u16::MAX),
                 },
             );
             sealed += 1;
@@ -577,7 +577,7 @@ impl AuditCore {
             return None;
         }
         let sealed = self.sealed.get(&xxh3_128(decision_id.as_bytes()))?;
-        (sealed.notes < self.limits.max_notes).then_some(Reload {
+        (usize::from(sealed.notes) < self.limits.max_notes).then_some(Reload {
             partition: sealed.partition,
             version: sealed.version,
             written_at: sealed.written_at,
