@@ -69,8 +69,43 @@ fn lifecycle(i: u64, at: i64) -> Vec<LifecycleEvent> {
     vec![routed]
 }
 
-/// Publishes the lifecycle of `decisions` decisions; returns the number of events.
+/// The service keys the benchmark signs lifecycle events with, and the keys file trusting them.
+fn service_keys() -> (
+    std::path::PathBuf,
+    hitl_runtime::auth::Signer,
+    hitl_runtime::auth::Signer,
+) {
+    use hitl_runtime::auth::{random_secret, Algorithm, Signer};
+    let path = std::env::temp_dir().join(format!("bench-audit-keys-{}.toml", std::process::id()));
+    let router = random_secret().unwrap();
+    let assignment = random_secret().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[[keys]]\nkey_id = \"bench-router\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{}\"\ngrant = {{ kind = \"service\", service = \"router\" }}\n\n\
+             [[keys]]\nkey_id = \"bench-assignment\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{}\"\ngrant = {{ kind = \"service\", service = \"assignment\" }}\n",
+            router.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            assignment.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    )
+    .unwrap();
+    (
+        path,
+        Signer::new("bench-router", Algorithm::HmacSha256, &router).unwrap(),
+        Signer::new("bench-assignment", Algorithm::HmacSha256, &assignment).unwrap(),
+    )
+}
+
+static KEYS: std::sync::OnceLock<(
+    std::path::PathBuf,
+    hitl_runtime::auth::Signer,
+    hitl_runtime::auth::Signer,
+)> = std::sync::OnceLock::new();
+
+/// Publishes the lifecycle of `decisions` decisions, each event signed by its service's key;
+/// returns the number of events.
 fn publish(kafka: &KafkaSettings, topic: &str, decisions: u64) -> u64 {
+    let (_, router, assignment) = KEYS.get_or_init(service_keys);
     let producer: BaseProducer = hitl_runtime::kafka::producer_config(kafka)
         .create()
         .expect("producer");
@@ -80,9 +115,24 @@ fn publish(kafka: &KafkaSettings, topic: &str, decisions: u64) -> u64 {
     for i in 0..decisions {
         for event in lifecycle(i, at) {
             let payload = codec.encode_to_vec(topic, &event).expect("encodes");
+            let signer = if event.service == "router" {
+                router
+            } else {
+                assignment
+            };
+            let header = signer.sign(
+                hitl_runtime::auth::Kind::Lifecycle,
+                Some(event.decision_id.as_bytes()),
+                Some(&payload),
+            );
+            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: hitl_runtime::auth::HEADER,
+                value: Some(header.as_str()),
+            });
             let mut record = BaseRecord::<str, [u8]>::to(topic)
                 .key(event.decision_id.as_str())
-                .payload(&payload[..]);
+                .payload(&payload[..])
+                .headers(headers);
             while let Err((_, back)) = producer.send(record) {
                 producer.poll(std::time::Duration::from_millis(5));
                 record = back;
@@ -147,6 +197,10 @@ pub fn run(
             hash_key: Some(Secret::new("bench-hash-key-0123456789")),
             key_id: "bench".into(),
             ..AuditSettings::default()
+        },
+        trust: hitl_runtime::config::TrustSettings {
+            keys_file: Some(KEYS.get_or_init(service_keys).0.clone()),
+            ..Default::default()
         },
         ..Settings::default()
     };
