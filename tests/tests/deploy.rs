@@ -207,7 +207,8 @@ fn dashboards_and_alerts_only_use_metrics_the_services_expose() {
 }
 
 /// Gives every labelled assignment family a sample: an assignment, a QA label, a human outcome, a
-/// lease expiry with escalation, an SLA fallback, a rejected verdict and a dead letter.
+/// lease expiry with escalation, an SLA fallback, a rejected verdict, a refused roster entry and a
+/// dead letter.
 fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Service) {
     use hitl_schema::*;
     let codec = Codec::single_object();
@@ -224,6 +225,8 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
     };
     let bytes = codec.encode_to_vec(&topics.reviewers, &status).unwrap();
     produce(&producer, &topics.reviewers, "deploy-reviewer", &bytes, &[]);
+    // And one that is refused: unsigned.
+    produce_unsigned(&producer, &topics.reviewers, "deploy-impostor", &bytes, &[]);
     flush(&producer);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let lease_secret: Vec<u8> = (0..trust().lease_secret.len())
