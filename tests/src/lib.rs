@@ -434,7 +434,12 @@ pub fn trust() -> &'static TestTrust {
     static TRUST: OnceLock<TestTrust> = OnceLock::new();
     TRUST.get_or_init(|| {
         use hitl_runtime::auth::{random_secret, Algorithm, Signer};
-        let dir = std::env::temp_dir().join(format!("hitl-test-trust-{}", std::process::id()));
+        // Beside the broker's state when the harness started it (removed with it when the test
+        // process ends); else in the temporary folder.
+        let dir = match &broker().dir {
+            Some(dir) => dir.join("trust"),
+            None => std::env::temp_dir().join(format!("hitl-test-trust-{}", std::process::id())),
+        };
         std::fs::create_dir_all(&dir).unwrap();
         let mut secrets = BTreeMap::new();
         let mut entries = String::new();
