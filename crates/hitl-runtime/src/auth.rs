@@ -69,6 +69,17 @@ pub fn signed_bytes(kind: Kind, key: Option<&[u8]>, value: Option<&[u8]>) -> Vec
     bytes
 }
 
+/// Feeds the signed bytes of a record to `mac` piece by piece (no copy of the value).
+fn mac_signed_bytes(mac: &mut Hmac<Sha256>, kind: Kind, key: Option<&[u8]>, value: Option<&[u8]>) {
+    let key = key.unwrap_or_default();
+    mac.update(b"hitl-auth/v1/");
+    mac.update(kind.as_str().as_bytes());
+    mac.update(b"\n");
+    mac.update(&(key.len() as u32).to_be_bytes());
+    mac.update(key);
+    mac.update(value.unwrap_or_default());
+}
+
 /// A signature algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Algorithm {
@@ -205,18 +216,21 @@ impl Signer {
 
     /// The `hitl-auth` header value for a record of `kind` with `key` and `value`.
     pub fn sign(&self, kind: Kind, key: Option<&[u8]>, value: Option<&[u8]>) -> String {
-        let bytes = signed_bytes(kind, key, value);
         let (algorithm, signature) = match &self.key {
             SecretKey::Hmac(mac) => {
                 let mut mac = mac.clone();
-                mac.update(&bytes);
+                mac_signed_bytes(&mut mac, kind, key, value);
                 (
                     Algorithm::HmacSha256,
                     hex::encode(mac.finalize().into_bytes()),
                 )
             }
-            SecretKey::Ed25519(key) => {
-                (Algorithm::Ed25519, hex::encode(key.sign(&bytes).to_bytes()))
+            SecretKey::Ed25519(secret) => {
+                let bytes = signed_bytes(kind, key, value);
+                (
+                    Algorithm::Ed25519,
+                    hex::encode(secret.sign(&bytes).to_bytes()),
+                )
             }
         };
         format!("{}:{}:{signature}", algorithm.as_str(), self.key_id)
@@ -446,14 +460,15 @@ impl KeySet {
             .keys
             .get(key_id)
             .ok_or_else(|| AuthError::UnknownKey(truncate(key_id, 64)))?;
-        let bytes = signed_bytes(kind, key, value);
+
         let valid = match (&trusted.key, algorithm) {
             (PublicKey::Hmac(mac), "hmac-sha256") => {
                 let mut mac = mac.clone();
-                mac.update(&bytes);
+                mac_signed_bytes(&mut mac, kind, key, value);
                 mac.verify_slice(&signature).is_ok()
             }
             (PublicKey::Ed25519(public), "ed25519") => {
+                let bytes = signed_bytes(kind, key, value);
                 ed25519_dalek::Signature::from_slice(&signature)
                     .is_ok_and(|signature| public.verify(&bytes, &signature).is_ok())
             }
