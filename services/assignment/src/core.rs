@@ -1733,7 +1733,7 @@ impl Core {
                 partition,
                 event: clear,
                 pii: true,
-                trace: trace.clone(),
+                trace,
             });
         }
         out.push(Effect::Assignment {
