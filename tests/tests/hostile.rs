@@ -218,7 +218,8 @@ fn signed_by(signer: &hitl_runtime::auth::Signer, kind: Kind, key: &str, payload
 }
 
 /// Reviewers and impostors: blind and informed impersonation, replay, self-granted roles, a
-/// second identity for a quorum, another reviewer set offline, an oversize rationale. Every
+/// second identity for a quorum, another reviewer set offline, an oversize rationale, review
+/// requests written past the router. Every
 /// attempt is refused (a metric each), the verdicts are recorded in the decisions' trails as
 /// rejected, and only alice and bob decide.
 #[test]
@@ -309,6 +310,37 @@ fn hostile_reviewers_cannot_decide_for_others_or_change_the_roster() {
         ),
         3.0,
         "the promotion, the twin and alice set offline by mallory"
+    );
+
+    // A review request written straight to the topic (choosing its own pool, roles and quorum):
+    // unsigned, and signed by a publisher's key. Only the router's signature makes one.
+    let smuggled = hitl_schema::sample::review_request(
+        "smuggled".into(),
+        0,
+        "general".into(),
+        hitl_runtime::now_millis(),
+        hitl_runtime::now_millis() + 3_600_000,
+    );
+    let payload = run
+        .codec
+        .encode_to_vec(&run.topics.review_requests, &smuggled)
+        .unwrap();
+    produce_unsigned(
+        &producer,
+        &run.topics.review_requests,
+        "general",
+        &payload,
+        &[],
+    );
+    produce_unsigned(
+        &producer,
+        &run.topics.review_requests,
+        "general",
+        &payload,
+        &[(
+            HEADER,
+            &signed_by(&trust.publisher, Kind::ReviewRequest, "general", &payload),
+        )],
     );
 
     // Work: four general items and two that need a senior.
@@ -513,8 +545,12 @@ fn hostile_reviewers_cannot_decide_for_others_or_change_the_roster() {
         assert_eq!(outcome[0].status, OutcomeStatus::Approved);
         assert_eq!(outcome[0].reviewer_ids, vec![event.reviewer_id.clone()]);
     }
-    // The megabyte verdict is a dead letter, cut to fit and saying so.
+    // The megabyte verdict is a dead letter, cut to fit and saying so; the smuggled review
+    // requests are dead letters too, and were never assigned.
     let dead = run.dead_letters();
+    assert_eq!(dead["auth.unauthenticated"].len(), 1, "{:?}", dead.keys());
+    assert_eq!(dead["auth.not_allowed"].len(), 1, "{:?}", dead.keys());
+    assert!(!events.iter().any(|event| event.decision_id == "smuggled"));
     let oversize = &dead["oversize"];
     assert_eq!(oversize.len(), 1, "{:?}", dead.keys());
     assert!(oversize[0].headers.contains_key("hitl.error.truncated"));
