@@ -337,6 +337,8 @@ pub enum Rejection {
     NotAuthorized,
     /// A field over its bound (the rationale).
     Oversize,
+    /// A RENEW of a lease already at the pool's `max_lease_lifetime`.
+    LeaseAtMaximum,
 }
 
 impl Rejection {
@@ -356,6 +358,7 @@ impl Rejection {
             Self::Unauthenticated => "unauthenticated",
             Self::NotAuthorized => "not_authorized",
             Self::Oversize => "oversize",
+            Self::LeaseAtMaximum => "lease_at_maximum",
         }
     }
 }
@@ -1986,6 +1989,12 @@ impl Core {
         if !reviewer.has_roles(item.required_roles.iter().map(|r| &**r).chain(tier_roles)) {
             return Err(Rejection::MissingRole);
         }
+        if verdict.verdict == VerdictKind::Renew {
+            let max = policy.max_lease_lifetime().as_millis() as i64;
+            if lease.expires_at >= lease.assigned_at.saturating_add(max) {
+                return Err(Rejection::LeaseAtMaximum);
+            }
+        }
         if verdict.verdict == VerdictKind::Amend
             && verdict
                 .amended_action
@@ -2067,9 +2076,13 @@ impl Core {
         self.touched.push(slot);
 
         if verdict.verdict == VerdictKind::Renew {
-            let lease_ms = self.policy(pool).lease.as_millis() as i64;
+            let policy = self.policy(pool);
+            let lease_ms = policy.lease.as_millis() as i64;
+            let max_ms = policy.max_lease_lifetime().as_millis() as i64;
             let lease = &mut self.item_mut(slot).progress_mut().leases[lease_index];
-            lease.expires_at = now + lease_ms;
+            // Never past the lease's maximum lifetime, never shorter than it was.
+            let cap = lease.assigned_at.saturating_add(max_ms);
+            lease.expires_at = now.saturating_add(lease_ms).min(cap).max(lease.expires_at);
             let lease = lease.clone();
             event
                 .attributes

@@ -14,6 +14,11 @@ pub struct PoolPolicy {
     /// How long a reviewer holds an item before it is revoked (RENEW extends it by this much).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// How long one lease may last with every renewal (default: four leases). A RENEW never
+    /// extends a lease past its assignment time plus this; one at that limit is rejected
+    /// (`lease_at_maximum`): a holder cannot keep an item for ever.
+    #[serde(with = "humantime_serde")]
+    pub max_lease_lifetime: Option<Duration>,
     /// A verdict still counts this long after its lease's expiry; the lease is revoked after it.
     #[serde(with = "humantime_serde")]
     pub verdict_grace: Duration,
@@ -34,10 +39,18 @@ pub struct PoolPolicy {
     pub max_assignments_per_minute: u32,
 }
 
+impl PoolPolicy {
+    /// The longest a lease may last with its renewals.
+    pub fn max_lease_lifetime(&self) -> Duration {
+        self.max_lease_lifetime.unwrap_or(self.lease * 4)
+    }
+}
+
 impl Default for PoolPolicy {
     fn default() -> Self {
         Self {
             lease: Duration::from_secs(300),
+            max_lease_lifetime: None,
             verdict_grace: Duration::from_secs(5),
             escalate_after_expiries: 2,
             escalate_at_sla: vec![0.75],
@@ -128,6 +141,12 @@ impl CoreConfig {
         );
         for (field, pool) in pools {
             let at = |what: &str| format!("{prefix}{field}.{what}");
+            if pool.max_lease_lifetime.is_some_and(|max| max < pool.lease) {
+                problems.push(format!(
+                    "{}: must be at least the lease",
+                    at("max_lease_lifetime")
+                ));
+            }
             if pool.lease < Duration::from_secs(1) {
                 problems.push(format!("{}: must be at least 1s", at("lease")));
             }

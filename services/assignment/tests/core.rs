@@ -24,6 +24,7 @@ const T0: i64 = 1_800_000_000_000;
 fn config() -> CoreConfig {
     let pool = PoolPolicy {
         lease: Duration::from_secs(60),
+        max_lease_lifetime: None,
         verdict_grace: Duration::from_secs(5),
         escalate_after_expiries: 2,
         escalate_at_sla: vec![0.5],
@@ -1332,4 +1333,46 @@ fn a_traced_request_keeps_its_trace_through_every_output_and_a_restore() {
         Effect::Assignment { trace, .. } => trace.is_none(),
         _ => true,
     }));
+}
+
+/// A holder cannot keep an item for ever by renewing: a lease never lasts past its assignment
+/// plus the pool's `max_lease_lifetime` (four leases by default), and a RENEW at that limit is
+/// rejected (`lease_at_maximum`) while the holder may still decide.
+#[test]
+fn renewals_never_extend_a_lease_past_its_maximum_lifetime() {
+    let mut core = core_with(&[reviewer("ann", &[], 1, Presence::Online)]);
+    let mut out = Vec::new();
+    core.request(
+        &request("d1", "general", "model", 60 * MINUTE, T0),
+        T0,
+        &mut out,
+    );
+    let lease = assignments(&out, AssignmentKind::Assigned).remove(0);
+    let limit = T0 + 4 * MINUTE; // the general pool's lease is one minute
+    let mut expires = lease.lease_expires_at;
+    let mut at = T0;
+    loop {
+        at += 30 * SECOND;
+        out.clear();
+        core.verdict(&verdict(&lease, VerdictKind::Renew, at), at, &mut out);
+        let renewed = assignments(&out, AssignmentKind::Assigned);
+        if renewed.is_empty() {
+            assert_eq!(rejections(&out), vec![Rejection::LeaseAtMaximum]);
+            break;
+        }
+        assert!(renewed[0].lease_expires_at <= limit, "{renewed:?}");
+        assert!(renewed[0].lease_expires_at >= expires);
+        expires = renewed[0].lease_expires_at;
+        assert!(at < limit, "renewed past the maximum at {}", at - T0);
+    }
+    assert_eq!(expires, limit);
+    out.clear();
+    core.verdict(&verdict(&lease, VerdictKind::Approve, at), at, &mut out);
+    assert!(rejections(&out).is_empty());
+    assert_eq!(
+        out.iter()
+            .filter(|effect| matches!(effect, Effect::Outcome(..)))
+            .count(),
+        1
+    );
 }
