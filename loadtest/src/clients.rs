@@ -37,8 +37,8 @@ impl Clients {
             .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))?;
         let file: ClientsFile = serde_json::from_value(toml_value(&text, path)?)?;
         let signer = |what: &str, key: &KeyConfig| -> anyhow::Result<Signer> {
-            let secret = hex_bytes(&key.secret)
-                .ok_or_else(|| anyhow::anyhow!("{}: {what}.secret is not hex", path.display()))?;
+            let secret = hex::decode(key.secret.trim())
+                .map_err(|_| anyhow::anyhow!("{}: {what}.secret is not hex", path.display()))?;
             Signer::new(&key.key_id, key.algorithm, &secret)
                 .map_err(|error| anyhow::anyhow!("{}: {what}: {error}", path.display()))
         };
@@ -64,17 +64,6 @@ fn hitl_runtime_config(text: &str) -> Result<serde_json::Value, String> {
     config
         .try_deserialize::<serde_json::Value>()
         .map_err(|error| error.to_string())
-}
-
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 static CLIENTS: OnceLock<Clients> = OnceLock::new();

@@ -444,12 +444,12 @@ pub fn trust() -> &'static TestTrust {
         let mut secrets = BTreeMap::new();
         let mut entries = String::new();
         let mut key = |key_id: &str, grant: &str| {
-            let secret = hex_encode(&random_secret().unwrap());
+            let secret = hex::encode(random_secret().unwrap());
             entries.push_str(&format!(
                 "[[keys]]\nkey_id = \"{key_id}\"\nalgorithm = \"hmac-sha256\"\nsecret = \"{secret}\"\ngrant = {grant}\n\n"
             ));
             secrets.insert(key_id.to_owned(), secret.clone());
-            Signer::new(key_id, Algorithm::HmacSha256, &hex_decode(&secret)).unwrap()
+            Signer::new(key_id, Algorithm::HmacSha256, &hex::decode(&secret).unwrap()).unwrap()
         };
         let producers = TEST_PRODUCERS
             .iter()
@@ -485,20 +485,9 @@ pub fn trust() -> &'static TestTrust {
             mallory,
             alice,
             secrets,
-            lease_secret: hex_encode(&random_secret().unwrap()),
+            lease_secret: hex::encode(random_secret().unwrap()),
         }
     })
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 /// The environment that gives a service this process's keys (unless its config has `[trust]`).

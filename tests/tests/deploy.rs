@@ -229,10 +229,7 @@ fn exercise_assignment(topics: &hitl_runtime::config::Topics, assignment: &Servi
     produce_unsigned(&producer, &topics.reviewers, "deploy-impostor", &bytes, &[]);
     flush(&producer);
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let lease_secret: Vec<u8> = (0..trust().lease_secret.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&trust().lease_secret[i..i + 2], 16).unwrap())
-        .collect();
+    let lease_secret = hex::decode(&trust().lease_secret).unwrap();
     let verdict = |id: &str, attempt: u32, kind: VerdictKind| {
         let verdict = Verdict {
             decision_id: id.into(),

@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
                 Algorithm::HmacSha256 => keys.insert_hmac("k1", &[7u8; 32], Grant::Gateway),
                 Algorithm::Ed25519 => keys.insert_ed25519(
                     "k1",
-                    &hex_bytes(&signer.public_key_hex().unwrap()),
+                    &hex::decode(signer.public_key_hex().unwrap()).unwrap(),
                     Grant::Gateway,
                 ),
             }
@@ -49,13 +49,6 @@ fn bench(c: &mut Criterion) {
         }
     }
     group.finish();
-}
-
-fn hex_bytes(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 criterion_group!(benches, bench);

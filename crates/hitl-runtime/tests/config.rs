@@ -163,10 +163,7 @@ fn the_published_development_keys_are_all_known_and_refused_without_dev() {
             else {
                 continue;
             };
-            let bytes: Vec<u8> = (0..value.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&value[i..i + 2], 16).unwrap())
-                .collect();
+            let bytes = hex::decode(value).unwrap();
             assert!(
                 Fingerprint::of("", &bytes).is_development_key(),
                 "{line}: a published secret that is not in auth::DEVELOPMENT_KEYS"

@@ -778,17 +778,7 @@ impl AuditCore {
                 return;
             }
         }
-        let entry = TimelineEntry {
-            event_id: event.event_id.clone(),
-            kind: event.kind.as_str().to_owned(),
-            service: event.service.clone(),
-            event_time: event.event_time,
-            sequence: event.sequence,
-            reviewer_id: event.reviewer_id.clone(),
-            assignment_id: event.assignment_id.clone(),
-            reason: event.reason.clone(),
-            attributes: event.attributes.clone(),
-        };
+        let entry = timeline_entry(event);
         let note = |reason: &'static str, class: &str| Note {
             id: hex::encode(xxh3_64(event.event_id.as_bytes()).to_be_bytes()),
             reason,
@@ -1119,9 +1109,9 @@ fn stored_fingerprint(trail: &Trail, entry: &TimelineEntry) -> u64 {
     )
 }
 
-/// The fingerprint of an event as it arrives.
-fn live_fingerprint(event: &LifecycleEvent, keys: &Keys) -> u64 {
-    let entry = TimelineEntry {
+/// The timeline entry an event makes, as it arrives.
+fn timeline_entry(event: &LifecycleEvent) -> TimelineEntry {
+    TimelineEntry {
         event_id: event.event_id.clone(),
         kind: event.kind.as_str().to_owned(),
         service: event.service.clone(),
@@ -1131,7 +1121,12 @@ fn live_fingerprint(event: &LifecycleEvent, keys: &Keys) -> u64 {
         assignment_id: event.assignment_id.clone(),
         reason: event.reason.clone(),
         attributes: event.attributes.clone(),
-    };
+    }
+}
+
+/// The fingerprint of an event as it arrives.
+fn live_fingerprint(event: &LifecycleEvent, keys: &Keys) -> u64 {
+    let entry = timeline_entry(event);
     let decision = (event.kind == LifecycleKind::Routed)
         .then(|| event.decision.as_ref().map(|d| keys.hasher().hashed(d)))
         .flatten();
