@@ -412,16 +412,27 @@ impl Topics {
             partitions: self.partitions,
             configs: vec![("cleanup.policy", "delete"), ("retention.ms", retention)],
         };
+        // Inputs whose time decides an outcome carry the broker's append time, not their
+        // writer's clock (docs/design.md, "Time").
+        let appended = |name: &str, retention: &'static str| TopicSpec {
+            name: name.to_owned(),
+            partitions: self.partitions,
+            configs: vec![
+                ("cleanup.policy", "delete"),
+                ("retention.ms", retention),
+                ("message.timestamp.type", "LogAppendTime"),
+            ],
+        };
         const WEEK: &str = "604800000";
         const MONTH: &str = "2592000000";
         const FOREVER: &str = "-1";
         vec![
             deleted(&self.decisions, WEEK),
             deleted(&self.decisions_dlq, MONTH),
-            deleted(&self.review_requests, WEEK),
+            appended(&self.review_requests, WEEK),
             deleted(&self.assignments, WEEK),
             deleted(&self.assignments_pii, WEEK),
-            deleted(&self.verdicts, WEEK),
+            appended(&self.verdicts, WEEK),
             compacted(&self.reviewers, FOREVER),
             deleted(&self.outcomes, MONTH),
             deleted(&self.lifecycle, MONTH),

@@ -53,6 +53,7 @@ mod driver;
 mod error;
 mod record;
 pub mod state;
+pub mod watermark;
 
 use std::{num::NonZeroU32, time::Duration};
 
@@ -85,6 +86,25 @@ pub trait Processor: Send + 'static {
         _output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
         Ok(())
+    }
+    /// How long an owned input partition with nothing to read holds back the input watermark
+    /// (`pipeline::watermark`); `None` (the default): the processor does not use it, and
+    /// `tick_watermarked` gets none.
+    fn input_quiet(&self) -> Option<Duration> {
+        None
+    }
+    /// `tick`, with the input watermark when `input_quiet` is set: every record of every partition
+    /// this instance owns that was appended (by the broker's clock, on `LogAppendTime` topics)
+    /// before `watermark_millis` has been processed. `Some(None)`: it owns no partition (a
+    /// rebalance is under way). Timers that must never overtake an input fire by it. The default
+    /// calls `tick`.
+    fn tick_watermarked(
+        &mut self,
+        now_millis: i64,
+        _watermark_millis: Option<Option<i64>>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
+        self.tick(now_millis, output)
     }
     /// The transaction holding everything since the last commit or abort has committed.
     fn committed(&mut self) {}

@@ -81,6 +81,9 @@ pub struct Progress {
     pub breached: bool,
     /// When the first assignment happened (time to assign).
     pub first_assigned_at: Option<i64>,
+    /// Set aside: no reviewer on the roster can take it (roles, pool, separation of duties,
+    /// exclusions); out of the queue until one who can joins or changes.
+    pub set_aside: bool,
 }
 
 static NO_PROGRESS: Progress = Progress {
@@ -93,6 +96,7 @@ static NO_PROGRESS: Progress = Progress {
     sla_escalations: 0,
     breached: false,
     first_assigned_at: None,
+    set_aside: false,
 };
 
 /// An interned string (pool, workflow, action, producer, policy rule and version): four bytes per
@@ -153,6 +157,9 @@ struct Item {
     level: u8,
     /// `QA_SAMPLE` and `AUTO_REJECTED` bits.
     flags: u8,
+    /// The roster epoch at which nobody free could take it and someone eligible was found: no
+    /// second roster walk for it until the roster or the item changes. Derived, not stored.
+    checked_epoch: u32,
     /// The trace context of the review request (the router's span), when it carried one.
     trace: Option<TraceContext>,
 }
@@ -406,6 +413,10 @@ pub enum Observation {
         pool: Arc<str>,
         agrees: bool,
     },
+    /// An item was set aside: nobody on the roster can take it.
+    SetAside {
+        pool: Arc<str>,
+    },
 }
 
 /// What a core call produced, in order.
@@ -514,6 +525,8 @@ type Limiter = RateLimiter<
 /// One pool's queue: items waiting for (more) reviewers, in serving order, by slot.
 struct PoolState {
     queue: BTreeMap<Key, u32>,
+    /// Items set aside (nobody on the roster can take them), by queue key.
+    aside: BTreeMap<Key, u32>,
     next_sequence: u64,
     /// Online reviewers serving the pool with free capacity, best first.
     available: BTreeSet<Position>,
@@ -527,6 +540,8 @@ pub struct PoolGauges {
     pub pending_by_tier: [usize; 4],
     pub oldest_enqueued_at: Option<i64>,
     pub in_review: usize,
+    /// Set aside: nobody on the roster can take them.
+    pub set_aside: usize,
 }
 
 /// The state of the pools this instance owns.
@@ -548,6 +563,8 @@ pub struct Core {
     /// Decided ids in decision order (entries whose time no longer matches `done` are stale).
     done_order: VecDeque<(i64, Arc<str>)>,
     roster: BTreeMap<Arc<str>, Reviewer>,
+    /// Bumped at every roster change (see `Item::checked_epoch`).
+    roster_epoch: u32,
     /// Active leases per reviewer and pool (also for reviewers not, or no longer, on the roster).
     inflight: HashMap<Arc<str>, BTreeMap<Sym, u32>>,
     clock: CoreClock,
@@ -555,6 +572,53 @@ pub struct Core {
     touched: Vec<u32>,
     /// Decided ids restored since the last call, put in decision order by `finish_restore`.
     restored_done: Vec<(i64, Arc<str>)>,
+}
+
+/// An item's SLA window, bounded by its pool's policy: the one place its deadline is computed.
+struct SlaWindow {
+    deadline: i64,
+    /// The decision's `created_at`, or the routing time when it lies too far in the future.
+    created_at: i64,
+    /// `"min_sla"` or `"max_sla"` when the requested deadline was moved to that bound.
+    bounded: Option<&'static str>,
+}
+
+impl SlaWindow {
+    fn bound(policy: &PoolPolicy, request: &ReviewRequest, enqueued_at: i64) -> Self {
+        let millis =
+            |duration: std::time::Duration| duration.as_millis().min(i64::MAX as u128) as i64;
+        let earliest = enqueued_at.saturating_add(millis(policy.min_sla));
+        let latest = enqueued_at
+            .saturating_add(millis(policy.max_sla))
+            .max(earliest);
+        let requested = request.sla_deadline;
+        let (deadline, bounded) = if requested < earliest {
+            (earliest, Some("min_sla"))
+        } else if requested > latest {
+            (latest, Some("max_sla"))
+        } else {
+            (requested, None)
+        };
+        let skew_limit = request
+            .routed_at
+            .saturating_add(millis(policy.max_clock_skew));
+        let created_at = request.decision.created_at;
+        Self {
+            deadline,
+            created_at: if created_at > skew_limit {
+                request.routed_at
+            } else {
+                created_at
+            },
+            bounded,
+        }
+    }
+
+    /// The instant an item with this window reaches `fraction` of it (an escalation point).
+    fn at_fraction(enqueued_at: i64, deadline: i64, fraction: f64) -> i64 {
+        let sla = deadline.saturating_sub(enqueued_at);
+        enqueued_at.saturating_add((sla as f64 * fraction).ceil() as i64)
+    }
 }
 
 fn tier_number(tier: &str) -> u8 {
@@ -603,6 +667,7 @@ impl Core {
             done: HashMap::with_hasher(Xxh3Builder::new()),
             done_order: VecDeque::new(),
             roster: BTreeMap::new(),
+            roster_epoch: 1,
             inflight: HashMap::new(),
             clock: CoreClock::default(),
             touched: Vec::new(),
@@ -681,6 +746,9 @@ impl Core {
             let entry = gauges
                 .entry(self.symbols.name(item.pool).clone())
                 .or_default();
+            if item.progress().set_aside {
+                entry.set_aside += 1;
+            }
             if item.progress().leases.is_empty() {
                 entry.pending += 1;
                 entry.pending_by_tier[usize::from(item.tier.min(3))] += 1;
@@ -751,7 +819,8 @@ impl Core {
         let pool = self.symbols.intern(&request.pool);
         self.ensure_pool(pool);
         let enqueued_at = request.routed_at.min(now);
-        let sla_deadline = request.sla_deadline.max(enqueued_at);
+        let window = SlaWindow::bound(self.policy(pool), request, enqueued_at);
+        let (sla_deadline, created_at) = (window.deadline, window.created_at);
         let tier = tier_number(&request.priority_tier);
         let state = self.pools.get_mut(&pool).expect("pool exists");
         let key = self.config.decay.key(
@@ -786,7 +855,7 @@ impl Core {
                 .collect(),
             progress: None,
             confidence: decision.confidence,
-            created_at: decision.created_at,
+            created_at,
             enqueued_at,
             sla_deadline,
             key,
@@ -801,6 +870,7 @@ impl Core {
             tier,
             quorum: request.quorum.clamp(1, 16) as u8,
             level: 0,
+            checked_epoch: 0,
             flags: match (request.kind, request.auto_status.as_deref()) {
                 (ReviewKind::QaSample, Some("REJECTED")) => QA_SAMPLE | AUTO_REJECTED,
                 (ReviewKind::QaSample, _) => QA_SAMPLE,
@@ -821,6 +891,18 @@ impl Core {
         event
             .attributes
             .insert("quorum".into(), self.item_ref(slot).quorum.to_string());
+        if let Some(bound) = window.bounded {
+            event.attributes.insert("sla_bounded".into(), bound.into());
+            event.attributes.insert(
+                "requested_sla_deadline".into(),
+                request.sla_deadline.to_string(),
+            );
+        }
+        if created_at != decision.created_at {
+            event
+                .attributes
+                .insert("created_at_skewed".into(), decision.created_at.to_string());
+        }
         out.push(Effect::Lifecycle(event));
         out.push(Effect::Observed(Observation::Queued {
             pool: self.pool_name(pool),
@@ -860,9 +942,11 @@ impl Core {
             },
         );
         self.refresh(&id);
+        self.roster_epoch = self.roster_epoch.wrapping_add(1).max(1);
         if status.presence == Presence::Offline {
             self.revoke_all_of(&id, "reviewer_offline", now, out);
         }
+        self.bring_back(&id, now, out);
         self.assign_all(now, out);
         self.flush(out);
     }
@@ -876,6 +960,7 @@ impl Core {
         let id = reviewer.id.clone();
         self.refresh(&id);
         self.roster.remove(&id);
+        self.roster_epoch = self.roster_epoch.wrapping_add(1).max(1);
         self.revoke_all_of(&id, "reviewer_removed", now, out);
         self.assign_all(now, out);
         self.flush(out);
@@ -947,6 +1032,7 @@ impl Core {
             Some(StateRecord::Active(record)) => {
                 let item = self.item_from_record(record);
                 let (pool, key, wanted) = (item.pool, item.key, item.wanted() > 0);
+                let aside = item.progress().set_aside;
                 self.ensure_pool(pool);
                 let leases: Vec<Arc<str>> = item
                     .progress()
@@ -957,7 +1043,9 @@ impl Core {
                 let slot = self.insert(item);
                 let state = self.pools.get_mut(&pool).expect("pool exists");
                 state.next_sequence = state.next_sequence.max(key.sequence + 1);
-                if wanted {
+                if wanted && aside {
+                    state.aside.insert(key, slot);
+                } else if wanted {
                     state.queue.insert(key, slot);
                 }
                 for reviewer in &leases {
@@ -1156,6 +1244,7 @@ impl Core {
             tier: record.tier,
             quorum: record.quorum.max(1),
             level: record.level,
+            checked_epoch: 0,
             flags: if record.qa_sample { QA_SAMPLE } else { 0 }
                 | if record.auto_rejected {
                     AUTO_REJECTED
@@ -1215,6 +1304,9 @@ impl Core {
         if let Some(state) = self.pools.get_mut(&item.pool) {
             if state.queue.get(&item.key) == Some(&slot) {
                 state.queue.remove(&item.key);
+            }
+            if state.aside.get(&item.key) == Some(&slot) {
+                state.aside.remove(&item.key);
             }
         }
         self.leased.remove(&slot);
@@ -1277,6 +1369,7 @@ impl Core {
             pool,
             PoolState {
                 queue: BTreeMap::new(),
+                aside: BTreeMap::new(),
                 next_sequence: 0,
                 available: BTreeSet::new(),
                 limiter: None,
@@ -1348,11 +1441,10 @@ impl Core {
             .iter()
             .map(|lease| lease.expires_at.saturating_add(grace).saturating_add(1))
             .min();
-        let sla = item.sla_deadline - item.enqueued_at;
         let escalation = policy
             .escalate_at_sla
             .get(usize::from(progress.sla_escalations))
-            .map(|fraction| item.enqueued_at + (sla as f64 * fraction).ceil() as i64);
+            .map(|fraction| SlaWindow::at_fraction(item.enqueued_at, item.sla_deadline, *fraction));
         let breach = (!progress.breached).then_some(item.sla_deadline);
         [lease, escalation, breach]
             .into_iter()
@@ -1438,8 +1530,7 @@ impl Core {
             let Some(fraction) = policy.escalate_at_sla.get(done) else {
                 break;
             };
-            let sla = item.sla_deadline - item.enqueued_at;
-            if now < item.enqueued_at + (sla as f64 * fraction).ceil() as i64 {
+            if now < SlaWindow::at_fraction(item.enqueued_at, item.sla_deadline, *fraction) {
                 break;
             }
             self.item_mut(slot).progress_mut().sla_escalations += 1;
@@ -1590,14 +1681,31 @@ impl Core {
                 virtual_deadline: i64::MIN,
                 sequence: 0,
             });
+            let mut aside = Vec::new();
+            let epoch = self.roster_epoch;
             for (key, slot) in state.queue.range(start..) {
                 if scanned >= max_scan {
                     break;
                 }
                 scanned += 1;
-                if let Some(reviewer) = self.best_reviewer(self.item_ref(*slot), &limited) {
+                let item = self.item_ref(*slot);
+                if let Some(reviewer) = self.best_reviewer(item, &limited) {
                     found = Some((*key, *slot, reviewer));
                     break;
+                }
+                if item.checked_epoch != epoch {
+                    if self.anyone_eligible(item) {
+                        aside.push((*slot, false));
+                    } else {
+                        aside.push((*slot, true));
+                    }
+                }
+            }
+            for (slot, nobody) in aside {
+                if nobody {
+                    self.set_aside(slot, now, out);
+                } else {
+                    self.item_mut(slot).checked_epoch = epoch;
                 }
             }
             let Some((key, slot, reviewer)) = found else {
@@ -1761,14 +1869,112 @@ impl Core {
 
     /// Puts the item in its pool's queue if it needs more reviewers, takes it out otherwise.
     fn requeue_if_wanted(&mut self, slot: u32) {
-        let item = self.item_ref(slot);
-        let (pool, key, wanted) = (item.pool, item.key, item.wanted() > 0);
+        let item = self.item_mut(slot);
+        item.checked_epoch = 0; // it changed: who may take it is worth asking again
+        let (pool, key, wanted, aside) = (
+            item.pool,
+            item.key,
+            item.wanted() > 0,
+            item.progress().set_aside,
+        );
         if let Some(state) = self.pools.get_mut(&pool) {
-            if wanted {
+            if wanted && aside {
+                state.aside.insert(key, slot);
+            } else if wanted {
                 state.queue.insert(key, slot);
-            } else if state.queue.get(&key) == Some(&slot) {
+            } else {
+                if state.queue.get(&key) == Some(&slot) {
+                    state.queue.remove(&key);
+                }
+                if state.aside.get(&key) == Some(&slot) {
+                    state.aside.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Whether anyone on the roster could ever take the item as it is now: present (online or
+    /// away), with capacity, serving its pool, with its roles, not its producer, not excluded
+    /// from it, not holding it already. Busy reviewers count: they will be free again.
+    fn anyone_eligible(&self, item: &Item) -> bool {
+        let policy = self.policy(item.pool);
+        let progress = item.progress();
+        let pool = self.symbols.name(item.pool);
+        let producer = self.symbols.name(item.producer);
+        self.roster.values().any(|reviewer| {
+            reviewer.presence != Presence::Offline
+                && reviewer.capacity > 0
+                && reviewer.serves(pool)
+                && *reviewer.id != **producer
+                && !progress.excluded.contains(&reviewer.id)
+                && !progress.leases.iter().any(|l| l.reviewer == reviewer.id)
+                && reviewer.has_roles(
+                    item.required_roles.iter().map(|r| &**r).chain(
+                        policy
+                            .tiers
+                            .iter()
+                            .take(usize::from(item.level))
+                            .flat_map(|tier| tier.roles.iter().map(String::as_str)),
+                    ),
+                )
+        })
+    }
+
+    /// Takes an item nobody on the roster can take out of the queue (recorded: a QUEUED event
+    /// saying so, a metric), so it neither blocks the items behind it nor costs a look per pass.
+    fn set_aside(&mut self, slot: u32, now: i64, out: &mut Vec<Effect>) {
+        let item = self.item_mut(slot);
+        let (pool, key) = (item.pool, item.key);
+        item.progress_mut().set_aside = true;
+        if let Some(state) = self.pools.get_mut(&pool) {
+            if state.queue.get(&key) == Some(&slot) {
                 state.queue.remove(&key);
             }
+            state.aside.insert(key, slot);
+        }
+        let mut event = self
+            .event(slot, LifecycleKind::Queued, now)
+            .with_reason("set aside: no reviewer on the roster can take it");
+        event.attributes.insert("set_aside".into(), "true".into());
+        out.push(Effect::Lifecycle(event));
+        out.push(Effect::Observed(Observation::SetAside {
+            pool: self.pool_name(pool),
+        }));
+        self.touched.push(slot);
+    }
+
+    /// After a roster change: the items set aside in the pools `reviewer` serves that it could
+    /// take go back to the queue (a QUEUED event says so).
+    fn bring_back(&mut self, reviewer: &Arc<str>, now: i64, out: &mut Vec<Effect>) {
+        let Some(entry) = self.roster.get(reviewer) else {
+            return;
+        };
+        if entry.presence == Presence::Offline || entry.capacity == 0 {
+            return;
+        }
+        let back: Vec<u32> = self
+            .pools
+            .iter()
+            .filter(|(pool, state)| {
+                !state.aside.is_empty() && entry.serves(self.symbols.name(**pool))
+            })
+            .flat_map(|(_, state)| state.aside.values().copied())
+            .filter(|slot| self.anyone_eligible(self.item_ref(*slot)))
+            .collect();
+        for slot in back {
+            let item = self.item_mut(slot);
+            item.progress_mut().set_aside = false;
+            let (pool, key) = (item.pool, item.key);
+            if let Some(state) = self.pools.get_mut(&pool) {
+                state.aside.remove(&key);
+            }
+            let mut event = self
+                .event(slot, LifecycleKind::Queued, now)
+                .with_reason("back in the queue: a reviewer who can take it is on the roster");
+            event.attributes.insert("set_aside".into(), "false".into());
+            out.push(Effect::Lifecycle(event));
+            self.requeue_if_wanted(slot);
+            self.touched.push(slot);
         }
     }
 
@@ -1900,12 +2106,6 @@ impl Core {
         let item = self.item_mut(slot);
         item.level = next as u8;
         item.progress_mut().expiries = 0;
-        let mut event = self
-            .event(slot, LifecycleKind::Escalated, now)
-            .with_reason(reason);
-        event.attributes.insert("level".into(), next.to_string());
-        event.attributes.insert("tier".into(), tier.name.clone());
-        out.push(Effect::Lifecycle(event));
         let item = self.item_ref(slot);
         let required: Vec<&str> = item
             .required_roles
@@ -1919,6 +2119,20 @@ impl Core {
                     .flat_map(|t| t.roles.iter().map(String::as_str)),
             )
             .collect();
+        // Votes toward the quorum count only from reviewers the new tier would let decide: a
+        // vote cast below it is not a senior's vote.
+        let qualified = |reviewer: &str| {
+            self.roster
+                .get(reviewer)
+                .is_some_and(|entry| entry.has_roles(required.iter().copied()))
+        };
+        let discarded: Vec<Arc<str>> = item
+            .progress()
+            .votes
+            .iter()
+            .filter(|vote| !qualified(&vote.reviewer))
+            .map(|vote| vote.reviewer.clone())
+            .collect();
         let unqualified: Vec<String> = item
             .progress()
             .leases
@@ -1930,6 +2144,24 @@ impl Core {
             })
             .map(|lease| lease.id.clone())
             .collect();
+        if !discarded.is_empty() {
+            self.item_mut(slot)
+                .progress_mut()
+                .votes
+                .retain(|vote| !discarded.contains(&vote.reviewer));
+        }
+        let mut event = self
+            .event(slot, LifecycleKind::Escalated, now)
+            .with_reason(reason);
+        event.attributes.insert("level".into(), next.to_string());
+        event.attributes.insert("tier".into(), tier.name.clone());
+        if !discarded.is_empty() {
+            let names: Vec<&str> = discarded.iter().map(|r| &**r).collect();
+            event
+                .attributes
+                .insert("votes_discarded".into(), names.join(","));
+        }
+        out.push(Effect::Lifecycle(event));
         for id in unqualified {
             self.revoke(slot, &id, "escalated", false, now, out);
         }

@@ -73,6 +73,8 @@ pub(crate) struct AssignmentMetrics {
     queue_depth: Family<PoolTierLabels, Gauge>,
     oldest_pending: Family<PoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     in_review: Family<PoolLabels, Gauge>,
+    set_aside: Family<PoolLabels, Gauge>,
+    set_aside_total: Family<PoolLabels, Counter>,
     queued: Family<PoolLabels, Counter>,
     duplicates: Counter,
     time_to_assign: Family<PoolLabels, Histogram>,
@@ -125,6 +127,8 @@ impl AssignmentMetrics {
             queue_depth: Family::default(),
             oldest_pending: Family::default(),
             in_review: Family::default(),
+            set_aside: Family::default(),
+            set_aside_total: Family::default(),
             queued: Family::default(),
             duplicates: Counter::default(),
             time_to_assign: Family::new_with_constructor(latency_histogram),
@@ -160,6 +164,16 @@ impl AssignmentMetrics {
             "in_review",
             "Items held by at least one reviewer, by pool",
             metrics.in_review.clone(),
+        );
+        r.register(
+            "set_aside",
+            "Items set aside because no reviewer on the roster can take them, by pool",
+            metrics.set_aside.clone(),
+        );
+        r.register(
+            "set_aside_items",
+            "Items set aside because no reviewer on the roster could take them, by pool",
+            metrics.set_aside_total.clone(),
         );
         r.register(
             "queued",
@@ -357,6 +371,13 @@ impl AssignmentMetrics {
                     .get_or_create(&PoolLabels { pool })
                     .observe(*latency_ms as f64 / 1000.0);
             }
+            Observation::SetAside { pool } => {
+                self.set_aside_total
+                    .get_or_create(&PoolLabels {
+                        pool: self.pool(pool),
+                    })
+                    .inc();
+            }
             Observation::QaLabeled { pool, agrees } => {
                 self.qa_labels
                     .get_or_create(&QaLabels {
@@ -379,6 +400,7 @@ impl AssignmentMetrics {
         self.queue_depth.clear();
         self.oldest_pending.clear();
         self.in_review.clear();
+        self.set_aside.clear();
         for (pool, numbers) in gauges {
             let pool = self.pool(pool);
             for (tier, count) in TIERS.iter().zip(numbers.pending_by_tier) {
@@ -396,8 +418,11 @@ impl AssignmentMetrics {
                 .get_or_create(&PoolLabels { pool: pool.clone() })
                 .set(oldest);
             self.in_review
-                .get_or_create(&PoolLabels { pool })
+                .get_or_create(&PoolLabels { pool: pool.clone() })
                 .set(numbers.in_review as i64);
+            self.set_aside
+                .get_or_create(&PoolLabels { pool })
+                .set(numbers.set_aside as i64);
         }
         self.utilisation.set(utilisation.unwrap_or(0.0));
         self.reviewers_online.set(online as i64);

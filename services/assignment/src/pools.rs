@@ -37,6 +37,18 @@ pub struct PoolPolicy {
     /// Assignments per reviewer per minute in this pool (0: unlimited). Guards against approval
     /// fatigue.
     pub max_assignments_per_minute: u32,
+    /// The shortest SLA a request gets, counted from when it was queued, whatever its deadline
+    /// says: a publisher's `sla_ms` or `created_at` cannot force a fallback before any human
+    /// could look.
+    #[serde(with = "humantime_serde")]
+    pub min_sla: Duration,
+    /// The longest: a request cannot park an item (and hold its memory) for centuries.
+    #[serde(with = "humantime_serde")]
+    pub max_sla: Duration,
+    /// How far in the future (of the router's clock) a decision's `created_at` may be; a later
+    /// one is taken as the time it was routed.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl PoolPolicy {
@@ -61,6 +73,9 @@ impl Default for PoolPolicy {
             on_sla_breach: BreachPolicy::Hold,
             pii_roles: vec!["pii".into()],
             max_assignments_per_minute: 0,
+            min_sla: Duration::from_secs(60),
+            max_sla: Duration::from_secs(30 * 24 * 3600),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -146,6 +161,12 @@ impl CoreConfig {
                     "{}: must be at least the lease",
                     at("max_lease_lifetime")
                 ));
+            }
+            if pool.max_sla < pool.min_sla {
+                problems.push(format!("{}: must be at least min_sla", at("max_sla")));
+            }
+            if pool.max_sla > Duration::from_secs(100 * 365 * 24 * 3600) {
+                problems.push(format!("{}: must be at most 100 years", at("max_sla")));
             }
             if pool.lease < Duration::from_secs(1) {
                 problems.push(format!("{}: must be at least 1s", at("lease")));

@@ -47,6 +47,11 @@ pub struct AssignmentSettings {
     /// How often timers (lease expiry, SLA) are checked and queues re-examined.
     #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
+    /// How long an owned input partition with nothing to read holds timers back (see
+    /// `docs/design.md`, "Time"): after a restart or a rebalance, lease expiries and SLA
+    /// deadlines wait until the backlog is read, or this long if there is none.
+    #[serde(with = "humantime_serde")]
+    pub input_quiet: Duration,
     /// How often queue gauges are recomputed (a walk over every item).
     #[serde(with = "humantime_serde")]
     pub gauge_interval: Duration,
@@ -85,6 +90,7 @@ impl Default for AssignmentSettings {
             group_id: "hitl-assignment".into(),
             create_topics: true,
             tick_interval: Duration::from_millis(250),
+            input_quiet: Duration::from_secs(3),
             gauge_interval: Duration::from_secs(5),
             restore_timeout: Duration::from_secs(300),
             max_record_bytes: 1024 * 1024,
@@ -908,7 +914,11 @@ impl Processor for AssignmentProcessor {
         input: &InputRecord<'_>,
         output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
-        let now = hitl_runtime::now_millis();
+        // An input happens when the broker appended it (the verdict topic's `LogAppendTime`):
+        // a verdict sent in time is judged in time, however late it is read. On a `CreateTime`
+        // topic the writer chose the timestamp, so it is read time instead.
+        let wall = hitl_runtime::now_millis();
+        let now = input.append_time_millis().map_or(wall, |at| at.min(wall));
         self.drain_roster(now);
         if input.topic() == self.topics.review_requests {
             self.request(input, now, output);
@@ -918,13 +928,36 @@ impl Processor for AssignmentProcessor {
         self.emit(output)
     }
 
+    fn input_quiet(&self) -> Option<Duration> {
+        Some(self.settings.input_quiet)
+    }
+
     fn tick(
         &mut self,
         now_millis: i64,
         output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
+        self.tick_watermarked(now_millis, Some(Some(now_millis)), output)
+    }
+
+    /// Timers fire by the input watermark: a lease expiry or an SLA deadline at instant `t` fires
+    /// only once every verdict appended before `t` has been applied. With no partition owned (a
+    /// rebalance under way) nothing fires and nothing is written: the pools may be another
+    /// instance's already.
+    fn tick_watermarked(
+        &mut self,
+        now_millis: i64,
+        watermark: Option<Option<i64>>,
+        output: &mut Vec<OutputRecord>,
+    ) -> Result<(), ProcessError> {
+        let Some(watermark) = watermark.unwrap_or(Some(now_millis)) else {
+            return Ok(());
+        };
+        let now = watermark.min(now_millis);
         self.drain_roster(now_millis);
-        self.core.tick(now_millis, &mut self.effects);
+        if now > i64::MIN {
+            self.core.tick(now, &mut self.effects);
+        }
         self.emit(output)?;
         if self.last_gauges.elapsed() >= self.settings.gauge_interval {
             self.last_gauges = Instant::now();

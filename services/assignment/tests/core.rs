@@ -35,6 +35,9 @@ fn config() -> CoreConfig {
         on_sla_breach: BreachPolicy::Hold,
         pii_roles: vec!["pii".into()],
         max_assignments_per_minute: 0,
+        // These tests use SLAs of seconds; `sla_window_*` tests the bounds.
+        min_sla: Duration::ZERO,
+        ..PoolPolicy::default()
     };
     let mut pools = BTreeMap::new();
     pools.insert(
@@ -421,7 +424,8 @@ fn defer_goes_back_to_the_queue_and_to_someone_else() {
     let second = assignments(&out, AssignmentKind::Assigned).remove(0);
     assert_ne!(second.reviewer_id, first.reviewer_id);
     assert_eq!(second.attempt, 2);
-    // With only the deferring reviewer left, it waits.
+    // Both deferred: nobody on the roster may take it, so it is set aside (out of the queue,
+    // recorded) until someone who can joins.
     out.clear();
     core.verdict(
         &verdict(&second, VerdictKind::Defer, T0 + 2 * SECOND),
@@ -429,7 +433,23 @@ fn defer_goes_back_to_the_queue_and_to_someone_else() {
         &mut out,
     );
     assert!(assignments(&out, AssignmentKind::Assigned).is_empty());
-    assert_eq!(core.queued("general"), ["d1"]);
+    assert!(core.queued("general").is_empty());
+    assert!(core.record("d1").unwrap().progress.set_aside);
+    assert!(lifecycle(&out)
+        .iter()
+        .any(|event| event.kind == LifecycleKind::Queued
+            && event.attributes.get("set_aside").map(String::as_str) == Some("true")));
+    out.clear();
+    core.reviewer_status(
+        &reviewer("cy", &[], 1, Presence::Online),
+        T0 + 3 * SECOND,
+        &mut out,
+    );
+    assert_eq!(
+        assignments(&out, AssignmentKind::Assigned)[0].reviewer_id,
+        "cy"
+    );
+    assert!(!core.record("d1").unwrap().progress.set_aside);
 }
 
 #[test]
@@ -1375,4 +1395,173 @@ fn renewals_never_extend_a_lease_past_its_maximum_lifetime() {
             .count(),
         1
     );
+}
+
+fn lifecycle(effects: &[Effect]) -> Vec<hitl_schema::LifecycleEvent> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Lifecycle(event) => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn votes_cast_below_a_tier_do_not_count_toward_its_quorum_after_an_escalation() {
+    let mut core = core_with(&[
+        reviewer("ann", &[], 1, Presence::Online),
+        reviewer("bob", &[], 1, Presence::Online),
+        reviewer("cy", &["senior"], 1, Presence::Online),
+        reviewer("dee", &["senior"], 1, Presence::Online),
+    ]);
+    let mut out = Vec::new();
+    let mut req = request("d1", "general", "model", 60 * MINUTE, T0);
+    req.quorum = 2;
+    core.request(&req, T0, &mut out);
+    let leases = assignments(&out, AssignmentKind::Assigned);
+    let (ann, bob): (Vec<_>, Vec<_>) = leases.iter().partition(|l| l.reviewer_id == "ann");
+    // Ann approves (one vote of two); Bob escalates it to the senior tier.
+    core.verdict(
+        &verdict(ann[0], VerdictKind::Approve, T0 + 1),
+        T0 + 1,
+        &mut out,
+    );
+    out.clear();
+    core.verdict(
+        &verdict(bob[0], VerdictKind::Escalate, T0 + 2),
+        T0 + 2,
+        &mut out,
+    );
+    let escalated = lifecycle(&out)
+        .into_iter()
+        .find(|event| event.kind == LifecycleKind::Escalated)
+        .expect("escalated");
+    assert_eq!(
+        escalated
+            .attributes
+            .get("votes_discarded")
+            .map(String::as_str),
+        Some("ann"),
+        "Ann's vote was cast without the senior role"
+    );
+    let seniors = assignments(&out, AssignmentKind::Assigned);
+    assert_eq!(seniors.len(), 2, "two senior votes are needed now, not one");
+    out.clear();
+    core.verdict(
+        &verdict(&seniors[0], VerdictKind::Approve, T0 + 3),
+        T0 + 3,
+        &mut out,
+    );
+    assert!(
+        outcomes(&out).is_empty(),
+        "one senior and a junior's earlier vote are not a senior quorum"
+    );
+    core.verdict(
+        &verdict(&seniors[1], VerdictKind::Approve, T0 + 4),
+        T0 + 4,
+        &mut out,
+    );
+    let decided = outcomes(&out);
+    assert_eq!(decided.len(), 1);
+    let mut reviewers = decided[0].reviewer_ids.clone();
+    reviewers.sort();
+    assert_eq!(reviewers, ["cy", "dee"]);
+}
+
+#[test]
+fn items_nobody_can_take_are_set_aside_and_do_not_block_the_queue() {
+    let mut cfg = config();
+    cfg.max_scan = 5;
+    let mut core = Core::new(cfg);
+    let mut out = Vec::new();
+    core.reviewer_status(&reviewer("ann", &[], 10, Presence::Online), T0, &mut out);
+    // Twenty urgent items needing a role nobody has, ahead of an ordinary one.
+    for n in 0..20 {
+        let mut req = request(&format!("u{n}"), "general", "model", MINUTE, T0);
+        req.required_roles = vec!["unicorn".into()];
+        req.priority_tier = "urgent".into();
+        core.request(&req, T0, &mut out);
+    }
+    out.clear();
+    core.request(
+        &request("plain", "general", "model", 60 * MINUTE, T0),
+        T0,
+        &mut out,
+    );
+    let assigned = assignments(&out, AssignmentKind::Assigned);
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].decision_id, "plain");
+    assert!(
+        core.queued("general").is_empty(),
+        "the twenty are set aside"
+    );
+    for n in 0..20 {
+        assert!(core.record(&format!("u{n}")).unwrap().progress.set_aside);
+    }
+    // Set aside once: a later pass neither records them again nor walks the roster for them.
+    out.clear();
+    core.tick(T0 + SECOND, &mut out);
+    assert!(lifecycle(&out)
+        .iter()
+        .all(|event| !event.attributes.contains_key("set_aside")));
+    assert_eq!(core.gauges()["general"].set_aside, 20);
+    // A reviewer with the role joins: they come back and are assigned.
+    out.clear();
+    core.reviewer_status(
+        &reviewer("uma", &["unicorn"], 20, Presence::Online),
+        T0 + 2 * SECOND,
+        &mut out,
+    );
+    assert_eq!(core.gauges()["general"].set_aside, 0);
+    // `max_scan` items per pass.
+    for n in 3..10 {
+        core.tick(T0 + n * SECOND, &mut out);
+    }
+    assert_eq!(assignments(&out, AssignmentKind::Assigned).len(), 20);
+}
+
+#[test]
+fn the_pool_bounds_a_publishers_sla_and_created_at() {
+    let mut cfg = config();
+    let fallback = cfg.pools.get_mut("fallback").unwrap();
+    fallback.min_sla = Duration::from_secs(60);
+    fallback.max_sla = Duration::from_secs(24 * 3600);
+    let mut core = Core::new(cfg);
+    let mut out = Vec::new();
+    // Created "in 1970" with a 1 ms SLA: the deadline passed long ago.
+    let mut old = request("old", "fallback", "model", 0, T0);
+    Arc::make_mut(&mut old.decision).created_at = 1;
+    old.sla_deadline = 2;
+    core.request(&old, T0, &mut out);
+    assert!(
+        outcomes(&out).is_empty(),
+        "no fallback before any human could look"
+    );
+    assert_eq!(core.record("old").unwrap().sla_deadline, T0 + MINUTE);
+    let queued = lifecycle(&out).remove(0);
+    assert_eq!(
+        queued.attributes.get("sla_bounded").map(String::as_str),
+        Some("min_sla")
+    );
+    core.tick(T0 + MINUTE - 1, &mut out);
+    assert!(outcomes(&out).is_empty());
+    core.tick(T0 + MINUTE, &mut out);
+    assert_eq!(outcomes(&out)[0].decided_by, DecidedBy::SlaFallback);
+    // A deadline centuries away is held to the pool's maximum; a created_at an hour in the
+    // future is taken as the routing time.
+    out.clear();
+    let mut far = request("far", "fallback", "model", 0, T0);
+    Arc::make_mut(&mut far.decision).created_at = T0 + 3600 * SECOND;
+    far.sla_deadline = i64::MAX;
+    core.request(&far, T0, &mut out);
+    let record = core.record("far").unwrap();
+    assert_eq!(record.sla_deadline, T0 + 24 * 3600 * SECOND);
+    assert_eq!(record.created_at, T0);
+    let queued = lifecycle(&out).remove(0);
+    assert_eq!(
+        queued.attributes.get("sla_bounded").map(String::as_str),
+        Some("max_sla")
+    );
+    assert!(queued.attributes.contains_key("created_at_skewed"));
 }

@@ -3,6 +3,7 @@
 //! decides. Errors are classified here by the action they need (see the module above).
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -26,6 +27,7 @@ use super::{
     now_millis,
     record::{InputRecord, OutputRecord},
     state::{CommitPlan, Event, LoopState, PartitionKey, Read, Timing},
+    watermark::Watermarks,
     LoopSettings, Processor,
 };
 use crate::{
@@ -65,6 +67,8 @@ struct Shared {
     state: Mutex<LoopState>,
     /// A fatal error met inside a rebalance callback, for the loop to return after the poll.
     callback_fatal: Mutex<Option<KafkaError>>,
+    /// Per input partition, its last stable offset and when the consumer's statistics said so.
+    end_offsets: Mutex<HashMap<PartitionKey, (i64, i64)>>,
     /// How long one transactional call, flush or seek may take.
     request_timeout: Duration,
     metrics: LoopMetrics,
@@ -74,7 +78,21 @@ struct LoopContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for LoopContext {}
+impl ClientContext for LoopContext {
+    /// The consumer's statistics (only when a watermark is kept): each partition's last stable
+    /// offset, the end a `read_committed` reader reads to.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let now = now_millis();
+        let mut ends = self.shared.end_offsets.lock().expect("end offsets lock");
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                if *partition >= 0 && stats.ls_offset >= 0 {
+                    ends.insert((topic.clone(), *partition), (stats.ls_offset, now));
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for LoopContext {
     /// Before partitions go: the open transaction commits (see `LoopState::handle_revoke`).
@@ -414,15 +432,23 @@ pub(super) fn run<P: Processor>(
             Instant::now(),
         )),
         callback_fatal: Mutex::default(),
+        end_offsets: Mutex::default(),
         request_timeout: kafka.request_timeout,
         metrics,
     });
-    let consumer: BaseConsumer<LoopContext> =
-        loop_consumer_config(kafka, &settings.group_id, &settings.transactional_id)
-            .create_with_context(LoopContext {
-                shared: shared.clone(),
-            })
-            .map_err(LoopError::Client)?;
+    let mut consumer_config =
+        loop_consumer_config(kafka, &settings.group_id, &settings.transactional_id);
+    if processor.input_quiet().is_some() {
+        consumer_config.set(
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL.as_millis().to_string(),
+        );
+    }
+    let consumer: BaseConsumer<LoopContext> = consumer_config
+        .create_with_context(LoopContext {
+            shared: shared.clone(),
+        })
+        .map_err(LoopError::Client)?;
 
     // init_transactions fences older instances with our transactional.id and aborts their open
     // transaction. Retry until the broker answers or we are told to stop.
@@ -434,8 +460,15 @@ pub(super) fn run<P: Processor>(
     tracing::info!(service = %settings.service, group = %settings.group_id, transactional_id = %settings.transactional_id, topics = ?topics, "loop started");
     health.set_ready(true);
 
+    let watermarks = processor.input_quiet().map(|quiet| {
+        Watermarks::new(
+            quiet.as_millis() as i64,
+            CAUGHT_UP_MARGIN.as_millis() as i64,
+        )
+    });
     let mut driver = Driver {
         settings,
+        watermarks,
         processor,
         shared,
         consumer: &consumer,
@@ -469,12 +502,21 @@ pub(super) fn run<P: Processor>(
     })
 }
 
+/// How far behind the consumer's report of its end offset the watermark of a caught-up partition
+/// is: that end is as old as the last fetch response (a long poll waits up to
+/// `fetch.wait.max.ms`, 500 ms by default).
+const CAUGHT_UP_MARGIN: Duration = Duration::from_secs(1);
+/// How often the consumer reports end offsets when a watermark is kept.
+const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The loop thread's side: the processor, the consumer, and what lives between iterations.
 struct Driver<'a, P> {
     /// The dead-letter topic for poison records, among others.
     settings: &'a LoopSettings,
     /// The service's hooks.
     processor: P,
+    /// The input watermark, for processors that ask for it (`Processor::input_quiet`).
+    watermarks: Option<Watermarks>,
     /// The producer and the state machine, shared with the rebalance callbacks.
     shared: Arc<Shared>,
     /// Borrowed, so a polled message borrows the consumer and not the driver.
@@ -588,6 +630,11 @@ impl<P: Processor> Driver<'_, P> {
         }
 
         let input = InputRecord::new(message);
+        if let Some(watermarks) = &mut self.watermarks {
+            let now = now_millis();
+            let time = input.append_time_millis().map_or(now, |at| at.min(now));
+            watermarks.record(&partition, offset, time, now);
+        }
         let mut result = self.processor.process(&input, &mut self.output);
         if result.is_ok() {
             result = self.check_output_sizes();
@@ -667,8 +714,27 @@ impl<P: Processor> Driver<'_, P> {
         ))
     }
 
+    /// The input watermark now: the owned partitions brought up to date, their end offsets as
+    /// last fetched (cached by the client; no request). `None`: the processor does not use one.
+    fn watermark(&mut self, now: i64) -> Option<Option<i64>> {
+        let watermarks = self.watermarks.as_mut()?;
+        let owned = self.shared.lock_state().owned();
+        watermarks.reconcile(&owned, now);
+        let ends = self.shared.end_offsets.lock().expect("end offsets lock");
+        for (partition, (end, as_of)) in ends.iter() {
+            watermarks.end_offset(partition, *end, *as_of);
+        }
+        drop(ends);
+        Some(watermarks.watermark(now))
+    }
+
     fn tick(&mut self) -> Result<(), LoopError> {
-        match self.processor.tick(now_millis(), &mut self.output) {
+        let now = now_millis();
+        let watermark = self.watermark(now);
+        match self
+            .processor
+            .tick_watermarked(now, watermark, &mut self.output)
+        {
             Ok(()) => {}
             Err(ProcessError::Transient(error)) => {
                 self.output.clear();

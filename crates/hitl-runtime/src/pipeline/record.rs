@@ -32,6 +32,14 @@ impl<'a> InputRecord<'a> {
     pub fn timestamp_millis(&self) -> Option<i64> {
         self.message.timestamp().to_millis()
     }
+    /// When the broker appended it: the record's timestamp on a `LogAppendTime` topic; `None` on
+    /// a `CreateTime` topic, where the timestamp is whatever its writer chose.
+    pub fn append_time_millis(&self) -> Option<i64> {
+        match self.message.timestamp() {
+            rdkafka::Timestamp::LogAppendTime(millis) => Some(millis),
+            _ => None,
+        }
+    }
     /// The value of the first header with this name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         let headers = self.message.headers()?;

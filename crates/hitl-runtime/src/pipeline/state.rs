@@ -142,6 +142,9 @@ pub struct LoopState {
     open: Option<Transaction>,
     /// Per owned partition, the offset this instance last committed (the next one to read).
     committed: BTreeMap<PartitionKey, i64>,
+    /// Per owned partition, the group's committed offset as far as known here: the first offset
+    /// read since it was assigned, then each commit's (for `poll_commit`'s fencing).
+    known_committed: BTreeMap<PartitionKey, i64>,
     events: VecDeque<Event>,
     /// The owned partitions changed since the processor was last told.
     assignment_changed: bool,
@@ -164,6 +167,7 @@ impl LoopState {
             owned: BTreeSet::new(),
             open: None,
             committed: BTreeMap::new(),
+            known_committed: BTreeMap::new(),
             events: VecDeque::new(),
             assignment_changed: false,
             transient_failures: 0,
@@ -224,6 +228,7 @@ impl LoopState {
         for partition in partitions {
             self.owned.remove(partition);
             self.committed.remove(partition);
+            self.known_committed.remove(partition);
         }
         if incremental {
             self.assignment_changed = true;
@@ -236,6 +241,11 @@ impl LoopState {
         if !self.owned.contains(partition) {
             return Read::NotOwned;
         }
+        // The first record read of a partition is at (or, past aborted records and markers, just
+        // after) the group's committed offset: known from here on, for `poll_commit`'s fencing.
+        self.known_committed
+            .entry(partition.clone())
+            .or_insert(offset);
         let begin = self.open_transaction(now);
         let transaction = self.open.as_mut().expect("opened above");
         assert!(
@@ -324,12 +334,26 @@ impl LoopState {
             return None;
         }
         transaction.committing = true;
-        Some(CommitPlan {
-            offsets: transaction
-                .next_offsets
+        let mut offsets: Vec<(PartitionKey, i64)> = transaction
+            .next_offsets
+            .iter()
+            .map(|(partition, next)| (partition.clone(), *next))
+            .collect();
+        if offsets.is_empty() {
+            // A transaction of a tick's outputs only still commits offsets — the ones already
+            // committed, unchanged — so that the group coordinator checks this instance's
+            // generation: an instance that lost its partitions without knowing it yet (paused,
+            // then resumed after its session expired) is fenced instead of committing timers'
+            // outputs for pools a new owner now runs.
+            offsets = self
+                .known_committed
                 .iter()
+                .filter(|(partition, _)| self.owned.contains(*partition))
                 .map(|(partition, next)| (partition.clone(), *next))
-                .collect(),
+                .collect();
+        }
+        Some(CommitPlan {
+            offsets,
             held: std::mem::take(&mut transaction.held),
             records: transaction.records,
         })
@@ -341,6 +365,7 @@ impl LoopState {
         debug_assert!(transaction.committing, "committed without a plan");
         for (partition, next) in transaction.next_offsets {
             if self.owned.contains(&partition) {
+                self.known_committed.insert(partition.clone(), next);
                 let previous = self.committed.insert(partition, next);
                 debug_assert!(
                     previous.is_none_or(|previous| previous <= next),
@@ -494,6 +519,36 @@ mod tests {
         assert_eq!(state.committed_offset(&partition(0)), Some(12));
         assert!(!state.is_open());
         assert_eq!(state.poll_event(), Some(Event::Committed));
+    }
+
+    #[test]
+    fn a_transaction_of_timer_outputs_commits_the_known_offsets_again_so_a_zombie_is_fenced() {
+        let now = Instant::now();
+        let mut state = state(false, now);
+        // Nothing read yet: nothing known, nothing to send.
+        assert!(state.open_for_outputs(now));
+        assert_eq!(state.poll_commit().expect("open").offsets, vec![]);
+        state.handle_commit_ok();
+        // Partition 1's first record is read at 40 (its committed offset), then partition 0's
+        // records commit 12.
+        state.handle_read(&partition(1), 40, now);
+        state.handle_abort();
+        process(&mut state, &partition(0), 11, now);
+        state.handle_commit_ok_after_plan();
+        assert!(state.open_for_outputs(now));
+        assert_eq!(
+            state.poll_commit().expect("open").offsets,
+            vec![(partition(0), 12), (partition(1), 40)],
+            "a tick's transaction carries the group's offsets, unchanged"
+        );
+        state.handle_commit_ok();
+        // Revoked partitions are not committed by this instance any more.
+        state.handle_revoke(&[partition(1)], true);
+        assert!(state.open_for_outputs(now));
+        assert_eq!(
+            state.poll_commit().expect("open").offsets,
+            vec![(partition(0), 12)]
+        );
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! The input watermark: a time before which every input record of the partitions an instance owns
+//! has been processed. Timers that must never overtake an input (a lease expiry must not revoke a
+//! lease whose verdict waits in Kafka, an SLA fallback must not decide an item a reviewer already
+//! decided) fire by the watermark rather than by the wall clock; after a restart or a rebalance
+//! they wait until the backlog is read.
+//!
+//! Pure: no clock, no Kafka client. The driver reports what it read and the broker's end offsets;
+//! time (wall-clock milliseconds) is a parameter.
+//!
+//! A record's time is its broker append time (`LogAppendTime` topics; hitl creates its input
+//! topics so), or the time it was read (`CreateTime`: a writer's clock is not trusted). Per owned
+//! partition the watermark is:
+//! - caught up (the next offset to read is at the broker's end offset as the client last saw it,
+//!   allowing one transaction marker): when it saw that end, less `caught_up_margin` (the end
+//!   offset is as old as the fetch response it came in);
+//! - behind that end (a backlog being read): the time of the last record read;
+//! - where it stands unknown (nothing read since it was assigned, or no end offset reported yet):
+//!   if nothing was read for `quiet`, the wall clock less `quiet`; else the last record's time.
+//!
+//! Each value is also never less than the last record's time: records are read in offset order,
+//! which is append order.
+//!
+//! The instance's watermark is the least over its partitions (`None` when it owns none: timers of
+//! pools it may have lost must not fire). Each partition's value never goes back.
+
+use std::collections::BTreeMap;
+
+use super::state::PartitionKey;
+
+/// Offsets a caught-up reader may be behind the end: the commit marker of the last transaction.
+const MARKER_SLACK: i64 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+struct PartitionClock {
+    /// When a record of it was last read, or when it was assigned.
+    active_at: i64,
+    /// The time of the last record read.
+    last_time: Option<i64>,
+    /// The next offset to read (the last read + 1).
+    next_offset: Option<i64>,
+    /// The broker's end offset, and when the client reported it.
+    end_offset: Option<(i64, i64)>,
+    /// The value last returned (a partition's watermark never goes back).
+    floor: i64,
+}
+
+/// Per-partition clocks of the partitions an instance owns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermarks {
+    quiet: i64,
+    caught_up_margin: i64,
+    partitions: BTreeMap<PartitionKey, PartitionClock>,
+}
+
+impl Watermarks {
+    /// `quiet_ms`: how long a partition with nothing to read holds the watermark back;
+    /// `caught_up_margin_ms`: how far behind the wall clock a caught-up partition's value is.
+    pub fn new(quiet_ms: i64, caught_up_margin_ms: i64) -> Self {
+        Self {
+            quiet: quiet_ms.max(0),
+            caught_up_margin: caught_up_margin_ms.max(0),
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    /// The partitions owned now: new ones start at `now` with nothing read; gone ones are
+    /// forgotten (one given back later starts again).
+    pub fn reconcile(&mut self, owned: &[PartitionKey], now: i64) {
+        self.partitions
+            .retain(|partition, _| owned.contains(partition));
+        for partition in owned {
+            self.partitions
+                .entry(partition.clone())
+                .or_insert(PartitionClock {
+                    active_at: now,
+                    last_time: None,
+                    next_offset: None,
+                    end_offset: None,
+                    floor: i64::MIN,
+                });
+        }
+    }
+
+    /// A record of `partition` at `offset`, appended at `time`, was read at `now`.
+    pub fn record(&mut self, partition: &PartitionKey, offset: i64, time: i64, now: i64) {
+        if let Some(clock) = self.partitions.get_mut(partition) {
+            clock.active_at = now;
+            clock.last_time = Some(clock.last_time.map_or(time, |last| last.max(time)));
+            clock.next_offset = Some(offset + 1);
+        }
+    }
+
+    /// The broker's end offset of `partition` (for a `read_committed` reader, its last stable
+    /// offset), as the client reported it at `as_of`.
+    pub fn end_offset(&mut self, partition: &PartitionKey, end: i64, as_of: i64) {
+        if let Some(clock) = self.partitions.get_mut(partition) {
+            clock.end_offset = (end >= 0).then_some((end, as_of));
+        }
+    }
+
+    /// The owned partitions.
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionKey> {
+        self.partitions.keys()
+    }
+
+    /// The watermark at `now`; `None` when no partition is owned.
+    pub fn watermark(&mut self, now: i64) -> Option<i64> {
+        let (quiet, margin) = (self.quiet, self.caught_up_margin);
+        self.partitions
+            .values_mut()
+            .map(|clock| {
+                let last = clock.last_time.unwrap_or(i64::MIN);
+                let next = clock.next_offset;
+                let value = match (next, clock.end_offset) {
+                    // Read up to the end the client last saw.
+                    (Some(next), Some((end, as_of))) if end - next <= MARKER_SLACK => {
+                        as_of.saturating_sub(margin).max(last)
+                    }
+                    // A backlog is being read.
+                    (Some(_), Some(_)) => last,
+                    // Where it stands is not known (nothing read since it was assigned, or no
+                    // end offset yet): it holds the watermark back while anything came lately.
+                    _ if now.saturating_sub(clock.active_at) >= quiet => {
+                        now.saturating_sub(quiet).max(last)
+                    }
+                    _ => last,
+                };
+                clock.floor = clock.floor.max(value.min(now));
+                clock.floor
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(topic: &str, partition: i32) -> PartitionKey {
+        (topic.to_owned(), partition)
+    }
+
+    #[test]
+    fn nothing_owned_has_no_watermark() {
+        let mut marks = Watermarks::new(3_000, 1_000);
+        assert_eq!(marks.watermark(10_000), None);
+    }
+
+    #[test]
+    fn a_new_partition_holds_timers_until_it_is_read_or_quiet() {
+        let mut marks = Watermarks::new(3_000, 1_000);
+        marks.reconcile(&[p("verdicts", 0)], 100_000);
+        assert_eq!(marks.watermark(101_000), Some(i64::MIN), "nothing read yet");
+        assert_eq!(
+            marks.watermark(103_000),
+            Some(100_000),
+            "quiet: nothing came for 3 s"
+        );
+    }
+
+    #[test]
+    fn a_backlog_holds_the_watermark_at_the_last_record_read() {
+        let mut marks = Watermarks::new(3_000, 1_000);
+        let verdicts = p("verdicts", 0);
+        marks.reconcile(std::slice::from_ref(&verdicts), 500_000);
+        marks.end_offset(&verdicts, 1_000, 500_000);
+        // Records appended ten minutes ago, read now, one every few milliseconds.
+        for offset in 0..100 {
+            marks.record(&verdicts, offset, offset, 500_000 + offset);
+        }
+        assert_eq!(marks.watermark(500_100), Some(99));
+        // Still reading: a tick later still only the last record's time.
+        marks.record(&verdicts, 100, 200, 501_000);
+        assert_eq!(marks.watermark(502_000), Some(200));
+        // At the end (one marker left) as the client saw it at 502,800: then, less the margin.
+        marks.record(&verdicts, 998, 400_000, 502_500);
+        marks.end_offset(&verdicts, 1_000, 502_800);
+        assert_eq!(marks.watermark(503_000), Some(501_800));
+    }
+
+    #[test]
+    fn the_least_partition_wins_and_revoked_partitions_stop_counting() {
+        let mut marks = Watermarks::new(3_000, 1_000);
+        let (a, b) = (p("requests", 0), p("verdicts", 0));
+        marks.reconcile(&[a.clone(), b.clone()], 0);
+        marks.end_offset(&a, 10, 7_000);
+        marks.record(&a, 9, 5_000, 6_000);
+        marks.end_offset(&b, 100, 7_000);
+        marks.record(&b, 10, 2_000, 6_000);
+        assert_eq!(marks.watermark(7_000), Some(2_000));
+        marks.reconcile(std::slice::from_ref(&a), 7_000);
+        assert_eq!(marks.watermark(7_000), Some(6_000));
+        marks.reconcile(&[], 7_000);
+        assert_eq!(marks.watermark(7_000), None);
+    }
+
+    proptest! {
+        /// A partition's watermark never goes back and never passes the wall clock.
+        #[test]
+        fn watermarks_are_monotonic_and_never_ahead(
+            steps in proptest::collection::vec((0i64..2_000, 0i64..5_000, any::<bool>()), 1..60)
+        ) {
+            let mut marks = Watermarks::new(3_000, 1_000);
+            let partition = p("verdicts", 0);
+            marks.reconcile(std::slice::from_ref(&partition), 0);
+            let (mut now, mut offset, mut appended, mut previous) = (0i64, 0i64, 0i64, i64::MIN);
+            for (advance, lag, read) in steps {
+                now += advance;
+                appended = appended.max(now - lag);
+                if read {
+                    marks.record(&partition, offset, appended, now);
+                    offset += 1;
+                    // More records are waiting behind it.
+                    marks.end_offset(&partition, offset + 10, now);
+                }
+                let mark = marks.watermark(now).expect("owned");
+                prop_assert!(mark >= previous);
+                prop_assert!(mark <= now);
+                previous = mark;
+            }
+        }
+    }
+}
