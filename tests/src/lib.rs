@@ -244,6 +244,16 @@ impl Service {
 
     /// Starts without waiting.
     pub fn spawn(binary_name: &str, dir: &Path, config_toml: &str) -> Self {
+        Self::spawn_with_env(binary_name, dir, config_toml, &[])
+    }
+
+    /// Starts without waiting, with more environment variables.
+    pub fn spawn_with_env(
+        binary_name: &str,
+        dir: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let config = dir.join(format!("{}.toml", unique(binary_name)));
         std::fs::write(
@@ -257,6 +267,7 @@ impl Service {
         if !config_toml.contains("[trust]") {
             command.envs(trust_environment(binary_name));
         }
+        command.envs(env.iter().copied());
         let child = command
             .arg("--config")
             .arg(&config)
@@ -321,6 +332,18 @@ impl Service {
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; whether it did within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.

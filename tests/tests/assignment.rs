@@ -803,3 +803,226 @@ fn compaction_of_the_roster_and_the_changelog_leaves_a_restore_that_is_right() {
         "{assigned:?}"
     );
 }
+
+/// Lifecycle events read so far.
+fn lifecycle_events(records: &[Received]) -> Vec<LifecycleEvent> {
+    decode(records)
+}
+
+/// Time semantics (#12): a verdict is judged when the broker appended it, and timers fire only once
+/// every input appended before them is applied. A service down for longer than a lease and an SLA
+/// comes back to verdicts sent in time: it applies them, it does not revoke their leases or apply
+/// the SLA fallback first.
+#[test]
+fn verdicts_sent_in_time_survive_an_outage_longer_than_the_lease_and_the_sla() {
+    let run = Run::new("asg-outage");
+    run.reviewer("ann", &[], 4, 0, Presence::Online);
+    let pools = "[service.pools.leased]\nlease = \"4s\"\nverdict_grace = \"1s\"\nescalate_after_expiries = 0\n\
+                 escalate_at_sla = []\n\
+                 [service.pools.sla]\nlease = \"1m\"\nmin_sla = \"0s\"\nescalate_at_sla = []\n\
+                 on_sla_breach = { action = \"fallback\", status = \"REJECTED\" }\n";
+    let first = run.start(pools);
+    run.requests(&[
+        request("outage-lease", "leased", Duration::from_secs(3600)),
+        request("outage-sla", "sla", Duration::from_secs(8)),
+    ]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 2),
+        "both assigned; log:\n{}",
+        first.log_tail()
+    );
+    let assigned: Vec<AssignmentEvent> = assignment_events(&seen)
+        .into_iter()
+        .map(|(_, event)| event)
+        .filter(|event| event.kind == AssignmentKind::Assigned)
+        .collect();
+    // The service goes down; the reviewer answers both, in time, while it is down.
+    first.kill9();
+    for event in &assigned {
+        run.verdict(event, VerdictKind::Approve);
+    }
+    // The outage outlasts the lease (4 s + 1 s grace) and the SLA (8 s).
+    std::thread::sleep(Duration::from_secs(10));
+    let second = run.start(pools);
+    let outcomes = read_topic(&run.topics.outcomes, WAIT, |records| {
+        decode::<Outcome>(records).len() >= 2
+    });
+    let outcomes: Vec<Outcome> = decode(&outcomes);
+    for outcome in &outcomes {
+        assert_eq!(
+            (outcome.decided_by, outcome.status),
+            (DecidedBy::Human, OutcomeStatus::Approved),
+            "{}: the verdict sent in time decides; log:\n{}",
+            outcome.decision_id,
+            second.log_tail()
+        );
+    }
+    let rejected: Vec<LifecycleEvent> =
+        lifecycle_events(&read_all(&run.topics.lifecycle, Duration::from_secs(2)))
+            .into_iter()
+            .filter(|event| {
+                matches!(
+                    event.kind,
+                    LifecycleKind::VerdictRejected | LifecycleKind::Revoked
+                ) && event.reason.as_deref() != Some("decided")
+            })
+            .collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(second.terminate(), Some(0));
+}
+
+/// Deterministic replay (#12): with idempotent delivery, a crash after an outcome was sent and
+/// before its changelog entry makes the restarted service read the verdict again. What it writes
+/// then is byte for byte what it wrote before: the same outcome, the same lifecycle events under
+/// the same ids, the same lease ids.
+#[test]
+fn a_crash_between_an_outcome_and_its_changelog_entry_replays_the_same_bytes() {
+    let run = Run::new("asg-replay");
+    run.reviewer("ann", &[], 2, 0, Presence::Online);
+    let config = run
+        .config("")
+        .replace("delivery = \"transactional\"", "delivery = \"idempotent\"");
+    assert!(config.contains("delivery = \"idempotent\""));
+    let mut first = Service::spawn_with_env(
+        "hitl-assignment",
+        run.dir.path(),
+        &config,
+        &[("HITL_FAILPOINT_CRASH_BEFORE_STATE", &run.topics.outcomes)],
+    );
+    first.wait_ready(WAIT);
+    run.requests(&[
+        request("replay-1", "general", Duration::from_secs(3600)),
+        request("replay-2", "general", Duration::from_secs(3600)),
+    ]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 2)
+    );
+    let assigned: Vec<AssignmentEvent> = assignment_events(&seen)
+        .into_iter()
+        .map(|(_, event)| event)
+        .collect();
+    run.verdict(&assigned[0], VerdictKind::Approve);
+    run.verdict(&assigned[1], VerdictKind::Reject);
+    assert!(
+        first.wait_exit(WAIT),
+        "the failpoint crashes the service once an outcome is acknowledged; log:\n{}",
+        first.log_tail()
+    );
+    let second = Service::start("hitl-assignment", run.dir.path(), &config);
+    read_topic(&run.topics.outcomes, WAIT, |records| {
+        decode::<Outcome>(records)
+            .iter()
+            .map(|o| o.decision_id.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let outcomes = read_all(&run.topics.outcomes, Duration::from_secs(2));
+    let mut by_decision: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for record in &outcomes {
+        by_decision
+            .entry(record.key.clone().unwrap_or_default())
+            .or_default()
+            .insert(record.payload.clone().unwrap_or_default());
+    }
+    assert!(
+        outcomes.len() > by_decision.len(),
+        "the crash repeated an outcome (it was sent before the crash and again by the replay)"
+    );
+    for (id, payloads) in &by_decision {
+        assert_eq!(
+            payloads.len(),
+            1,
+            "{id}: the replay wrote a different outcome; log:\n{}",
+            second.log_tail()
+        );
+    }
+    // Every lifecycle event id stands for one content, however often it was written.
+    let mut by_event: BTreeMap<String, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let lifecycle = read_all(&run.topics.lifecycle, Duration::from_secs(2));
+    let codec = Codec::single_object();
+    for record in &lifecycle {
+        let payload = record.payload.clone().unwrap_or_default();
+        let event: LifecycleEvent = codec.decode(&payload).expect("decodes");
+        by_event.entry(event.event_id).or_default().insert(payload);
+    }
+    let conflicting: Vec<&String> = by_event
+        .iter()
+        .filter(|(_, payloads)| payloads.len() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        conflicting.is_empty(),
+        "event ids reused with other content: {conflicting:?}"
+    );
+    assert_eq!(second.terminate(), Some(0));
+}
+
+/// Rebalances (#12): an instance paused past its session (its partitions given to another) must not
+/// fire its timers when it resumes: the lease it saw expire was decided by the new owner meanwhile.
+#[test]
+fn a_paused_instance_that_lost_its_pool_does_not_fire_its_timers_when_it_resumes() {
+    let run = Run::new("asg-zombie");
+    run.reviewer("ann", &[], 1, 0, Presence::Online);
+    run.reviewer("bob", &[], 1, 1, Presence::Online);
+    let pools = "[service.pools.zombie]\nlease = \"8s\"\nverdict_grace = \"0s\"\nescalate_after_expiries = 0\n\
+                 escalate_at_sla = []\n";
+    let old = run.start(pools);
+    run.requests(&[request("zombie-1", "zombie", Duration::from_secs(3600))]);
+    let tail = Tail::new(&run.topics.assignments);
+    let mut seen = Vec::new();
+    assert!(
+        tail.until(&mut seen, WAIT, |r| count_kind(r, AssignmentKind::Assigned)
+            >= 1)
+    );
+    let (_, lease) = assignment_events(&seen).remove(0);
+    // Paused: its session (6 s) ends, a second instance takes every partition.
+    signal(old.pid(), "STOP");
+    let new = Service::start(
+        "hitl-assignment",
+        run.dir.path(),
+        &run.config(pools)
+            .replace(&run.instance, &format!("{}-b", run.instance))
+            .replace(
+                &format!("group_id = \"{}-b-group\"", run.instance),
+                &format!("group_id = \"{}-group\"", run.instance),
+            ),
+    );
+    // The holder decides in time; the new owner applies it.
+    run.verdict(&lease, VerdictKind::Approve);
+    let outcomes = read_topic(&run.topics.outcomes, WAIT, |records| !records.is_empty());
+    assert_eq!(decode::<Outcome>(&outcomes)[0].decided_by, DecidedBy::Human);
+    // The old instance resumes after the lease would have expired.
+    std::thread::sleep(Duration::from_secs(4));
+    signal(old.pid(), "CONT");
+    std::thread::sleep(Duration::from_secs(8));
+    let events: Vec<AssignmentEvent> =
+        assignment_events(&read_all(&run.topics.assignments, Duration::from_secs(2)))
+            .into_iter()
+            .map(|(_, event)| event)
+            .collect();
+    let expired: Vec<&AssignmentEvent> = events
+        .iter()
+        .filter(|e| {
+            e.kind == AssignmentKind::Assigned && e.attempt > 1
+                || e.reason.as_deref() == Some("lease_expired")
+        })
+        .collect();
+    assert!(
+        expired.is_empty(),
+        "the paused instance fired a lease expiry for a pool it no longer owns: {expired:?}\nold log:\n{}",
+        old.log_tail()
+    );
+    assert_eq!(
+        decode::<Outcome>(&read_all(&run.topics.outcomes, Duration::from_secs(1))).len(),
+        1
+    );
+    drop(new);
+}

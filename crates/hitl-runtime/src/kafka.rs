@@ -304,7 +304,7 @@ fn read_to_end(
 
 /// The context of a reader that asked for partition-EOF events: reaching a partition's end is how
 /// it knows it is done, not an error worth logging.
-struct EndReaderContext;
+pub struct EndReaderContext;
 
 impl rdkafka::ClientContext for EndReaderContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {

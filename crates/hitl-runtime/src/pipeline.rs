@@ -44,7 +44,7 @@
 //! for incremental (cooperative, KIP-848) rebalances alike: a transaction cannot commit in part,
 //! and a tick's outputs belong to no input partition. If that commit fails, it aborts and only
 //! the partitions that stay are rewound. The processor is told, after each change, the whole
-//! set of partitions it owns (under the eager protocol, only once the new assignment arrives).
+//! set of partitions it owns (under the eager protocol: none, then the new assignment).
 //!
 //! Processors must still be idempotent by key: idempotent delivery repeats outputs after a crash,
 //! and any topic can be written by clients other than hitl's services.

@@ -217,6 +217,8 @@ pub enum RosterUpdate {
     Refused {
         reason: &'static str,
     },
+    /// Every partition was read to its end once: the roster is complete as of start.
+    Loaded,
 }
 
 /// The longest reviewer id, role, skill or pool name a roster entry may hold, in bytes.
@@ -270,11 +272,13 @@ pub fn spawn_roster_reader(
     updates: mpsc::Sender<RosterUpdate>,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let config = reader_config(kafka, kafka.delivery == Delivery::Transactional);
+    let mut config = reader_config(kafka, kafka.delivery == Delivery::Transactional);
+    config.set("enable.partition.eof", "true");
     std::thread::Builder::new()
         .name("roster-reader".into())
         .spawn(move || {
-            let consumer: BaseConsumer = match config.create() {
+            let consumer: BaseConsumer<hitl_runtime::kafka::EndReaderContext> =
+                match config.create_with_context(hitl_runtime::kafka::EndReaderContext) {
                 Ok(consumer) => consumer,
                 Err(error) => {
                     tracing::error!(%error, "roster reader: cannot create consumer");
@@ -312,12 +316,26 @@ pub fn spawn_roster_reader(
             tracing::info!(%topic, partitions, "reading the reviewer roster");
             // The newest `updated_at` accepted per reviewer.
             let mut latest: HashMap<String, i64> = HashMap::new();
+            // Partitions read to their end once; all of them: the roster is loaded.
+            let mut at_end: BTreeSet<i32> = BTreeSet::new();
+            let mut loaded = false;
             while !stop.is_cancelled() {
                 let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
                 };
                 let message = match polled {
                     Ok(message) => message,
+                    Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                        at_end.insert(partition);
+                        if !loaded && at_end.len() >= partitions as usize {
+                            loaded = true;
+                            tracing::info!(reviewers = latest.len(), "reviewer roster loaded");
+                            if updates.send(RosterUpdate::Loaded).is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "roster reader: consume error");
                         continue;
@@ -461,6 +479,8 @@ pub struct AssignmentProcessor {
     pool_partition: HashMap<String, i32>,
     /// Review-request partitions this instance owns.
     owned: BTreeSet<i32>,
+    /// The roster was read to its end once (`RosterUpdate::Loaded`).
+    roster_loaded: bool,
     effects: Vec<Effect>,
     last_gauges: Instant,
     tracer: Tracer,
@@ -493,6 +513,7 @@ impl AssignmentProcessor {
             statuses: BTreeMap::new(),
             pool_partition: HashMap::new(),
             owned: BTreeSet::new(),
+            roster_loaded: false,
             effects: Vec::new(),
             last_gauges: Instant::now(),
             tracer,
@@ -512,8 +533,31 @@ impl AssignmentProcessor {
                     self.statuses.remove(&id);
                 }
                 RosterUpdate::Refused { reason } => self.metrics.roster_refused(reason),
+                RosterUpdate::Loaded => self.roster_loaded = true,
             }
         }
+    }
+
+    /// Waits (applying what arrives) until the roster has been read to its end once: a verdict
+    /// read before its reviewer's entry would be rejected as from an unknown reviewer, and an
+    /// item assigned to whoever happened to be read first.
+    fn await_roster(&mut self) -> Result<(), ProcessError> {
+        let deadline = Instant::now() + self.settings.restore_timeout;
+        while !self.roster_loaded {
+            let now = hitl_runtime::now_millis();
+            self.drain_roster(now);
+            if self.roster_loaded {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ProcessError::fatal(anyhow::anyhow!(
+                    "the reviewer roster ({}) was not read to its end within restore_timeout",
+                    self.topics.reviewers
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Restores the pools of one partition from the changelog.
@@ -1014,6 +1058,9 @@ impl Processor for AssignmentProcessor {
         });
         let new: Vec<i32> = owned.difference(&self.owned).copied().collect();
         self.owned = owned;
+        if !new.is_empty() {
+            self.await_roster()?;
+        }
         self.restore_partitions(new)
     }
 }

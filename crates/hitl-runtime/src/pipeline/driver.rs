@@ -3,7 +3,7 @@
 //! decides. Errors are classified here by the action they need (see the module above).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -69,6 +69,13 @@ struct Shared {
     callback_fatal: Mutex<Option<KafkaError>>,
     /// Per input partition, its last stable offset and when the consumer's statistics said so.
     end_offsets: Mutex<HashMap<PartitionKey, (i64, i64)>>,
+    /// A fault-injection point for tests (`HITL_FAILPOINT_CRASH_BEFORE_STATE=<topic>`): with
+    /// idempotent delivery, the process aborts once a commit's outputs to that topic are
+    /// acknowledged and before its held state records are sent — the crash between an outcome
+    /// and its changelog entry that deterministic replay must survive.
+    crash_before_state: Option<String>,
+    /// The topics written since the last commit, while `crash_before_state` is set.
+    sent_topics: Mutex<BTreeSet<String>>,
     /// How long one transactional call, flush or seek may take.
     request_timeout: Duration,
     metrics: LoopMetrics,
@@ -278,6 +285,13 @@ impl Shared {
                 // Every output acknowledged before the input counts as done; state records
                 // (`last`) only after the outputs they account for.
                 self.flush_acknowledged().map_err(classify)?;
+                if let Some(topic) = &self.crash_before_state {
+                    let sent = std::mem::take(&mut *self.sent_topics.lock().expect("sent"));
+                    if !plan.held.is_empty() && sent.contains(topic) {
+                        tracing::error!(%topic, "failpoint: crashing before the state records");
+                        std::process::abort();
+                    }
+                }
                 if !plan.held.is_empty() {
                     for record in &plan.held {
                         self.send(record).map_err(classify)?;
@@ -390,6 +404,12 @@ impl Shared {
         if let Some(partition) = record.partition {
             base = base.partition(partition);
         }
+        if self.crash_before_state.is_some() {
+            self.sent_topics
+                .lock()
+                .expect("sent")
+                .insert(record.topic.clone());
+        }
         loop {
             match self.producer.send(base) {
                 Ok(()) => return Ok(()),
@@ -433,6 +453,10 @@ pub(super) fn run<P: Processor>(
         )),
         callback_fatal: Mutex::default(),
         end_offsets: Mutex::default(),
+        crash_before_state: std::env::var("HITL_FAILPOINT_CRASH_BEFORE_STATE")
+            .ok()
+            .filter(|topic| !topic.is_empty()),
+        sent_topics: Mutex::default(),
         request_timeout: kafka.request_timeout,
         metrics,
     });
@@ -469,6 +493,7 @@ pub(super) fn run<P: Processor>(
     let mut driver = Driver {
         settings,
         watermarks,
+        last_tick: None,
         processor,
         shared,
         consumer: &consumer,
@@ -506,6 +531,8 @@ pub(super) fn run<P: Processor>(
 /// is: that end is as old as the last fetch response (a long poll waits up to
 /// `fetch.wait.max.ms`, 500 ms by default).
 const CAUGHT_UP_MARGIN: Duration = Duration::from_secs(1);
+/// Ticks further apart than this mean the loop was stalled (see `Watermarks::stalled`).
+const STALL: Duration = Duration::from_secs(2);
 /// How often the consumer reports end offsets when a watermark is kept.
 const STATISTICS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -517,6 +544,8 @@ struct Driver<'a, P> {
     processor: P,
     /// The input watermark, for processors that ask for it (`Processor::input_quiet`).
     watermarks: Option<Watermarks>,
+    /// When the watermark was last computed (a tick), to notice a stalled loop.
+    last_tick: Option<i64>,
     /// The producer and the state machine, shared with the rebalance callbacks.
     shared: Arc<Shared>,
     /// Borrowed, so a polled message borrows the consumer and not the driver.
@@ -720,9 +749,21 @@ impl<P: Processor> Driver<'_, P> {
         let watermarks = self.watermarks.as_mut()?;
         let owned = self.shared.lock_state().owned();
         watermarks.reconcile(&owned, now);
-        let ends = self.shared.end_offsets.lock().expect("end offsets lock");
+        let mut ends = self.shared.end_offsets.lock().expect("end offsets lock");
+        let stalled = self
+            .last_tick
+            .is_some_and(|last| now.saturating_sub(last) > STALL.as_millis() as i64);
+        self.last_tick = Some(now);
+        if stalled {
+            tracing::warn!("the loop was stalled: timers wait until the partitions are read again");
+            watermarks.stalled(now);
+            ends.clear();
+        }
         for (partition, (end, as_of)) in ends.iter() {
-            watermarks.end_offset(partition, *end, *as_of);
+            // Reported before the stall ended: stale.
+            if !stalled {
+                watermarks.end_offset(partition, *end, *as_of);
+            }
         }
         drop(ends);
         Some(watermarks.watermark(now))

@@ -218,8 +218,9 @@ impl LoopState {
     ///
     /// `incremental` (cooperative or KIP-848 protocol): the other partitions stay, and the
     /// processor is told the smaller set. Under the eager protocol every partition is revoked and
-    /// a new assignment follows; the processor hears of that one only, so it keeps the state of
-    /// partitions it gets back.
+    /// a new assignment follows; the processor is told it owns nothing, then the new set, so it
+    /// reads again the state of partitions it gets back (another instance may have owned them
+    /// in between).
     pub fn handle_revoke(
         &mut self,
         partitions: &[PartitionKey],
@@ -232,6 +233,10 @@ impl LoopState {
         }
         if incremental {
             self.assignment_changed = true;
+        } else {
+            // Everything goes. Partitions given back later may have been another instance's in
+            // between: the processor drops their state now and reads it again when they return.
+            self.events.push_back(Event::Assignment(self.owned()));
         }
         self.poll_commit()
     }
@@ -711,7 +716,7 @@ mod tests {
     }
 
     #[test]
-    fn an_eager_revoke_tells_the_processor_only_of_the_next_assignment() {
+    fn an_eager_revoke_tells_the_processor_it_owns_nothing_before_the_next_assignment() {
         let now = Instant::now();
         let mut state = state(false, now);
         assert_eq!(
@@ -719,8 +724,11 @@ mod tests {
             Some(Event::Assignment(vec![partition(0), partition(1)]))
         );
         assert_eq!(state.handle_revoke(&state.owned(), false), None);
-        assert_eq!(state.poll_event(), None);
+        // Partition 1 comes back, but another instance may have owned it in between: its state
+        // must be read again, so the processor hears that it owned nothing first — even when the
+        // new assignment arrives before the processor is told.
         state.handle_assign(&[partition(1), partition(2)]);
+        assert_eq!(state.poll_event(), Some(Event::Assignment(vec![])));
         assert_eq!(
             state.poll_event(),
             Some(Event::Assignment(vec![partition(1), partition(2)]))

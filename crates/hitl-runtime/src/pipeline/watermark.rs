@@ -98,6 +98,18 @@ impl Watermarks {
         }
     }
 
+    /// The loop was stalled (the process paused, the machine suspended) until `now`: nothing
+    /// it knew of where it stands is current — its end offsets are as old as the pause, and its
+    /// partitions may be another instance's by now. Every partition starts over as if just
+    /// assigned (values never go back).
+    pub fn stalled(&mut self, now: i64) {
+        for clock in self.partitions.values_mut() {
+            clock.active_at = now;
+            clock.next_offset = None;
+            clock.end_offset = None;
+        }
+    }
+
     /// The owned partitions.
     pub fn partitions(&self) -> impl Iterator<Item = &PartitionKey> {
         self.partitions.keys()
@@ -193,6 +205,21 @@ mod tests {
         assert_eq!(marks.watermark(7_000), Some(6_000));
         marks.reconcile(&[], 7_000);
         assert_eq!(marks.watermark(7_000), None);
+    }
+
+    #[test]
+    fn after_a_stall_nothing_known_before_it_counts() {
+        let mut marks = Watermarks::new(3_000, 1_000);
+        let verdicts = p("verdicts", 0);
+        marks.reconcile(std::slice::from_ref(&verdicts), 0);
+        marks.record(&verdicts, 9, 900, 1_000);
+        marks.end_offset(&verdicts, 10, 1_000);
+        assert_eq!(marks.watermark(1_500), Some(900));
+        // Paused from 1,500 to 20,000: the end offset seen before means nothing now.
+        marks.stalled(20_000);
+        marks.end_offset(&verdicts, 10, 20_000); // a stale report, stamped after the pause
+        assert_eq!(marks.watermark(20_100), Some(900));
+        assert_eq!(marks.watermark(23_000), Some(20_000), "then quiet");
     }
 
     proptest! {
