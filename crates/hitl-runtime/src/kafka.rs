@@ -393,9 +393,40 @@ fn read_range(
     .create_with_context(EndReaderContext)?;
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::with_capacity(partitions.len());
+    let read_committed = settings.delivery == crate::config::Delivery::Transactional;
+    // Everything committed so far is the whole of the partition only once no transaction is
+    // open on it: an open one (a crashed or paused writer's, until it commits, aborts or times
+    // out) holds the last stable offset back, and records committed after it began by another
+    // writer would be missed. Wait until the stable end reaches the end as it is now.
+    let uncommitted: Option<BaseConsumer<EndReaderContext>> = if read_committed {
+        Some(reader_config(settings, false).create_with_context(EndReaderContext)?)
+    } else {
+        None
+    };
     for &partition in partitions {
         assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        ends.push(end_offset(&consumer, topic, partition, started, timeout)?);
+        let mut end = end_offset(&consumer, topic, partition, started, timeout)?;
+        if let Some(uncommitted) = &uncommitted {
+            let high = end_offset(uncommitted, topic, partition, started, timeout)?;
+            let mut said = false;
+            while end < high {
+                if !said {
+                    tracing::info!(%topic, partition, stable = end, high, "waiting for a transaction open on the partition to end before reading it");
+                    said = true;
+                }
+                if started.elapsed() > timeout {
+                    return Err(ReadError::Timeout {
+                        topic: topic.to_owned(),
+                        partition,
+                        timeout,
+                        records: 0,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                end = end_offset(&consumer, topic, partition, started, timeout)?;
+            }
+        }
+        ends.push(end);
     }
     if let Some(from_millis) = from_millis {
         let mut by_time = TopicPartitionList::new();

@@ -380,7 +380,13 @@ impl Shared {
         self.metrics.aborted();
         if self.delivery == Delivery::Transactional {
             self.retrying("abort_transaction", || {
-                self.producer.abort_transaction(self.request_timeout)
+                // The abort purges what is in flight, and completes only once the delivery reports
+                // of those records are served: serve them (a timed-out abort retried without this
+                // would time out again, for ever, after the broker was unreachable for a while).
+                self.producer.poll(Duration::ZERO);
+                let result = self.producer.abort_transaction(self.request_timeout);
+                self.producer.poll(Duration::ZERO);
+                result
             })?;
         }
         Ok(())
