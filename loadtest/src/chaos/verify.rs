@@ -7,7 +7,8 @@
 //!   `conflicting_outcomes`), none for anything else (`unexpected_outcome`);
 //! - at most one label per human outcome and one per QA sample, a label for every human outcome,
 //!   agreeing with it (`duplicate_label`, `missing_label`, `label_mismatch`, `unexpected_label`);
-//! - no decision actively leased to more reviewers than its quorum (`double_lease`): a lease is
+//! - no decision actively leased to more reviewers than its quorum (`double_lease`), no lease
+//!   handed out twice (`lease_replayed`, work redone from a stale state): a lease is
 //!   open from its ASSIGNED lifecycle event to its REVOKED event or the holder's accepted verdict,
 //!   in the decision's own (single-partition, committed) lifecycle order, so a handover whose
 //!   REVOKED precedes the new ASSIGNED is no overlap; the assignments topic must carry exactly the
@@ -887,7 +888,7 @@ fn check_decision(
                 };
                 if leases.contains_key(lease) {
                     violation(
-                        "double_lease",
+                        "lease_replayed",
                         format!("lease #{} ASSIGNED twice", short(lease)),
                         Some(event.ts),
                     );
@@ -1191,7 +1192,17 @@ fn check_decision(
     count("outcomes");
     count(&format!("outcomes: {:?}", outcome.decided_by));
     if outcomes.len() > 1 {
-        let same = outcomes.iter().all(|(_, o)| o == outcome);
+        // The same decision taken twice (only its time differs) is a duplicate; anything else
+        // a conflict.
+        let same = outcomes.iter().all(|(_, o)| {
+            (o.decided_by, o.status, &o.final_action, &o.reviewer_ids)
+                == (
+                    outcome.decided_by,
+                    outcome.status,
+                    &outcome.final_action,
+                    &outcome.reviewer_ids,
+                )
+        });
         violation(
             if same {
                 "duplicate_outcome"
