@@ -17,6 +17,10 @@ const USAGE: &str = "usage:
   hitl-loadtest bench-restore [--config FILE] [--count N]
   hitl-loadtest bench-audit [--config FILE] [--decisions N]
   hitl-loadtest audit-memory [--decisions N] [--whole]   (no broker needed)
+  hitl-loadtest chaos [--decisions N] [--rate N] [--kills N] [--bounces N] [--pause SECS]
+      [--poison-per-mille N] [--seed N] [--drain-timeout SECS] [--dir DIR] [--keep] [--examples N]
+      [--report-only]   (starts its own broker and services from the binaries beside this one)
+  hitl-loadtest chaos-verify --expectations FILE [--bootstrap HOST:PORT] [--examples N] [--report-only]
 Settings come from the router's config file and HITL_* variables (see config/router.toml); the
 clients' signing keys from `--clients FILE` (default config/dev-clients.toml; see docs/trust.md).
 `--dev` accepts the development keys of config/router.toml.";
@@ -33,6 +37,11 @@ fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("chaos") => return hitl_runtime::cli::finish(chaos(&args)),
+        Some("chaos-verify") => return hitl_runtime::cli::finish(chaos_verify(&args)),
+        _ => {}
+    }
     if args.get(1).map(String::as_str) == Some("audit-memory") {
         return hitl_runtime::cli::finish(audit_memory(&args).map(|()| ExitCode::SUCCESS));
     }
@@ -50,6 +59,78 @@ fn audit_memory(args: &[String]) -> anyhow::Result<()> {
     let decisions = flag(args, "--decisions", 500_000u64)?;
     let whole = args.iter().any(|arg| arg == "--whole");
     hitl_loadtest::audit::memory(decisions, !whole)
+}
+
+fn text_flag(args: &[String], name: &str) -> Option<String> {
+    args.windows(2)
+        .find(|pair| pair[0] == name)
+        .map(|pair| pair[1].clone())
+}
+
+/// `chaos`: the whole system under faults, checked by the independent verifier. Exits 1 on a
+/// violation unless `--report-only`.
+fn chaos(args: &[String]) -> anyhow::Result<ExitCode> {
+    hitl_runtime::telemetry::init(&hitl_runtime::config::TelemetrySettings {
+        log_level: "warn".into(),
+        ..Default::default()
+    });
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no folder for this binary"))?
+        .to_owned();
+    let repository = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no repository"))?
+        .to_owned();
+    let defaults = hitl_loadtest::chaos::Options::ci(bin_dir, repository);
+    let options = hitl_loadtest::chaos::Options {
+        decisions: flag(args, "--decisions", defaults.decisions)?,
+        rate: flag(args, "--rate", defaults.rate)?,
+        kills: flag(args, "--kills", defaults.kills)?,
+        bounces: flag(args, "--bounces", defaults.bounces)?,
+        pause: Duration::from_secs(flag(args, "--pause", defaults.pause.as_secs())?),
+        poison_per_mille: flag(args, "--poison-per-mille", defaults.poison_per_mille)?,
+        seed: flag(args, "--seed", defaults.seed)?,
+        drain_timeout: Duration::from_secs(flag(
+            args,
+            "--drain-timeout",
+            defaults.drain_timeout.as_secs(),
+        )?),
+        examples: flag(args, "--examples", defaults.examples)?,
+        dir: text_flag(args, "--dir").map(Into::into),
+        keep: args.iter().any(|arg| arg == "--keep"),
+        ..defaults
+    };
+    let run = hitl_loadtest::chaos::run(&options)?;
+    println!("{}", run.text);
+    let clean = run.report.violations.is_empty();
+    Ok(if clean || args.iter().any(|arg| arg == "--report-only") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `chaos-verify`: the verifier alone, against the topics a kept chaos run left.
+fn chaos_verify(args: &[String]) -> anyhow::Result<ExitCode> {
+    let path = text_flag(args, "--expectations")
+        .ok_or_else(|| anyhow::anyhow!("--expectations FILE is needed\n{USAGE}"))?;
+    let mut expectations: hitl_loadtest::chaos::verify::Expectations =
+        serde_json::from_slice(&std::fs::read(&path)?)?;
+    if let Some(bootstrap) = text_flag(args, "--bootstrap") {
+        expectations.bootstrap = bootstrap;
+    }
+    let report = hitl_loadtest::chaos::verify::verify(&expectations)?;
+    println!(
+        "{}",
+        report.render(&expectations, flag(args, "--examples", 3usize)?)
+    );
+    let clean = report.violations.is_empty();
+    Ok(if clean || args.iter().any(|arg| arg == "--report-only") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs the command that needs a broker; its exit status.
