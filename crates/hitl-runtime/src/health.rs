@@ -21,6 +21,9 @@ struct HealthInner {
     alive: AtomicBool,
     ready: AtomicBool,
     last_heartbeat_millis: AtomicI64,
+    /// The loop is inside a hook that is bounded by its own timeout (a state restore, which may
+    /// wait for a dead writer's transaction to end): not iterating, and not stalled.
+    restoring: AtomicBool,
 }
 
 impl Default for Health {
@@ -30,6 +33,7 @@ impl Default for Health {
                 alive: AtomicBool::new(true),
                 ready: AtomicBool::new(false),
                 last_heartbeat_millis: AtomicI64::new(now_millis()),
+                restoring: AtomicBool::new(false),
             }),
         }
     }
@@ -42,16 +46,24 @@ impl Health {
             .last_heartbeat_millis
             .store(now_millis(), Ordering::Relaxed);
     }
+    /// The loop enters (`true`) or leaves a restore, which bounds itself (`restore_timeout`).
+    pub fn set_restoring(&self, restoring: bool) {
+        self.inner.restoring.store(restoring, Ordering::Relaxed);
+        self.heartbeat();
+    }
     pub fn set_alive(&self, alive: bool) {
         self.inner.alive.store(alive, Ordering::Relaxed);
     }
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Relaxed);
     }
-    /// Alive: the loop thread has not stopped and has iterated within `stall_after`.
+    /// Alive: the loop thread has not stopped and has iterated within `stall_after`, or is in a
+    /// restore (bounded by its own timeout).
     pub fn is_alive(&self, stall_after: Duration) -> bool {
         let since = now_millis() - self.inner.last_heartbeat_millis.load(Ordering::Relaxed);
-        self.inner.alive.load(Ordering::Relaxed) && since <= stall_after.as_millis() as i64
+        self.inner.alive.load(Ordering::Relaxed)
+            && (since <= stall_after.as_millis() as i64
+                || self.inner.restoring.load(Ordering::Relaxed))
     }
     /// Ready: transactions initialised and subscribed.
     pub fn is_ready(&self) -> bool {

@@ -108,6 +108,9 @@ impl Validate for RouterSettings {
     }
 }
 
+/// The longest record key an oversize record's DEAD_LETTERED event is filed under.
+const MAX_DEAD_LETTER_KEY_BYTES: usize = 256;
+
 /// The largest decision record the router accepts (`service.max_record_bytes` at most).
 pub const MAX_DECISION_BYTES: usize = 64 * 1024;
 
@@ -436,14 +439,24 @@ impl RouterProcessor {
             .payload()
             .ok_or_else(|| reject("empty".into(), "record has no value".into()))?;
         if payload.len() > self.max_record_bytes {
-            return Err(reject(
-                "oversize".into(),
-                format!(
-                    "record of {} bytes exceeds max_record_bytes {}",
-                    payload.len(),
-                    self.max_record_bytes
-                ),
-            ));
+            // Refused unread; its key (the decision id, by the contract) files the refusal in
+            // the trail, so that `verify` finds every decision received accounted for.
+            let key = input
+                .key()
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .filter(|key| key.len() <= MAX_DEAD_LETTER_KEY_BYTES)
+                .map(str::to_owned);
+            return Err(Rejection {
+                decision_id: key,
+                ..reject(
+                    "oversize".into(),
+                    format!(
+                        "record of {} bytes exceeds max_record_bytes {}",
+                        payload.len(),
+                        self.max_record_bytes
+                    ),
+                )
+            });
         }
         let is_json = input
             .header("content-type")

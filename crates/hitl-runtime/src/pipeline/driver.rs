@@ -499,6 +499,7 @@ pub(super) fn run<P: Processor>(
     let mut driver = Driver {
         settings,
         watermarks,
+        health,
         last_tick: None,
         processor,
         shared,
@@ -548,6 +549,8 @@ struct Driver<'a, P> {
     settings: &'a LoopSettings,
     /// The service's hooks.
     processor: P,
+    /// Liveness: a restore (in `partitions_assigned`) is not a stall.
+    health: &'a Health,
     /// The input watermark, for processors that ask for it (`Processor::input_quiet`).
     watermarks: Option<Watermarks>,
     /// When the watermark was last computed (a tick), to notice a stalled loop.
@@ -880,11 +883,18 @@ impl<P: Processor> Driver<'_, P> {
                     self.processor.committed();
                     continue;
                 }
-                Some(Event::Aborted) => ("aborted", self.processor.aborted()),
-                Some(Event::Assignment(partitions)) => (
-                    "partitions_assigned",
-                    self.processor.partitions_assigned(&partitions),
-                ),
+                Some(Event::Aborted) => {
+                    self.health.set_restoring(true);
+                    let result = self.processor.aborted();
+                    self.health.set_restoring(false);
+                    ("aborted", result)
+                }
+                Some(Event::Assignment(partitions)) => {
+                    self.health.set_restoring(true);
+                    let result = self.processor.partitions_assigned(&partitions);
+                    self.health.set_restoring(false);
+                    ("partitions_assigned", result)
+                }
             };
             if let Err(source) = result {
                 return Err(self.stop(LoopError::Processor { hook, source }));
