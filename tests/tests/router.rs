@@ -811,6 +811,12 @@ fn assigned_partitions(service: &Service) -> Option<usize> {
         .lines()
         .rev()
         .find(|line| line.contains("partitions assigned"))?;
+    // Without the terminal colours (ESC [ … m) the log is written with.
+    let mut line = line.to_owned();
+    while let Some(start) = line.find('\u{1b}') {
+        let end = line[start..].find('m').map_or(line.len(), |m| start + m + 1);
+        line.replace_range(start..end, "");
+    }
     let value = line.split("partitions=").nth(1)?;
     value
         .split(|c: char| !c.is_ascii_digit())
