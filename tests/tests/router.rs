@@ -814,7 +814,9 @@ fn assigned_partitions(service: &Service) -> Option<usize> {
     // Without the terminal colours (ESC [ … m) the log is written with.
     let mut line = line.to_owned();
     while let Some(start) = line.find('\u{1b}') {
-        let end = line[start..].find('m').map_or(line.len(), |m| start + m + 1);
+        let end = line[start..]
+            .find('m')
+            .map_or(line.len(), |m| start + m + 1);
         line.replace_range(start..end, "");
     }
     let value = line.split("partitions=").nth(1)?;
@@ -909,9 +911,11 @@ fn a_restarted_router_drops_decisions_it_routed_before(kill: bool) {
     // Same instance (same transactional.id and group.instance.id), new process, new policy.
     let restarted = run.start(ALL_HUMAN, "");
     publish(&run.topics.decisions, &republished(&ids));
-    wait_for(WAIT, "the restarted router to read the re-published ids", || {
-        (restarted.metric("hitl_loop_records_in_total")? >= ids.len() as f64).then_some(())
-    });
+    wait_for(
+        WAIT,
+        "the restarted router to read the re-published ids",
+        || (restarted.metric("hitl_loop_records_in_total")? >= ids.len() as f64).then_some(()),
+    );
     // A fresh decision after them shows the new policy is live and the router went on.
     publish(&run.topics.decisions, &[decision("fresh", 0.9)]);
     read_topic(&run.topics.review_requests, WAIT, |records| {
@@ -966,13 +970,17 @@ fn a_duplicate_arriving_at_another_instance_after_a_rebalance_is_dropped() {
         run.dir.path(),
         &run.config_as(&policy, &format!("{}-b", run.instance), ""),
     );
-    wait_for(WAIT, "the partitions to be shared by both instances", || {
-        let (a, b) = (
-            assigned_partitions(&first_instance)?,
-            assigned_partitions(&second_instance)?,
-        );
-        (a > 0 && b > 0 && a + b == run.topics.partitions as usize).then_some(())
-    });
+    wait_for(
+        WAIT,
+        "the partitions to be shared by both instances",
+        || {
+            let (a, b) = (
+                assigned_partitions(&first_instance)?,
+                assigned_partitions(&second_instance)?,
+            );
+            (a > 0 && b > 0 && a + b == run.topics.partitions as usize).then_some(())
+        },
+    );
     publish(&run.topics.decisions, &republished(&ids));
     wait_for(WAIT, "both instances to read the re-published ids", || {
         let read = first_instance.metric("hitl_loop_records_in_total")? - ids.len() as f64
@@ -998,10 +1006,7 @@ fn a_duplicate_arriving_at_another_instance_after_a_rebalance_is_dropped() {
     wait_for(
         Duration::from_secs(90),
         "the second instance to own every partition",
-        || {
-            (assigned_partitions(&second_instance)? == run.topics.partitions as usize)
-                .then_some(())
-        },
+        || (assigned_partitions(&second_instance)? == run.topics.partitions as usize).then_some(()),
     );
     let before = duplicates(&second_instance);
     let read_before = second_instance
