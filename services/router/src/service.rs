@@ -44,8 +44,9 @@ pub struct RouterSettings {
     /// Ingest rate limit (decisions per second); 0: unlimited.
     pub max_decisions_per_second: u32,
     /// The most decision ids remembered to drop duplicates: the memory bound of de-duplication,
-    /// about 50 bytes an id (docs/design.md, "Idempotence by key"). When it evicts ids younger
-    /// than `dedup_horizon` it, not the horizon, decides how far back duplicates are caught
+    /// 40–100 bytes an id (docs/design.md, "Durable de-duplication in the router"). When it
+    /// evicts ids younger than `dedup_horizon` it, not the horizon, decides how far back
+    /// duplicates are caught
     /// (`hitl_router_dedup_evicted_total{reason="capacity"}`, a warning in the log). 0 turns
     /// de-duplication off, the `topics.router_seen` changelog with it.
     pub dedup_window: usize,
@@ -131,7 +132,7 @@ impl Validate for RouterSettings {
     }
 }
 
-/// The default of `service.dedup_window`: a million ids, about 50 MB.
+/// The default of `service.dedup_window`: a million ids, 50–100 MB.
 pub const DEFAULT_DEDUP_WINDOW: usize = 1_000_000;
 
 /// The settings of different sections that must agree: the de-duplication horizon cannot be
@@ -1083,6 +1084,26 @@ mod tests {
             "(true, Some(QaSample))",
         ];
         assert_eq!(kinds, expected.into_iter().map(String::from).collect());
+    }
+
+    #[test]
+    fn a_horizon_longer_than_the_changelog_keeps_is_refused() {
+        let mut settings = hitl_runtime::Settings::<RouterSettings>::default();
+        assert_eq!(dedup_problems(&settings), Vec::<String>::new());
+        settings.service.dedup_horizon =
+            settings.topics.router_seen_retention + Duration::from_secs(1);
+        let problems = dedup_problems(&settings);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("service.dedup_horizon: "),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("topics.router_seen_retention"));
+        settings.service.dedup_window = 0;
+        assert!(
+            dedup_problems(&settings).is_empty(),
+            "off: no changelog to agree with"
+        );
     }
 
     proptest! {
