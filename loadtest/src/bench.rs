@@ -64,6 +64,9 @@ impl<P: Processor> Processor for Counting<P> {
         self.counters.uncommitted.store(0, Ordering::Relaxed);
         self.inner.aborted()
     }
+    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        self.inner.partitions_assigned(partitions)
+    }
 }
 
 /// Copies every input record to `topic`: the baseline.
@@ -252,6 +255,32 @@ pub fn publish(settings: &Settings<RouterSettings>, count: u64) {
     producer.flush(Duration::from_secs(120)).expect("flush");
 }
 
+/// The settings of one router run: its own seen-ids changelog (created here), so that no run
+/// restores the ids an earlier one routed from the same input and drops them all as duplicates.
+fn router_run(
+    settings: &Settings<RouterSettings>,
+    name: &str,
+) -> io::Result<Settings<RouterSettings>> {
+    let mut run = settings.clone();
+    run.topics.router_seen = format!(
+        "{}.seen-{name}-{:x}",
+        settings.topics.decisions,
+        hitl_runtime::now_millis()
+    );
+    let spec = run
+        .topics
+        .specs()
+        .into_iter()
+        .find(|spec| spec.name == run.topics.router_seen)
+        .expect("the seen-ids topic is a contract topic");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(hitl_runtime::kafka::ensure_topics(&run.kafka, &[spec], 1))
+        .map_err(io::Error::other)?;
+    Ok(run)
+}
+
 /// Runs `rounds` alternating rounds and prints each rate and the median ratio.
 pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::Result<f64> {
     outln!(
@@ -280,6 +309,7 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::
             rates[which] = if which == 3 {
                 // The router without checking publishers' signatures (its own still sign): what
                 // authenticating decisions costs.
+                let settings = &router_run(settings, "unverified")?;
                 let mut registry = prometheus_client::registry::Registry::default();
                 let (tracer, _exporter) =
                     hitl_runtime::trace::start(&settings.telemetry, "bench-router", &mut registry);
@@ -303,6 +333,7 @@ pub fn run(settings: &Settings<RouterSettings>, count: u64, rounds: u32) -> io::
                 measure(settings, "two-records", doubling, count)?
             } else {
                 // Traced as configured (`HITL_TELEMETRY__OTLP_ENDPOINT`), to measure the cost.
+                let settings = &router_run(settings, "router")?;
                 let mut registry = prometheus_client::registry::Registry::default();
                 let (tracer, exporter) =
                     hitl_runtime::trace::start(&settings.telemetry, "bench-router", &mut registry);

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod bench;
 pub mod chaos;
 pub mod clients;
+pub mod dedup;
 pub mod demo;
 pub mod mix;
 pub mod restore;

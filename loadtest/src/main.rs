@@ -1,6 +1,7 @@
 //! hitl-loadtest: `demo` (a live mixed load with a summary), `bench-router` (throughput ratio),
-//! `bench-restore` (assignment state restore time), `bench-audit` (audit throughput, verify speed)
-//! and `audit-memory` (the audit core's memory per decision).
+//! `bench-restore` (assignment state restore time), `bench-audit` (audit throughput, verify speed),
+//! `audit-memory` (the audit core's memory per decision), `dedup-memory` (the router's memory per
+//! remembered decision id) and `bench-dedup-restore` (restoring those ids).
 
 use std::{process::ExitCode, time::Duration};
 
@@ -21,6 +22,8 @@ const USAGE: &str = "usage:
       [--poison-per-mille N] [--seed N] [--drain-timeout SECS] [--dir DIR] [--keep] [--examples N]
       [--report-only]   (starts its own broker and services from the binaries beside this one)
   hitl-loadtest chaos-verify --expectations FILE [--bootstrap HOST:PORT] [--examples N] [--report-only]
+  hitl-loadtest dedup-memory [--count N]                 (no broker needed)
+  hitl-loadtest bench-dedup-restore [--config FILE] [--count N]
 Settings come from the router's config file and HITL_* variables (see config/router.toml); the
 clients' signing keys from `--clients FILE` (default config/dev-clients.toml; see docs/trust.md).
 `--dev` accepts the development keys of config/router.toml.";
@@ -44,6 +47,15 @@ fn main() -> ExitCode {
     }
     if args.get(1).map(String::as_str) == Some("audit-memory") {
         return hitl_runtime::cli::finish(audit_memory(&args).map(|()| ExitCode::SUCCESS));
+    }
+    if args.get(1).map(String::as_str) == Some("dedup-memory") {
+        let count = match flag(&args, "--count", 1_000_000u64) {
+            Ok(count) => count,
+            Err(error) => return hitl_runtime::cli::finish::<anyhow::Error>(Err(error)),
+        };
+        return hitl_runtime::cli::finish(
+            hitl_loadtest::dedup::memory(count).map(|()| ExitCode::SUCCESS),
+        );
     }
     let settings: Settings<RouterSettings> = match hitl_runtime::cli::load_from_process() {
         Ok(settings) => settings,
@@ -166,6 +178,11 @@ fn run(args: &[String], settings: Settings<RouterSettings>) -> anyhow::Result<Ex
         Some("bench-audit") => {
             let decisions = flag(args, "--decisions", 100_000u64)?;
             hitl_loadtest::audit::run(&settings.kafka, &runtime, decisions)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("bench-dedup-restore") => {
+            let count = flag(args, "--count", 1_000_000u64)?;
+            hitl_loadtest::dedup::restore(&settings.kafka, &runtime, count)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("bench-restore") => {

@@ -40,7 +40,7 @@ pub fn run(
     let spec = TopicSpec {
         name: topic.clone(),
         partitions: 1,
-        configs: vec![("cleanup.policy", "compact")],
+        configs: vec![("cleanup.policy", "compact".into())],
     };
     runtime.block_on(hitl_runtime::kafka::ensure_topics(kafka, &[spec], 1))?;
 

@@ -159,6 +159,8 @@ pub fn unique_topics(test: &str) -> Topics {
         audit_checkpoints: named(&defaults.audit_checkpoints),
         feedback: named(&defaults.feedback),
         assignment_state: named(&defaults.assignment_state),
+        router_seen: named(&defaults.router_seen),
+        router_seen_retention: defaults.router_seen_retention,
         partitions: 4,
         replication_factor: 1,
     }
@@ -192,7 +194,7 @@ pub fn topics_toml(topics: &Topics) -> String {
     format!(
         "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
          assignments_pii = \"{}\"\nverdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
-         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\npartitions = {}\n",
+         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\nrouter_seen = \"{}\"\npartitions = {}\n",
         topics.decisions,
         topics.decisions_dlq,
         topics.review_requests,
@@ -206,6 +208,7 @@ pub fn topics_toml(topics: &Topics) -> String {
         topics.audit_checkpoints,
         topics.feedback,
         topics.assignment_state,
+        topics.router_seen,
         topics.partitions,
     )
 }

@@ -388,6 +388,8 @@ fn the_services_run_under_exactly_the_acl_file_and_a_reviewer_app_writes_only_it
         &topics.audit,
         &topics.audit_checkpoints,
         &topics.assignment_state,
+        // An entry there would make the router drop a decision with that id unrouted.
+        &topics.router_seen,
         &topics.assignments,
         &topics.review_requests,
         &topics.feedback,
@@ -409,6 +411,7 @@ fn the_services_run_under_exactly_the_acl_file_and_a_reviewer_app_writes_only_it
         &topics.decisions,
         &topics.assignments_pii,
         &topics.assignment_state,
+        &topics.router_seen,
         &topics.audit,
     ] {
         let metadata = peek
@@ -452,6 +455,13 @@ fn the_services_run_under_exactly_the_acl_file_and_a_reviewer_app_writes_only_it
         send_as(&publisher, &topics.outcomes, None, "forged", &forged),
         RDKafkaErrorCode::TopicAuthorizationFailed,
         "the publisher writing outcomes",
+    );
+    // Nor the router's seen-ids changelog: an entry there would make the router drop a decision
+    // with that id unrouted, someone else's decision included.
+    expect_code(
+        send_as(&publisher, &topics.router_seen, None, "forged", &forged),
+        RDKafkaErrorCode::TopicAuthorizationFailed,
+        "the publisher writing router.seen",
     );
 
     // What each may do: the reviewer app puts itself on the roster…

@@ -735,3 +735,293 @@ fn a_transaction_left_open_by_an_earlier_run_does_not_hide_new_outputs() {
     );
     drop(stale);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Durable de-duplication (#12): a decision id routed once is not routed again within the
+// horizon, whichever instance owns its partition and however often the router restarts.
+
+impl Run {
+    /// A config for another instance (`instance_id`) of this run's router group.
+    fn config_as(&self, policy: &Path, instance_id: &str, extra_service: &str) -> String {
+        format!(
+            "{}\n{}\n[service]\npolicy_path = \"{}\"\ninstance_id = \"{instance_id}\"\ngroup_id = \"{}-group\"\n\
+             policy_check_interval = \"200ms\"\n{extra_service}\n",
+            kafka_toml(),
+            topics_toml(&self.topics),
+            policy.display(),
+            self.instance,
+        )
+    }
+
+    /// Waits until the router group's committed offsets cover every decision published so far,
+    /// so that a kill cannot make the next instance read an already routed decision again
+    /// (which, under idempotent delivery, would route it again: at-least-once by design).
+    fn wait_committed(&self) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mut config = client_config();
+        config.set("group.id", format!("{}-group", self.instance));
+        let consumer: BaseConsumer = config.create().unwrap();
+        wait_for(WAIT, "the router to commit every input", || {
+            let mut list = rdkafka::TopicPartitionList::new();
+            for partition in 0..self.topics.partitions {
+                list.add_partition(&self.topics.decisions, partition);
+            }
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .ok()?;
+            for element in committed.elements() {
+                let (_, end) = consumer
+                    .fetch_watermarks(
+                        &self.topics.decisions,
+                        element.partition(),
+                        Duration::from_secs(10),
+                    )
+                    .ok()?;
+                // The committed offset is the next one to read: the end once everything is read.
+                let done = match element.offset() {
+                    rdkafka::Offset::Offset(offset) => offset >= end,
+                    _ => end == 0,
+                };
+                if !done {
+                    return None;
+                }
+            }
+            Some(())
+        });
+    }
+}
+
+/// The same decision ids as `ids`, with different content: under ALL_HUMAN, routing one again
+/// would send it to people.
+fn republished(ids: &[String]) -> Vec<Decision> {
+    ids.iter()
+        .map(|id| {
+            let mut again = decision(id, 0.1);
+            again.action = "allow".into();
+            again.subject = format!("retry-{id}");
+            again
+        })
+        .collect()
+}
+
+/// The number of partitions the last `partitions assigned` line of `service`'s log names.
+fn assigned_partitions(service: &Service) -> Option<usize> {
+    let log = std::fs::read_to_string(&service.log).ok()?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("partitions assigned"))?;
+    // Without the terminal colours (ESC [ … m) the log is written with.
+    let mut line = line.to_owned();
+    while let Some(start) = line.find('\u{1b}') {
+        let end = line[start..]
+            .find('m')
+            .map_or(line.len(), |m| start + m + 1);
+        line.replace_range(start..end, "");
+    }
+    let value = line.split("partitions=").nth(1)?;
+    value
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Everything the router wrote for the decisions, once it has gone quiet: outcomes, review
+/// requests and ROUTED lifecycle events, each counted by decision id.
+struct Written {
+    outcomes: BTreeMap<String, usize>,
+    reviews: BTreeMap<String, usize>,
+    routed: BTreeMap<String, usize>,
+}
+
+fn written(run: &Run) -> Written {
+    let count = |ids: Vec<String>| {
+        let mut counts = BTreeMap::new();
+        for id in ids {
+            *counts.entry(id).or_default() += 1;
+        }
+        counts
+    };
+    let outcomes: Vec<Outcome> = decode(&read_all(&run.topics.outcomes, QUIET));
+    let reviews: Vec<ReviewRequest> = decode(&read_all(&run.topics.review_requests, QUIET));
+    let lifecycle: Vec<LifecycleEvent> = decode(&read_all(&run.topics.lifecycle, QUIET));
+    Written {
+        outcomes: count(outcomes.into_iter().map(|o| o.decision_id).collect()),
+        reviews: count(
+            reviews
+                .into_iter()
+                .map(|r| r.decision.decision_id.clone())
+                .collect(),
+        ),
+        routed: count(
+            lifecycle
+                .into_iter()
+                .filter(|e| e.kind == LifecycleKind::Routed)
+                .map(|e| e.decision_id)
+                .collect(),
+        ),
+    }
+}
+
+/// Checks that each of `ids` was routed exactly once, automatically (ALL_AUTO), and never sent
+/// to people, whatever was re-published since.
+fn assert_routed_once(run: &Run, ids: &[String]) {
+    let written = written(run);
+    for id in ids {
+        assert_eq!(
+            written.outcomes.get(id),
+            Some(&1),
+            "{id}: exactly one outcome"
+        );
+        assert_eq!(
+            written.routed.get(id),
+            Some(&1),
+            "{id}: exactly one ROUTED lifecycle event"
+        );
+        assert_eq!(
+            written.reviews.get(id),
+            None,
+            "{id}: routed again (to people) after it was routed automatically"
+        );
+    }
+}
+
+fn duplicates(router: &Service) -> f64 {
+    router.metric("hitl_router_duplicates_total").unwrap_or(0.0)
+}
+
+/// Routes decisions, stops the router (SIGKILL or SIGTERM), starts it again under a policy that
+/// would route them differently, re-publishes the same ids: nothing is routed a second time,
+/// and the new instance counts every re-published one as a duplicate.
+fn a_restarted_router_drops_decisions_it_routed_before(kill: bool) {
+    let run = Run::new(if kill { "dedup-kill" } else { "dedup-restart" });
+    let router = run.start(ALL_AUTO, "");
+    let ids: Vec<String> = (0..16).map(|i| format!("once-{i}")).collect();
+    let first: Vec<Decision> = ids.iter().map(|id| decision(id, 0.9)).collect();
+    publish(&run.topics.decisions, &first);
+    read_at_least(&run.topics.outcomes, ids.len(), WAIT);
+    run.wait_committed();
+    if kill {
+        router.kill9();
+    } else {
+        assert_eq!(router.terminate(), Some(0), "SIGTERM exits cleanly");
+    }
+
+    // Same instance (same transactional.id and group.instance.id), new process, new policy.
+    let restarted = run.start(ALL_HUMAN, "");
+    publish(&run.topics.decisions, &republished(&ids));
+    wait_for(
+        WAIT,
+        "the restarted router to read the re-published ids",
+        || (restarted.metric("hitl_loop_records_in_total")? >= ids.len() as f64).then_some(()),
+    );
+    // A fresh decision after them shows the new policy is live and the router went on.
+    publish(&run.topics.decisions, &[decision("fresh", 0.9)]);
+    read_topic(&run.topics.review_requests, WAIT, |records| {
+        records.iter().any(|r| r.key.as_deref() == Some("general"))
+    });
+    assert_routed_once(&run, &ids);
+    assert_eq!(
+        duplicates(&restarted),
+        ids.len() as f64,
+        "every re-published id is counted as a duplicate; log:\n{}",
+        restarted.log_tail()
+    );
+}
+
+#[test]
+fn a_router_killed_with_sigkill_does_not_route_a_decision_again_after_its_restart() {
+    a_restarted_router_drops_decisions_it_routed_before(true);
+}
+
+#[test]
+fn a_router_restarted_cleanly_does_not_route_a_decision_again() {
+    a_restarted_router_drops_decisions_it_routed_before(false);
+}
+
+/// Two instances of one group: decisions routed by the first, re-published after a rebalance
+/// gave half its partitions to the second, and again after the first died and the second took
+/// every partition. No decision is routed twice.
+#[test]
+fn a_duplicate_arriving_at_another_instance_after_a_rebalance_is_dropped() {
+    let run = Run::new("dedup-rebalance");
+    let policy = run.write_policy("policy.yaml", ALL_AUTO);
+    let first_instance = Service::start(
+        "hitl-router",
+        run.dir.path(),
+        &run.config_as(&policy, &format!("{}-a", run.instance), ""),
+    );
+    let ids: Vec<String> = (0..16).map(|i| format!("moved-{i}")).collect();
+    let first: Vec<Decision> = ids.iter().map(|id| decision(id, 0.9)).collect();
+    publish(&run.topics.decisions, &first);
+    read_at_least(&run.topics.outcomes, ids.len(), WAIT);
+    run.wait_committed();
+
+    // The policy changes (the first instance reloads it), and a second instance joins: the
+    // group rebalances, and half the partitions move to it.
+    std::fs::write(&policy, ALL_HUMAN).unwrap();
+    wait_for(WAIT, "the first instance to load the new policy", || {
+        (first_instance.metric("hitl_router_policy_reloads_total{result=\"ok\"}")? >= 1.0)
+            .then_some(())
+    });
+    let second_instance = Service::start(
+        "hitl-router",
+        run.dir.path(),
+        &run.config_as(&policy, &format!("{}-b", run.instance), ""),
+    );
+    wait_for(
+        WAIT,
+        "the partitions to be shared by both instances",
+        || {
+            let (a, b) = (
+                assigned_partitions(&first_instance)?,
+                assigned_partitions(&second_instance)?,
+            );
+            (a > 0 && b > 0 && a + b == run.topics.partitions as usize).then_some(())
+        },
+    );
+    publish(&run.topics.decisions, &republished(&ids));
+    wait_for(WAIT, "both instances to read the re-published ids", || {
+        let read = first_instance.metric("hitl_loop_records_in_total")? - ids.len() as f64
+            + second_instance
+                .metric("hitl_loop_records_in_total")
+                .unwrap_or(0.0);
+        (read >= ids.len() as f64).then_some(())
+    });
+    assert_routed_once(&run, &ids);
+    let caught_by_second = duplicates(&second_instance);
+    assert!(
+        caught_by_second > 0.0,
+        "no re-published id reached the second instance: the test proves nothing"
+    );
+    assert_eq!(
+        duplicates(&first_instance) + caught_by_second,
+        ids.len() as f64,
+        "every re-published id is counted as a duplicate"
+    );
+
+    // The first instance dies; once its session ends the second takes every partition.
+    first_instance.kill9();
+    wait_for(
+        Duration::from_secs(90),
+        "the second instance to own every partition",
+        || (assigned_partitions(&second_instance)? == run.topics.partitions as usize).then_some(()),
+    );
+    let before = duplicates(&second_instance);
+    let read_before = second_instance
+        .metric("hitl_loop_records_in_total")
+        .unwrap_or(0.0);
+    publish(&run.topics.decisions, &republished(&ids));
+    wait_for(WAIT, "the second instance to read them", || {
+        (second_instance.metric("hitl_loop_records_in_total")? >= read_before + ids.len() as f64)
+            .then_some(())
+    });
+    assert_routed_once(&run, &ids);
+    assert_eq!(
+        duplicates(&second_instance) - before,
+        ids.len() as f64,
+        "every re-published id is counted as a duplicate by the instance that owns it now; log:\n{}",
+        second_instance.log_tail()
+    );
+}

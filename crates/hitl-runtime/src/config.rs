@@ -372,7 +372,16 @@ pub struct Topics {
     pub audit_checkpoints: String,
     pub feedback: String,
     pub assignment_state: String,
-    /// Partitions of each topic when created (review-requests and verdicts must match).
+    /// The router's changelog of the decision ids it routed (durable de-duplication): keyed by
+    /// the id's digest, written in the transaction that routes the decision, to the partition
+    /// numbered like the decision's. Written and read by the router alone.
+    pub router_seen: String,
+    /// How long `router_seen` keeps an entry (its `retention.ms` when created; compacted too).
+    /// The router's `service.dedup_horizon` may not be longer.
+    #[serde(with = "humantime_serde")]
+    pub router_seen_retention: Duration,
+    /// Partitions of each topic when created (review-requests and verdicts must match; so must
+    /// decisions and router_seen).
     pub partitions: i32,
     pub replication_factor: i32,
 }
@@ -393,36 +402,41 @@ impl Default for Topics {
             audit_checkpoints: "hitl.audit.checkpoints".into(),
             feedback: "hitl.feedback".into(),
             assignment_state: "hitl.assignment.state".into(),
+            router_seen: "hitl.router.seen".into(),
+            router_seen_retention: DEFAULT_ROUTER_SEEN_RETENTION,
             partitions: 4,
             replication_factor: 1,
         }
     }
 }
 
+/// How long `topics.router_seen` keeps an entry by default: a week, like the decisions topic,
+/// so that a decision still in that topic (a consumer group reset to its start replays it) is not
+/// routed twice.
+pub const DEFAULT_ROUTER_SEEN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Topics {
     /// Every topic with the configs it is created with.
     pub fn specs(&self) -> Vec<TopicSpec> {
-        let compacted = |name: &str, retention: &'static str| TopicSpec {
-            name: name.to_owned(),
-            partitions: self.partitions,
-            configs: vec![("cleanup.policy", "compact"), ("retention.ms", retention)],
-        };
-        let deleted = |name: &str, retention: &'static str| TopicSpec {
-            name: name.to_owned(),
-            partitions: self.partitions,
-            configs: vec![("cleanup.policy", "delete"), ("retention.ms", retention)],
-        };
-        // Inputs whose time decides an outcome carry the broker's append time, not their
-        // writer's clock (docs/design.md, "Time").
-        let appended = |name: &str, retention: &'static str| TopicSpec {
+        let spec = |name: &str, policy: &str, retention: &str| TopicSpec {
             name: name.to_owned(),
             partitions: self.partitions,
             configs: vec![
-                ("cleanup.policy", "delete"),
-                ("retention.ms", retention),
-                ("message.timestamp.type", "LogAppendTime"),
+                ("cleanup.policy", policy.to_owned()),
+                ("retention.ms", retention.to_owned()),
             ],
         };
+        let compacted = |name: &str, retention: &str| spec(name, "compact", retention);
+        let deleted = |name: &str, retention: &str| spec(name, "delete", retention);
+        // Inputs whose time decides an outcome carry the broker's append time, not their
+        // writer's clock (docs/design.md, "Time").
+        let appended = |name: &str, retention: &str| {
+            let mut spec = deleted(name, retention);
+            spec.configs
+                .push(("message.timestamp.type", "LogAppendTime".to_owned()));
+            spec
+        };
+        let router_seen_retention = self.router_seen_retention.as_millis().to_string();
         const WEEK: &str = "604800000";
         const MONTH: &str = "2592000000";
         const FOREVER: &str = "-1";
@@ -440,6 +454,9 @@ impl Topics {
             deleted(&self.audit_checkpoints, FOREVER),
             deleted(&self.feedback, FOREVER),
             compacted(&self.assignment_state, FOREVER),
+            // Each id is written once; compaction only keeps the latest entry of an id routed
+            // again after the horizon, and deletion forgets what is past the retention.
+            spec(&self.router_seen, "compact,delete", &router_seen_retention),
         ]
     }
 }
@@ -449,7 +466,7 @@ impl Topics {
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
-    pub configs: Vec<(&'static str, &'static str)>,
+    pub configs: Vec<(&'static str, String)>,
 }
 
 impl Validate for Topics {
@@ -468,6 +485,7 @@ impl Validate for Topics {
             ("audit_checkpoints", &self.audit_checkpoints),
             ("feedback", &self.feedback),
             ("assignment_state", &self.assignment_state),
+            ("router_seen", &self.router_seen),
         ];
         for (field, name) in names {
             let legal = !name.is_empty()
@@ -486,6 +504,9 @@ impl Validate for Topics {
         }
         if self.replication_factor < 1 {
             errors.push("topics.replication_factor: must be at least 1".into());
+        }
+        if self.router_seen_retention < Duration::from_secs(1) {
+            errors.push("topics.router_seen_retention: must be at least 1s".into());
         }
     }
 }

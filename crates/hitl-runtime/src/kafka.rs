@@ -263,6 +263,30 @@ pub fn read_partition_since(
         topic,
         &[partition],
         Some(from_millis),
+        None,
+        timeout,
+        each,
+    )
+}
+
+/// Like [`read_partition_since`], but starts no further back than `at_most` offsets before the
+/// partition's end: a bounded read of the most recent records stamped `from_millis` or later.
+/// (Transaction markers take offsets too, so it may deliver a few less than `at_most`.)
+pub fn read_partition_recent(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from_millis: i64,
+    at_most: u64,
+    timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) -> Result<u64, ReadError> {
+    read_range(
+        settings,
+        topic,
+        &[partition],
+        Some(from_millis),
+        Some(at_most),
         timeout,
         each,
     )
@@ -296,10 +320,18 @@ fn read_to_end(
     timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<u64, ReadError> {
-    read_range(settings, topic, partitions, None, timeout, |message| {
-        each(message);
-        true
-    })
+    read_range(
+        settings,
+        topic,
+        partitions,
+        None,
+        None,
+        timeout,
+        |message| {
+            each(message);
+            true
+        },
+    )
 }
 
 /// The context of a reader that asked for partition-EOF events: reaching a partition's end is how
@@ -367,13 +399,15 @@ fn is_passing(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// `read_to_end`, starting at the first record stamped `from_millis` or later when given, and
-/// stopping early when `each` returns `false`.
+/// `read_to_end`, starting at the first record stamped `from_millis` or later when given, no
+/// further back than `at_most` offsets before the end when given, and stopping early when `each`
+/// returns `false`.
 fn read_range(
     settings: &KafkaSettings,
     topic: &str,
     partitions: &[i32],
     from_millis: Option<i64>,
+    at_most: Option<u64>,
     timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
 ) -> Result<u64, ReadError> {
@@ -451,6 +485,21 @@ fn read_range(
             Err(error) => {
                 tracing::warn!(%error, %topic, "no offsets by time; reading from the start")
             }
+        }
+    }
+    if let Some(at_most) = at_most {
+        let at_most = i64::try_from(at_most).unwrap_or(i64::MAX);
+        for (index, &partition) in partitions.iter().enumerate() {
+            let floor = ends[index].saturating_sub(at_most).max(0);
+            let start = assignment
+                .find_partition(topic, partition)
+                .map(|element| element.offset());
+            // Offset::Beginning (no time given, or none found) is below any floor.
+            let later = match start {
+                Some(Offset::Offset(offset)) => offset.max(floor),
+                _ => floor,
+            };
+            assignment.set_partition_offset(topic, partition, Offset::Offset(later))?;
         }
     }
     consumer.assign(&assignment)?;

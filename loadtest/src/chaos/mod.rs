@@ -651,8 +651,9 @@ fn run_with(
         audit_checkpoints: named(&defaults.audit_checkpoints),
         feedback: named(&defaults.feedback),
         assignment_state: named(&defaults.assignment_state),
+        router_seen: named(&defaults.router_seen),
         partitions: 4,
-        replication_factor: 1,
+        ..defaults.clone()
     };
     let kafka = KafkaSettings {
         bootstrap_servers: broker.bootstrap.clone(),
@@ -707,7 +708,7 @@ fn run_with(
     let topics_toml = format!(
         "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
          assignments_pii = \"{}\"\nverdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
-         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\npartitions = {}\n",
+         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\nrouter_seen = \"{}\"\npartitions = {}\n",
         topics.decisions,
         topics.decisions_dlq,
         topics.review_requests,
@@ -721,6 +722,7 @@ fn run_with(
         topics.audit_checkpoints,
         topics.feedback,
         topics.assignment_state,
+        topics.router_seen,
         topics.partitions,
     );
     let shared = format!(

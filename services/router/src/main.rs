@@ -12,7 +12,8 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return hitl_runtime::cli::refuse_to_start(&error),
     };
-    let problems = hitl_router::service::trust_problems(&settings);
+    let mut problems = hitl_router::service::trust_problems(&settings);
+    problems.extend(hitl_router::service::dedup_problems(&settings));
     if !problems.is_empty() {
         return hitl_runtime::cli::refuse_to_start(&hitl_runtime::ConfigError::Invalid(problems));
     }

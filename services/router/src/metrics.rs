@@ -33,6 +33,11 @@ pub(crate) struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PolicyLabels {
     role: &'static str,
     version: String,
@@ -47,6 +52,12 @@ pub(crate) struct RouterMetrics {
     shadow: Family<AgreementLabels, Counter>,
     qa_samples: Counter,
     duplicates: Counter,
+    dedup_ids: Gauge,
+    dedup_bytes: Gauge,
+    dedup_reach_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    dedup_evicted: Family<ReasonLabels, Counter>,
+    dedup_restored: Counter,
+    dedup_restore_seconds: Histogram,
     reloads: Family<ResultLabels, Counter>,
     policy_info: Family<PolicyLabels, Gauge>,
     workflows: Mutex<HashSet<String>>,
@@ -64,6 +75,14 @@ impl RouterMetrics {
             shadow: Family::default(),
             qa_samples: Counter::default(),
             duplicates: Counter::default(),
+            dedup_ids: Gauge::default(),
+            dedup_bytes: Gauge::default(),
+            dedup_reach_seconds: Gauge::default(),
+            dedup_evicted: Family::default(),
+            dedup_restored: Counter::default(),
+            dedup_restore_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14),
+            ),
             reloads: Family::default(),
             policy_info: Family::default(),
             workflows: Mutex::default(),
@@ -103,6 +122,38 @@ impl RouterMetrics {
             "duplicates",
             "Decisions dropped as duplicates of one already routed",
             metrics.duplicates.clone(),
+        );
+        r.register(
+            "dedup_ids",
+            "Decision ids remembered to drop duplicates (service.dedup_window at most)",
+            metrics.dedup_ids.clone(),
+        );
+        r.register(
+            "dedup_bytes",
+            "Heap the remembered decision ids take (estimated from the tables' capacities)",
+            metrics.dedup_bytes.clone(),
+        );
+        r.register(
+            "dedup_reach_seconds",
+            "Age of the oldest remembered decision id: how far back duplicates are caught now \
+             (below service.dedup_horizon once the count bound evicts)",
+            metrics.dedup_reach_seconds.clone(),
+        );
+        r.register(
+            "dedup_evicted",
+            "Remembered decision ids forgotten, by reason: horizon (older than \
+             service.dedup_horizon) or capacity (service.dedup_window full, before the horizon)",
+            metrics.dedup_evicted.clone(),
+        );
+        r.register(
+            "dedup_restored_ids",
+            "Decision ids restored from the seen-ids changelog for newly owned partitions",
+            metrics.dedup_restored.clone(),
+        );
+        r.register(
+            "dedup_restore_seconds",
+            "Time to restore the remembered ids of one partition",
+            metrics.dedup_restore_seconds.clone(),
         );
         r.register(
             "policy_reloads",
@@ -160,6 +211,39 @@ impl RouterMetrics {
 
     pub(crate) fn duplicate(&self) {
         self.duplicates.inc();
+    }
+
+    pub(crate) fn dedup_evicted(&self, expired: u64, over_capacity: u64) {
+        if expired > 0 {
+            self.dedup_evicted
+                .get_or_create(&ReasonLabels { reason: "horizon" })
+                .inc_by(expired);
+        }
+        if over_capacity > 0 {
+            self.dedup_evicted
+                .get_or_create(&ReasonLabels { reason: "capacity" })
+                .inc_by(over_capacity);
+        }
+    }
+
+    /// The remembered ids (`ids`), the heap they take, and the time bucket of the oldest
+    /// (`oldest`), at `now_millis`.
+    pub(crate) fn dedup_gauges(
+        &self,
+        ids: usize,
+        bytes: usize,
+        oldest: Option<i64>,
+        now_millis: i64,
+    ) {
+        self.dedup_ids.set(ids as i64);
+        self.dedup_bytes.set(bytes as i64);
+        let reach = oldest.map_or(0, |oldest| now_millis.saturating_sub(oldest).max(0));
+        self.dedup_reach_seconds.set(reach as f64 / 1000.0);
+    }
+
+    pub(crate) fn dedup_restored(&self, ids: u64, took: Duration) {
+        self.dedup_restored.inc_by(ids);
+        self.dedup_restore_seconds.observe(took.as_secs_f64());
     }
 
     pub(crate) fn reload(&self, ok: bool) {

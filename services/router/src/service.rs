@@ -12,7 +12,7 @@ use std::{
 
 use hitl_runtime::{
     auth::{self, KeySet, Signer},
-    config::Topics,
+    config::{KafkaSettings, Topics},
     pipeline::is_transient_codec_error,
     trace::{self, Span, SpanKind, TraceContext, Tracer},
     InputRecord, OutputRecord, ProcessError, Processor, Validate,
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     core::{self, Routed},
-    dedup::RecentIds,
+    dedup::{self, SeenIds},
     metrics::RouterMetrics,
     policy::{Policy, PolicyError},
     validate,
@@ -43,8 +43,24 @@ pub struct RouterSettings {
     pub max_record_bytes: usize,
     /// Ingest rate limit (decisions per second); 0: unlimited.
     pub max_decisions_per_second: u32,
-    /// How many recent decision ids are remembered to drop duplicates.
+    /// The most decision ids remembered to drop duplicates: the memory bound of de-duplication,
+    /// 40–100 bytes an id (docs/design.md, "Durable de-duplication in the router"). When it
+    /// evicts ids younger than `dedup_horizon` it, not the horizon, decides how far back
+    /// duplicates are caught
+    /// (`hitl_router_dedup_evicted_total{reason="capacity"}`, a warning in the log). 0 turns
+    /// de-duplication off, the `topics.router_seen` changelog with it.
     pub dedup_window: usize,
+    /// How long a routed decision id is remembered: a decision re-published (same
+    /// `decision_id`) within this time of its routing is dropped, across restarts, rebalances and
+    /// instances, because every routed id is written to `topics.router_seen` in the transaction
+    /// that routes it and restored from there for each partition this instance is given. At most
+    /// `topics.router_seen_retention`.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// The longest the restore of one partition's remembered ids may take. Past it the router
+    /// stops (its supervisor restarts it) rather than route without them.
+    #[serde(with = "humantime_serde")]
+    pub dedup_restore_timeout: Duration,
     /// How often the policy files are checked for changes (SIGHUP reloads at once).
     #[serde(with = "humantime_serde")]
     pub policy_check_interval: Duration,
@@ -65,7 +81,9 @@ impl Default for RouterSettings {
             group_id: "hitl-router".into(),
             max_record_bytes: 64 * 1024,
             max_decisions_per_second: 0,
-            dedup_window: 100_000,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            dedup_horizon: hitl_runtime::config::DEFAULT_ROUTER_SEEN_RETENTION,
+            dedup_restore_timeout: Duration::from_secs(300),
             policy_check_interval: Duration::from_secs(2),
             create_topics: true,
             require_signed_decisions: true,
@@ -105,6 +123,33 @@ impl Validate for RouterSettings {
         if self.policy_check_interval.is_zero() {
             errors.push("service.policy_check_interval: must be more than 0".into());
         }
+        if self.dedup_window > 0 && self.dedup_horizon < Duration::from_secs(1) {
+            errors.push("service.dedup_horizon: must be at least 1s".into());
+        }
+        if self.dedup_restore_timeout < Duration::from_secs(1) {
+            errors.push("service.dedup_restore_timeout: must be at least 1s".into());
+        }
+    }
+}
+
+/// The default of `service.dedup_window`: a million ids, 50–100 MB.
+pub const DEFAULT_DEDUP_WINDOW: usize = 1_000_000;
+
+/// The settings of different sections that must agree: the de-duplication horizon cannot be
+/// longer than the changelog keeps what it restores from. Each problem names its field.
+pub fn dedup_problems(settings: &hitl_runtime::Settings<RouterSettings>) -> Vec<String> {
+    let service = &settings.service;
+    let retention = settings.topics.router_seen_retention;
+    if service.dedup_window > 0 && service.dedup_horizon > retention {
+        vec![format!(
+            "service.dedup_horizon: {} is longer than topics.router_seen_retention ({}): after a \
+             restart or a rebalance duplicates would be caught only as far back as the changelog \
+             keeps",
+            humantime::format_duration(service.dedup_horizon),
+            humantime::format_duration(retention),
+        )]
+    } else {
+        Vec::new()
     }
 }
 
@@ -324,7 +369,18 @@ pub struct RouterProcessor {
     max_record_bytes: usize,
     active: PolicySource,
     shadow: Option<PolicySource>,
-    recent: RecentIds,
+    /// The decision ids routed within the horizon, of the partitions this instance owns.
+    seen: SeenIds,
+    /// The decisions partitions this instance owns (`seen` restores the new ones).
+    owned: std::collections::BTreeSet<i32>,
+    /// Where `seen` is restored from (`topics.router_seen`).
+    kafka: KafkaSettings,
+    /// `service.dedup_restore_timeout`.
+    restore_timeout: Duration,
+    /// When the count bound last evicted ids younger than the horizon was logged (at most once a
+    /// minute), and how many it evicted since.
+    capacity_warned: Option<Instant>,
+    capacity_evicted_unlogged: u64,
     metrics: Arc<RouterMetrics>,
     reload_requested: Arc<AtomicBool>,
     check_interval: Duration,
@@ -347,6 +403,7 @@ impl RouterProcessor {
             &settings.service,
             codec,
             settings.topics.clone(),
+            settings.kafka.clone(),
             metrics,
             reload_requested,
             tracer,
@@ -371,6 +428,7 @@ impl RouterProcessor {
         settings: &RouterSettings,
         codec: Codec,
         topics: Topics,
+        kafka: KafkaSettings,
         metrics: Arc<RouterMetrics>,
         reload_requested: Arc<AtomicBool>,
         tracer: Tracer,
@@ -394,7 +452,16 @@ impl RouterProcessor {
             max_record_bytes: settings.max_record_bytes,
             active,
             shadow,
-            recent: RecentIds::new(settings.dedup_window),
+            seen: SeenIds::new(dedup::Limits {
+                horizon_millis: i64::try_from(settings.dedup_horizon.as_millis())
+                    .unwrap_or(i64::MAX),
+                max_ids: settings.dedup_window,
+            }),
+            owned: std::collections::BTreeSet::new(),
+            kafka,
+            restore_timeout: settings.dedup_restore_timeout,
+            capacity_warned: None,
+            capacity_evicted_unlogged: 0,
             metrics,
             reload_requested,
             check_interval: settings.policy_check_interval,
@@ -559,6 +626,169 @@ impl RouterProcessor {
     }
 }
 
+/// What restoring one partition's remembered ids read and kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeenRestore {
+    /// Changelog records read.
+    pub records: u64,
+    /// Records that are not a changelog entry (skipped, logged).
+    pub unreadable: u64,
+    /// What the core kept and skipped.
+    pub restored: dedup::Restored,
+    pub took: Duration,
+}
+
+/// Restores `partition`'s remembered ids into `seen` from the changelog `topic`: the entries
+/// written since `now_millis - horizon` (ListOffsets by time), and no more than the count bound
+/// (the read starts at most `max_ids` offsets before the end), so the restore takes as long as
+/// what it keeps, not as long as the topic.
+pub fn restore_seen_partition(
+    seen: &mut SeenIds,
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    now_millis: i64,
+    timeout: Duration,
+) -> Result<SeenRestore, hitl_runtime::kafka::ReadError> {
+    let started = Instant::now();
+    let limits = seen.limits();
+    let mut report = SeenRestore::default();
+    seen.forget_partition(partition);
+    report.records = hitl_runtime::kafka::read_partition_recent(
+        kafka,
+        topic,
+        partition,
+        now_millis.saturating_sub(limits.horizon_millis),
+        limits.max_ids as u64,
+        timeout,
+        |message| {
+            use rdkafka::Message;
+            match dedup::decode_entry(message.key(), message.payload()) {
+                Some((digest, at)) => {
+                    seen.restore_entry(partition, digest, at, now_millis, &mut report.restored)
+                }
+                None => {
+                    report.unreadable += 1;
+                    tracing::warn!(%topic, partition, offset = message.offset(), "not a seen-id entry; skipped");
+                }
+            }
+            true
+        },
+    )?;
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+impl RouterProcessor {
+    /// Remembers a routed decision's id in the open transaction, and writes it to the changelog
+    /// in the same transaction, to the partition numbered like its input's: whoever owns that
+    /// input partition next restores it from there. With idempotent delivery the entry is sent
+    /// only after the routing's outputs are acknowledged (`last`): a crash in between routes the
+    /// decision again (outputs repeat, removed downstream by key) rather than drop it unrouted.
+    fn remember(
+        &mut self,
+        partition: i32,
+        digest: dedup::Digest,
+        now_millis: i64,
+        output: &mut Vec<OutputRecord>,
+    ) {
+        if !self.seen.insert(partition, digest, now_millis) {
+            return;
+        }
+        let (key, value) = dedup::encode_entry(digest, now_millis);
+        let mut record = OutputRecord::new(&self.topics.router_seen, key.to_vec(), value.to_vec());
+        record.partition = Some(partition);
+        record.last = true;
+        output.push(record);
+    }
+
+    /// Restores the remembered ids of newly owned `partitions`. Without them the router would
+    /// route re-published decisions again: a failure is fatal (the restarted router tries again).
+    fn restore_seen(&mut self, partitions: &[i32]) -> Result<(), ProcessError> {
+        let topic = self.topics.router_seen.clone();
+        let available =
+            hitl_runtime::kafka::partition_count(&self.kafka, &topic).map_err(|error| {
+                ProcessError::fatal(format!("cannot read the partitions of {topic}: {error}"))
+            })?;
+        if let Some(&missing) = partitions.iter().find(|&&partition| partition >= available) {
+            return Err(ProcessError::fatal(format!(
+                "topics.router_seen `{topic}` has {available} partitions, but decisions \
+                 partition {missing} is assigned: it needs as many partitions as \
+                 topics.decisions (`hitl-admin topics create` makes it so)"
+            )));
+        }
+        let now = hitl_runtime::now_millis();
+        for &partition in partitions {
+            let report = restore_seen_partition(
+                &mut self.seen,
+                &self.kafka,
+                &topic,
+                partition,
+                now,
+                self.restore_timeout,
+            )
+            .map_err(|error| {
+                ProcessError::fatal(format!(
+                    "cannot restore the remembered decision ids of partition {partition} from \
+                     {topic}: {error}"
+                ))
+            })?;
+            self.metrics
+                .dedup_restored(report.restored.ids, report.took);
+            tracing::info!(
+                partition,
+                records = report.records,
+                ids = report.restored.ids,
+                expired = report.restored.expired,
+                repeated = report.restored.repeated,
+                unreadable = report.unreadable,
+                remembered = self.seen.len(),
+                took_ms = report.took.as_millis() as u64,
+                "remembered decision ids restored"
+            );
+            self.count_evicted(report.restored.evicted, now);
+        }
+        Ok(())
+    }
+
+    /// Counts evictions, and says (at most once a minute) when the count bound, not the horizon,
+    /// decides how far back duplicates are caught.
+    fn count_evicted(&mut self, evicted: dedup::Evicted, now_millis: i64) {
+        self.metrics
+            .dedup_evicted(evicted.expired, evicted.over_capacity);
+        self.metrics.dedup_gauges(
+            self.seen.len(),
+            self.seen.heap_bytes(),
+            self.seen.oldest(),
+            now_millis,
+        );
+        if evicted.over_capacity == 0 {
+            return;
+        }
+        self.capacity_evicted_unlogged += evicted.over_capacity;
+        if self
+            .capacity_warned
+            .is_some_and(|warned| warned.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.capacity_warned = Some(Instant::now());
+        let limits = self.seen.limits();
+        let reach = evicted
+            .capacity_reach
+            .map(|at| Duration::from_millis(now_millis.saturating_sub(at).max(0) as u64));
+        tracing::warn!(
+            evicted = self.capacity_evicted_unlogged,
+            max_ids = limits.max_ids,
+            horizon = %humantime::format_duration(Duration::from_millis(limits.horizon_millis as u64)),
+            reach = ?reach,
+            "service.dedup_window is full: remembered ids are evicted before service.dedup_horizon, \
+             so duplicates are caught only this far back; raise dedup_window (memory) or lower the horizon"
+        );
+        self.capacity_evicted_unlogged = 0;
+    }
+}
+
 impl Processor for RouterProcessor {
     fn process(
         &mut self,
@@ -615,9 +845,10 @@ impl Processor for RouterProcessor {
             };
             return self.dead_letter(input, rejection, started_nanos, output);
         }
-        if !self.recent.insert(&decision.decision_id) {
+        let digest = dedup::digest(&decision.decision_id);
+        if self.seen.contains(digest) {
             self.metrics.duplicate();
-            tracing::debug!(decision_id = %decision.decision_id, "duplicate decision dropped");
+            tracing::debug!(decision_id = %decision.decision_id, partition = input.partition(), offset = input.offset(), "duplicate decision dropped");
             return Ok(());
         }
 
@@ -670,6 +901,7 @@ impl Processor for RouterProcessor {
             };
             return self.dead_letter(input, rejection, started_nanos, output);
         }
+        self.remember(input.partition(), digest, now, output);
         if self.tracer.records(&context) {
             self.tracer.export(
                 record_span(input, context, parent.as_ref(), started_nanos)
@@ -703,9 +935,11 @@ impl Processor for RouterProcessor {
 
     fn tick(
         &mut self,
-        _now_millis: i64,
+        now_millis: i64,
         _output: &mut Vec<OutputRecord>,
     ) -> Result<(), ProcessError> {
+        let evicted = self.seen.evict(now_millis);
+        self.count_evicted(evicted, now_millis);
         let requested = self.reload_requested.swap(false, Ordering::Relaxed);
         if requested || self.last_check.elapsed() >= self.check_interval {
             self.last_check = Instant::now();
@@ -715,11 +949,42 @@ impl Processor for RouterProcessor {
     }
 
     fn committed(&mut self) {
-        self.recent.commit();
+        let now = hitl_runtime::now_millis();
+        let evicted = self.seen.commit(now);
+        self.count_evicted(evicted, now);
     }
 
     fn aborted(&mut self) -> Result<(), ProcessError> {
-        self.recent.abort();
+        self.seen.abort();
+        Ok(())
+    }
+
+    fn partitions_assigned(&mut self, partitions: &[(String, i32)]) -> Result<(), ProcessError> {
+        let owned: std::collections::BTreeSet<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| *topic == self.topics.decisions)
+            .map(|(_, partition)| *partition)
+            .collect();
+        let forgotten = self
+            .seen
+            .retain_partitions(|partition| owned.contains(&partition));
+        let new: Vec<i32> = owned.difference(&self.owned).copied().collect();
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "the remembered ids of partitions gone are forgotten"
+            );
+        }
+        self.owned = owned;
+        if self.seen.enabled() && !new.is_empty() {
+            self.restore_seen(&new)?;
+        }
+        self.metrics.dedup_gauges(
+            self.seen.len(),
+            self.seen.heap_bytes(),
+            self.seen.oldest(),
+            hitl_runtime::now_millis(),
+        );
         Ok(())
     }
 }
@@ -832,6 +1097,26 @@ mod tests {
             "(true, Some(QaSample))",
         ];
         assert_eq!(kinds, expected.into_iter().map(String::from).collect());
+    }
+
+    #[test]
+    fn a_horizon_longer_than_the_changelog_keeps_is_refused() {
+        let mut settings = hitl_runtime::Settings::<RouterSettings>::default();
+        assert_eq!(dedup_problems(&settings), Vec::<String>::new());
+        settings.service.dedup_horizon =
+            settings.topics.router_seen_retention + Duration::from_secs(1);
+        let problems = dedup_problems(&settings);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("service.dedup_horizon: "),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("topics.router_seen_retention"));
+        settings.service.dedup_window = 0;
+        assert!(
+            dedup_problems(&settings).is_empty(),
+            "off: no changelog to agree with"
+        );
     }
 
     proptest! {
