@@ -1565,3 +1565,61 @@ fn the_pool_bounds_a_publishers_sla_and_created_at() {
     );
     assert!(queued.attributes.contains_key("created_at_skewed"));
 }
+
+proptest! {
+    /// The core serves a pool in the order of the decay law (`DecayParams::key`: the order the
+    /// `Queue` model is held to in tests/queue.rs — no starvation, base priority, most overdue
+    /// first, arrival ties), through its real queue: requests, one reviewer, one item at a time.
+    #[test]
+    fn the_core_serves_a_pool_in_the_order_of_the_decay_law(
+        items in prop::collection::vec(
+            (
+                0i64..600,
+                60i64..240,
+                0u8..4,
+                proptest::option::of(0.0f64..=1.0),
+                proptest::option::of(0.0f64..1e6),
+            ),
+            1..30,
+        )
+    ) {
+        use hitl_assignment::queue::{Pending, Queue};
+        let mut items: Vec<_> = items.into_iter().enumerate().collect();
+        items.sort_by_key(|(i, item)| (item.0, *i));
+        let mut core = Core::new(config());
+        let mut reference = Queue::new(config().decay);
+        let mut out = Vec::new();
+        let mut last = T0;
+        for (i, (offset_s, sla_min, tier, risk, amount)) in &items {
+            let at = T0 + offset_s * SECOND;
+            last = last.max(at);
+            let id = format!("d{i:02}");
+            let mut req = request(&id, "general", "model", sla_min * MINUTE, at);
+            req.priority_tier = ["low", "normal", "high", "urgent"][usize::from(*tier)].into();
+            let decision = Arc::make_mut(&mut req.decision);
+            decision.risk_score = *risk;
+            decision.amount = *amount;
+            core.request(&req, at, &mut out);
+            reference.push(&Pending {
+                id,
+                enqueued_at: at,
+                sla_deadline: at + sla_min * MINUTE,
+                tier: *tier,
+                risk: *risk,
+                amount: *amount,
+            });
+        }
+        let expected: Vec<String> =
+            std::iter::from_fn(|| reference.pop_first(|_| true).map(|(id, _)| id.to_string()))
+                .collect();
+        out.clear();
+        core.reviewer_status(&reviewer("ann", &[], 1, Presence::Online), last, &mut out);
+        let mut served = Vec::new();
+        while let Some(lease) = assignments(&out, AssignmentKind::Assigned).pop() {
+            served.push(lease.decision_id.clone());
+            out.clear();
+            core.verdict(&verdict(&lease, VerdictKind::Approve, last), last, &mut out);
+        }
+        prop_assert_eq!(served, expected);
+    }
+}
