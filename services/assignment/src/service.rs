@@ -997,10 +997,10 @@ impl Processor for AssignmentProcessor {
         let Some(watermark) = watermark.unwrap_or(Some(now_millis)) else {
             return Ok(());
         };
-        let now = watermark.min(now_millis);
         self.drain_roster(now_millis);
-        if now > i64::MIN {
-            self.core.tick(now, &mut self.effects);
+        if watermark > i64::MIN {
+            self.core
+                .tick_watermarked(now_millis, watermark, &mut self.effects);
         }
         self.emit(output)?;
         if self.last_gauges.elapsed() >= self.settings.gauge_interval {

@@ -116,10 +116,14 @@ impl Core {
             pool: self.pool_name(pool),
         }));
         self.touched.push(slot);
-        // A request whose deadlines already passed (a late replay) is handled at once.
+        // A request whose deadlines already passed (a late replay) is handled at once — its own
+        // timer only: other items' timers wait for the watermark.
         if self.next_due(self.item_ref(slot)) <= now {
-            self.schedule(slot);
-            self.tick_timers(now, out);
+            self.on_timer(slot, now, out);
+            if !self.live(slot) {
+                self.flush(out);
+                return;
+            }
         }
         self.assign_pool(pool, now, out);
         self.flush(out);
@@ -201,7 +205,15 @@ impl Core {
     /// Timers (lease expiry, SLA escalation and breach, forgetting old decided ids), then an
     /// assignment pass over every pool.
     pub fn tick(&mut self, now: i64, out: &mut Vec<Effect>) {
-        self.tick_timers(now, out);
+        self.tick_watermarked(now, now, out);
+    }
+
+    /// `tick` with the timers fired only up to `timers_until` (the input watermark: every input
+    /// appended before it has been applied), while what the pass does next — assignments, with
+    /// their leases — happens at `now`: a lease given while the watermark lags still lasts its
+    /// whole length.
+    pub fn tick_watermarked(&mut self, now: i64, timers_until: i64, out: &mut Vec<Effect>) {
+        self.tick_timers(timers_until.min(now), out);
         let retention = self.config.done_retention.as_millis() as i64;
         while let Some((decided_at, _)) = self.done_order.front() {
             if decided_at.saturating_add(retention) > now {
