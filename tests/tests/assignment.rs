@@ -377,7 +377,7 @@ fn escalates_to_the_next_tier_then_applies_the_sla_fallback() {
     run.reviewer("cy", &["senior"], 1, 2, Presence::Online);
     let service = run.start(
         "[service.pools.urgent]\nlease = \"1s\"\nverdict_grace = \"0s\"\nescalate_after_expiries = 1\n\
-         escalate_at_sla = []\ntiers = [{ name = \"senior\", roles = [\"senior\"] }]\n\
+         escalate_at_sla = []\ntiers = [{ name = \"senior\", roles = [\"senior\"] }]\nmin_sla = \"0s\"\n\
          on_sla_breach = { action = \"fallback\", status = \"REJECTED\", final_action = \"block\" }\n",
     );
     // ann is preferred at first (equal load, name order); she lets the lease expire, which

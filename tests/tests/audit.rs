@@ -200,7 +200,7 @@ fn a_full_run_yields_a_complete_verified_trail_one_label_per_human_decision_and_
         run.dir.path(),
         &format!(
             "{}[service]\ninstance_id = \"{n}\"\ngroup_id = \"{n}-assignment\"\ntick_interval = \"100ms\"\n\
-             [service.pools.fallback]\nescalate_at_sla = []\n\
+             [service.pools.fallback]\nescalate_at_sla = []\nmin_sla = \"0s\"\n\
              on_sla_breach = {{ action = \"fallback\", status = \"REJECTED\", final_action = \"hold\" }}\n",
             run.shared(),
             n = run.name

@@ -123,7 +123,7 @@ fn dashboards_and_alerts_only_use_metrics_the_services_expose() {
         &format!(
             "{}\n{}\n[service]\ninstance_id = \"{}\"\ngroup_id = \"{}\"\ngauge_interval = \"200ms\"\n\
              tick_interval = \"100ms\"\n[service.pools.fast]\nlease = \"1s\"\nverdict_grace = \"0s\"\n\
-             escalate_after_expiries = 1\nescalate_at_sla = []\n\
+             escalate_after_expiries = 1\nescalate_at_sla = []\nmin_sla = \"0s\"\n\
              on_sla_breach = {{ action = \"fallback\", status = \"REJECTED\" }}\n",
             kafka_toml(),
             topics_toml(&topics),
