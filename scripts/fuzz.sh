@@ -2,14 +2,15 @@
 # Fuzzing: builds the cargo-fuzz targets of fuzz/ (every decoder of the topic contract, the policy
 # parser, the hitl-auth header and key-file parsers; fuzz/README.md), then runs each for a bounded
 # time, one process on one core, starting from fuzz/seeds/<target> and fuzz/regressions/<target>
-# (inputs that once crashed) and growing the git-ignored fuzz/corpus/<target>. Fails if any target
-# crashes (a panic, a broken law, a timeout, running out of memory), printing the input's path.
+# (inputs that once crashed), with fuzz/dicts/<target>.dict when there is one, and growing the
+# git-ignored fuzz/corpus/<target>. Fails if any target crashes (a panic, a broken law, a timeout,
+# running out of memory), printing the input's path.
 #
 #   scripts/fuzz.sh [--seconds N] [target...]     N seconds per target (default 20); all targets
 #
 # Needs a nightly toolchain (cargo-fuzz builds with sanitizer flags); installs cargo-fuzz into
-# ~/.cargo/bin when missing. Logs: fuzz/target/logs/<target>.log. Set CARGO_FUZZ_SANITIZER (default
-# address; none runs about twice as fast) to change the sanitizer.
+# ~/.cargo/bin when missing. Logs: fuzz/target/logs/<target>.log. CARGO_FUZZ_SANITIZER picks the
+# sanitizer (default address; none builds and runs faster, and still checks every law).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,10 +57,10 @@ for target in "${targets[@]}"; do
   for dir in "fuzz/seeds/$target" "fuzz/regressions/$target"; do
     [ -d "$dir" ] && inputs+=("$dir")
   done
+  options=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1)
+  [ -f "fuzz/dicts/$target.dict" ] && options+=(-dict="fuzz/dicts/$target.dict")
   log=fuzz/target/logs/$target.log
-  if cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "${inputs[@]}" -- \
-      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-      -print_final_stats=1 >"$log" 2>&1; then
+  if cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "${inputs[@]}" -- "${options[@]}" >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
     echo "$target: ok, ${runs:-?} runs, ${cov:-cov: ?}, corpus $(find "$corpus" -type f | wc -l) inputs"
