@@ -552,15 +552,27 @@ pub fn load_secret(
 pub fn load_key_file(path: &std::path::Path) -> Result<(KeySet, Vec<Fingerprint>), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let entries = parse_key_file(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    key_set(&entries, &path.display().to_string())
+}
+
+/// The entries of a key file's text (TOML, `[[keys]]` of [`KeyEntry`]); nothing is read yet.
+pub fn parse_key_file(text: &str) -> Result<Vec<KeyEntry>, String> {
     let file: KeyFile = config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
         .and_then(config::Config::try_deserialize)
-        .map_err(|error| format!("{}: {error}", path.display()))?;
+        .map_err(|error| error.to_string())?;
+    Ok(file.keys)
+}
+
+/// The trusted keys of a key file's `entries`, reading the secrets they name (`origin` names the
+/// file in errors), and the fingerprints of their key bytes.
+pub fn key_set(entries: &[KeyEntry], origin: &str) -> Result<(KeySet, Vec<Fingerprint>), String> {
     let mut set = KeySet::default();
     let mut fingerprints = Vec::new();
-    for entry in &file.keys {
-        let what = format!("{} key `{}`", path.display(), entry.key_id);
+    for entry in entries {
+        let what = format!("{origin} key `{}`", entry.key_id);
         if set.get(&entry.key_id).is_some() {
             return Err(format!("{what}: listed twice"));
         }

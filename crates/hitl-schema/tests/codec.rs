@@ -363,6 +363,36 @@ fn json_decisions_decode_with_defaults() {
     );
 }
 
+/// Found by fuzzing (fuzz target `decision_avro`): JSON numbers are read to the nearest double,
+/// so a decision's JSON form — Rust's, or any producer's shortest round-trip form such as Python's
+/// `json.dumps` — decodes to exactly the numbers it was written from (serde_json's default parser
+/// was off by one unit in the last place for some, 6.978437478129051e252 among them).
+#[test]
+fn json_numbers_decode_to_the_nearest_double() {
+    for text in [
+        "6.978437478129051e252",
+        "0.19999999978172128",
+        "0.1",
+        "1e-300",
+    ] {
+        let json = format!(
+            r#"{{"decision_id":"j1","workflow":"w","subject":"s","action":"a","confidence":0.5,
+                "amount":{text},"producer":"p","created_at":1}}"#
+        );
+        let decoded: Decision = Codec::single_object().decode_json(json.as_bytes()).unwrap();
+        let nearest: f64 = text.parse().unwrap();
+        assert_eq!(
+            decoded.amount.map(f64::to_bits),
+            Some(nearest.to_bits()),
+            "{text}"
+        );
+        let again: Decision = Codec::single_object()
+            .decode_json(&serde_json::to_vec(&decoded).unwrap())
+            .unwrap();
+        assert_eq!(again, decoded);
+    }
+}
+
 proptest! {
     #[test]
     fn decisions_round_trip(

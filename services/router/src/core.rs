@@ -165,7 +165,11 @@ fn review_request(
         (ReviewKind::Review, Some(hint)) => review.tier.max(hint),
         _ => review.tier,
     };
-    let sla_ms = decision.sla_ms.unwrap_or(review.sla.as_millis() as i64);
+    // A loaded policy's SLA and quorum fit the request's fields (`Policy::problems`); saturate
+    // rather than wrap if one was built otherwise.
+    let sla_ms = decision
+        .sla_ms
+        .unwrap_or_else(|| i64::try_from(review.sla.as_millis()).unwrap_or(i64::MAX));
     ReviewRequest {
         decision: Arc::clone(decision),
         kind,
@@ -173,7 +177,7 @@ fn review_request(
         required_roles: review.roles.clone(),
         priority_tier: tier.as_str().to_owned(),
         sla_deadline: decision.created_at.saturating_add(sla_ms),
-        quorum: review.quorum as i32,
+        quorum: i32::try_from(review.quorum).unwrap_or(i32::MAX),
         policy_rule: evaluation.rule.to_owned(),
         policy_version: policy.version.clone(),
         auto_status: auto_status.map(|status| status.as_str().to_owned()),

@@ -328,11 +328,20 @@ fn check_action(at: &str, action: &Action, problems: &mut Vec<String>) {
         if review.pool.trim().is_empty() {
             problems.push(format!("{at}.review.pool: must not be empty"));
         }
+        // A review request carries the deadline in milliseconds (Avro long) and the quorum as an
+        // Avro int.
         if review.sla.is_zero() {
             problems.push(format!("{at}.review.sla: must be more than 0"));
+        } else if i64::try_from(review.sla.as_millis()).is_err() {
+            problems.push(format!(
+                "{at}.review.sla: longer than {} ms, the longest a deadline can be",
+                i64::MAX
+            ));
         }
         if review.quorum == 0 {
             problems.push(format!("{at}.review.quorum: must be at least 1"));
+        } else if i32::try_from(review.quorum).is_err() {
+            problems.push(format!("{at}.review.quorum: at most {}", i32::MAX));
         }
         if review.roles.iter().any(|role| role.trim().is_empty()) {
             problems.push(format!("{at}.review.roles: empty role name"));

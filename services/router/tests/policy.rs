@@ -234,6 +234,39 @@ default: { review: { pool: "", sla: 0s, quorum: 0 } }
     );
 }
 
+/// Found with the `policy` fuzz target's quorum and deadline laws (on written inputs; the fuzzer had not
+/// reached such numbers in 10 minutes): a quorum or an SLA too large for the review request's
+/// fields (an Avro int; a deadline in milliseconds, an Avro long) wrapped to a negative quorum and
+/// a deadline long past.
+#[test]
+fn quorums_and_slas_beyond_the_review_request_fields_are_refused() {
+    let error = Policy::from_yaml(
+        "version: v\ndefault: { review: { pool: p, sla: 300000000years, quorum: 3000000000 } }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("default.review.quorum: at most 2147483647"),
+        "{error}"
+    );
+    assert!(error.contains("default.review.sla: longer than"), "{error}");
+    // The largest that fit are accepted, and the request holds them.
+    let policy = Policy::from_yaml(
+        "version: v\ndefault: { review: { pool: p, sla: 290000000years, quorum: 2147483647 } }\n",
+    )
+    .unwrap();
+    let decision = decision("d", 0.5, None, None);
+    let created_at = decision.created_at;
+    let request = route(&policy, None, decision, created_at, None)
+        .review
+        .unwrap();
+    assert_eq!(request.quorum, i32::MAX);
+    assert_eq!(
+        request.sla_deadline,
+        created_at.saturating_add(290_000_000 * 31_557_600_000)
+    );
+}
+
 #[test]
 fn unreachability_understands_prefixes_and_ranges() {
     let ok = Policy::from_yaml(
