@@ -27,7 +27,7 @@ use super::{
     now_millis,
     record::{InputRecord, OutputRecord},
     state::{CommitPlan, Event, LoopState, PartitionKey, Read, Timing},
-    watermark::Watermarks,
+    watermark::{EndReport, Watermarks},
     LoopSettings, Processor,
 };
 use crate::{
@@ -67,8 +67,8 @@ struct Shared {
     state: Mutex<LoopState>,
     /// A fatal error met inside a rebalance callback, for the loop to return after the poll.
     callback_fatal: Mutex<Option<KafkaError>>,
-    /// Per input partition, its last stable offset and when the consumer's statistics said so.
-    end_offsets: Mutex<HashMap<PartitionKey, (i64, i64)>>,
+    /// Per input partition, what the consumer's statistics last said of its end.
+    end_offsets: Mutex<HashMap<PartitionKey, EndReport>>,
     /// A fault-injection point for tests (`HITL_FAILPOINT_CRASH_BEFORE_STATE=<topic>`): with
     /// idempotent delivery, the process aborts once a commit's outputs to that topic are
     /// acknowledged and before its held state records are sent — the crash between an outcome
@@ -86,15 +86,23 @@ struct LoopContext {
 }
 
 impl ClientContext for LoopContext {
-    /// The consumer's statistics (only when a watermark is kept): each partition's last stable
-    /// offset, the end a `read_committed` reader reads to.
+    /// The consumer's statistics (only when a watermark is kept): per partition, whether its
+    /// fetch position reached its last stable offset (the end a `read_committed` reader reads
+    /// to, past any transaction markers) and whether anything fetched waits to be delivered.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let now = now_millis();
         let mut ends = self.shared.end_offsets.lock().expect("end offsets lock");
         for (topic, stats) in &statistics.topics {
             for (partition, stats) in &stats.partitions {
-                if *partition >= 0 && stats.ls_offset >= 0 {
-                    ends.insert((topic.clone(), *partition), (stats.ls_offset, now));
+                if *partition >= 0 && stats.ls_offset >= 0 && stats.next_offset >= 0 {
+                    ends.insert(
+                        (topic.clone(), *partition),
+                        EndReport {
+                            fetched_to_end: stats.next_offset >= stats.ls_offset,
+                            queue_empty: stats.fetchq_cnt == 0,
+                            as_of: now,
+                        },
+                    );
                 }
             }
         }
@@ -671,7 +679,7 @@ impl<P: Processor> Driver<'_, P> {
         if let Some(watermarks) = &mut self.watermarks {
             let now = now_millis();
             let time = input.append_time_millis().map_or(now, |at| at.min(now));
-            watermarks.record(&partition, offset, time, now);
+            watermarks.record(&partition, time, now);
         }
         let mut result = self.processor.process(&input, &mut self.output);
         if result.is_ok() {
@@ -768,10 +776,10 @@ impl<P: Processor> Driver<'_, P> {
             watermarks.stalled(now);
             ends.clear();
         }
-        for (partition, (end, as_of)) in ends.iter() {
+        for (partition, report) in ends.iter() {
             // Reported before the stall ended: stale.
             if !stalled {
-                watermarks.end_offset(partition, *end, *as_of);
+                watermarks.report(partition, *report);
             }
         }
         drop(ends);

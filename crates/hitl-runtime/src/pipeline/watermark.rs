@@ -8,14 +8,17 @@
 //! time (wall-clock milliseconds) is a parameter.
 //!
 //! A record's time is its broker append time (`LogAppendTime` topics; hitl creates its input
-//! topics so), or the time it was read (`CreateTime`: a writer's clock is not trusted). Per owned
-//! partition the watermark is:
-//! - caught up (the next offset to read is at the broker's end offset as the client last saw it,
-//!   allowing one transaction marker): when it saw that end, less `caught_up_margin` (the end
-//!   offset is as old as the fetch response it came in);
-//! - behind that end (a backlog being read): the time of the last record read;
-//! - where it stands unknown (nothing read since it was assigned, or no end offset reported yet):
-//!   if nothing was read for `quiet`, the wall clock less `quiet`; else the last record's time.
+//! topics so), or the time it was read (`CreateTime`: a writer's clock is not trusted). The
+//! consumer reports (statistics) each partition's fetch position against its last stable offset:
+//! fetched to that end, everything below it was fetched or skipped (transaction markers, aborted
+//! records — a partition written by transactions can end with several markers, which take offsets
+//! but are never delivered). Per owned partition the watermark is:
+//! - fetched to its end and nothing of it waiting in the client's queue (or nothing of it
+//!   delivered for `quiet` since): when the client reported that, less `caught_up_margin` (the
+//!   end is as old as the fetch response it came in);
+//! - not fetched to its end (a backlog): the time of the last record read;
+//! - not reported yet (just assigned): if nothing was read for `quiet`, the wall clock less
+//!   `quiet`; else the last record's time.
 //!
 //! Each value is also never less than the last record's time: records are read in offset order,
 //! which is append order.
@@ -27,8 +30,16 @@ use std::collections::BTreeMap;
 
 use super::state::PartitionKey;
 
-/// Offsets a caught-up reader may be behind the end: the commit marker of the last transaction.
-const MARKER_SLACK: i64 = 1;
+/// What the consumer last reported of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndReport {
+    /// Its fetch position reached its last stable offset.
+    pub fetched_to_end: bool,
+    /// Nothing fetched waits in the client's queue to be delivered.
+    pub queue_empty: bool,
+    /// When the report was made (wall-clock milliseconds).
+    pub as_of: i64,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 struct PartitionClock {
@@ -36,10 +47,8 @@ struct PartitionClock {
     active_at: i64,
     /// The time of the last record read.
     last_time: Option<i64>,
-    /// The next offset to read (the last read + 1).
-    next_offset: Option<i64>,
-    /// The broker's end offset, and when the client reported it.
-    end_offset: Option<(i64, i64)>,
+    /// The consumer's last report.
+    report: Option<EndReport>,
     /// The value last returned (a partition's watermark never goes back).
     floor: i64,
 }
@@ -54,7 +63,7 @@ pub struct Watermarks {
 
 impl Watermarks {
     /// `quiet_ms`: how long a partition with nothing to read holds the watermark back;
-    /// `caught_up_margin_ms`: how far behind the wall clock a caught-up partition's value is.
+    /// `caught_up_margin_ms`: how far behind the consumer's report a caught-up partition's value is.
     pub fn new(quiet_ms: i64, caught_up_margin_ms: i64) -> Self {
         Self {
             quiet: quiet_ms.max(0),
@@ -66,47 +75,42 @@ impl Watermarks {
     /// The partitions owned now: new ones start at `now` with nothing read; gone ones are
     /// forgotten (one given back later starts again).
     pub fn reconcile(&mut self, owned: &[PartitionKey], now: i64) {
-        self.partitions
-            .retain(|partition, _| owned.contains(partition));
+        self.partitions.retain(|partition, _| owned.contains(partition));
         for partition in owned {
             self.partitions
                 .entry(partition.clone())
                 .or_insert(PartitionClock {
                     active_at: now,
                     last_time: None,
-                    next_offset: None,
-                    end_offset: None,
+                    report: None,
                     floor: i64::MIN,
                 });
         }
     }
 
-    /// A record of `partition` at `offset`, appended at `time`, was read at `now`.
-    pub fn record(&mut self, partition: &PartitionKey, offset: i64, time: i64, now: i64) {
+    /// A record of `partition`, appended at `time`, was read at `now`.
+    pub fn record(&mut self, partition: &PartitionKey, time: i64, now: i64) {
         if let Some(clock) = self.partitions.get_mut(partition) {
             clock.active_at = now;
             clock.last_time = Some(clock.last_time.map_or(time, |last| last.max(time)));
-            clock.next_offset = Some(offset + 1);
         }
     }
 
-    /// The broker's end offset of `partition` (for a `read_committed` reader, its last stable
-    /// offset), as the client reported it at `as_of`.
-    pub fn end_offset(&mut self, partition: &PartitionKey, end: i64, as_of: i64) {
+    /// The consumer's report on `partition`.
+    pub fn report(&mut self, partition: &PartitionKey, report: EndReport) {
         if let Some(clock) = self.partitions.get_mut(partition) {
-            clock.end_offset = (end >= 0).then_some((end, as_of));
+            clock.report = Some(report);
         }
     }
 
     /// The loop was stalled (the process paused, the machine suspended) until `now`: nothing
-    /// it knew of where it stands is current — its end offsets are as old as the pause, and its
+    /// it knew of where it stands is current — its reports are as old as the pause, and its
     /// partitions may be another instance's by now. Every partition starts over as if just
     /// assigned (values never go back).
     pub fn stalled(&mut self, now: i64) {
         for clock in self.partitions.values_mut() {
             clock.active_at = now;
-            clock.next_offset = None;
-            clock.end_offset = None;
+            clock.report = None;
         }
     }
 
@@ -122,20 +126,18 @@ impl Watermarks {
             .values_mut()
             .map(|clock| {
                 let last = clock.last_time.unwrap_or(i64::MIN);
-                let next = clock.next_offset;
-                let value = match (next, clock.end_offset) {
-                    // Read up to the end the client last saw.
-                    (Some(next), Some((end, as_of))) if end - next <= MARKER_SLACK => {
-                        as_of.saturating_sub(margin).max(last)
+                let idle = now.saturating_sub(clock.active_at) >= quiet;
+                let value = match clock.report {
+                    // Everything below the stable end was fetched, and delivered (nothing
+                    // waits, or nothing of it came for `quiet`).
+                    Some(report) if report.fetched_to_end && (report.queue_empty || idle) => {
+                        report.as_of.saturating_sub(margin).max(last)
                     }
-                    // A backlog is being read.
-                    (Some(_), Some(_)) => last,
-                    // Where it stands is not known (nothing read since it was assigned, or no
-                    // end offset yet): it holds the watermark back while anything came lately.
-                    _ if now.saturating_sub(clock.active_at) >= quiet => {
-                        now.saturating_sub(quiet).max(last)
-                    }
-                    _ => last,
+                    // A backlog is being fetched and read.
+                    Some(_) => last,
+                    // Not reported yet: it holds the watermark back while anything came lately.
+                    None if idle => now.saturating_sub(quiet).max(last),
+                    None => last,
                 };
                 clock.floor = clock.floor.max(value.min(now));
                 clock.floor
@@ -151,6 +153,14 @@ mod tests {
 
     fn p(topic: &str, partition: i32) -> PartitionKey {
         (topic.to_owned(), partition)
+    }
+
+    fn report(fetched_to_end: bool, queue_empty: bool, as_of: i64) -> EndReport {
+        EndReport {
+            fetched_to_end,
+            queue_empty,
+            as_of,
+        }
     }
 
     #[test]
@@ -176,19 +186,35 @@ mod tests {
         let mut marks = Watermarks::new(3_000, 1_000);
         let verdicts = p("verdicts", 0);
         marks.reconcile(std::slice::from_ref(&verdicts), 500_000);
-        marks.end_offset(&verdicts, 1_000, 500_000);
+        marks.report(&verdicts, report(false, false, 500_000));
         // Records appended ten minutes ago, read now, one every few milliseconds.
         for offset in 0..100 {
-            marks.record(&verdicts, offset, offset, 500_000 + offset);
+            marks.record(&verdicts, offset, 500_000 + offset);
         }
         assert_eq!(marks.watermark(500_100), Some(99));
-        // Still reading: a tick later still only the last record's time.
-        marks.record(&verdicts, 100, 200, 501_000);
-        assert_eq!(marks.watermark(502_000), Some(200));
-        // At the end (one marker left) as the client saw it at 502,800: then, less the margin.
-        marks.record(&verdicts, 998, 400_000, 502_500);
-        marks.end_offset(&verdicts, 1_000, 502_800);
-        assert_eq!(marks.watermark(503_000), Some(501_800));
+        // Still behind, and quiet for a while (stuck behind other partitions' records): still
+        // only the last record's time.
+        marks.record(&verdicts, 200, 501_000);
+        assert_eq!(marks.watermark(509_000), Some(200));
+        // Fetched to the end, nothing waiting: the report's time, less the margin.
+        marks.record(&verdicts, 400_000, 509_500);
+        marks.report(&verdicts, report(true, true, 509_800));
+        assert_eq!(marks.watermark(510_000), Some(508_800));
+    }
+
+    #[test]
+    fn a_partition_ending_in_transaction_markers_is_read_to_its_end() {
+        // Two transactions committed last: two markers after the last record. The fetch
+        // position passes them; records of other partitions keep the client's queue busy, so
+        // the partition counts as read once nothing of it came for `quiet`.
+        let mut marks = Watermarks::new(3_000, 1_000);
+        let requests = p("requests", 0);
+        marks.reconcile(std::slice::from_ref(&requests), 0);
+        marks.record(&requests, 900, 1_000);
+        marks.report(&requests, report(true, false, 1_500));
+        assert_eq!(marks.watermark(2_000), Some(900));
+        marks.report(&requests, report(true, false, 4_500));
+        assert_eq!(marks.watermark(4_600), Some(3_500));
     }
 
     #[test]
@@ -196,10 +222,10 @@ mod tests {
         let mut marks = Watermarks::new(3_000, 1_000);
         let (a, b) = (p("requests", 0), p("verdicts", 0));
         marks.reconcile(&[a.clone(), b.clone()], 0);
-        marks.end_offset(&a, 10, 7_000);
-        marks.record(&a, 9, 5_000, 6_000);
-        marks.end_offset(&b, 100, 7_000);
-        marks.record(&b, 10, 2_000, 6_000);
+        marks.record(&a, 5_000, 6_000);
+        marks.report(&a, report(true, true, 7_000));
+        marks.record(&b, 2_000, 6_000);
+        marks.report(&b, report(false, false, 7_000));
         assert_eq!(marks.watermark(7_000), Some(2_000));
         marks.reconcile(std::slice::from_ref(&a), 7_000);
         assert_eq!(marks.watermark(7_000), Some(6_000));
@@ -212,12 +238,11 @@ mod tests {
         let mut marks = Watermarks::new(3_000, 1_000);
         let verdicts = p("verdicts", 0);
         marks.reconcile(std::slice::from_ref(&verdicts), 0);
-        marks.record(&verdicts, 9, 900, 1_000);
-        marks.end_offset(&verdicts, 10, 1_000);
+        marks.record(&verdicts, 900, 1_000);
+        marks.report(&verdicts, report(false, false, 1_000));
         assert_eq!(marks.watermark(1_500), Some(900));
-        // Paused from 1,500 to 20,000: the end offset seen before means nothing now.
+        // Paused from 1,500 to 20,000: what was reported before means nothing now.
         marks.stalled(20_000);
-        marks.end_offset(&verdicts, 10, 20_000); // a stale report, stamped after the pause
         assert_eq!(marks.watermark(20_100), Some(900));
         assert_eq!(marks.watermark(23_000), Some(20_000), "then quiet");
     }
@@ -226,21 +251,22 @@ mod tests {
         /// A partition's watermark never goes back and never passes the wall clock.
         #[test]
         fn watermarks_are_monotonic_and_never_ahead(
-            steps in proptest::collection::vec((0i64..2_000, 0i64..5_000, any::<bool>()), 1..60)
+            steps in proptest::collection::vec(
+                (0i64..2_000, 0i64..5_000, any::<bool>(), any::<bool>(), any::<bool>()),
+                1..60,
+            )
         ) {
             let mut marks = Watermarks::new(3_000, 1_000);
             let partition = p("verdicts", 0);
             marks.reconcile(std::slice::from_ref(&partition), 0);
-            let (mut now, mut offset, mut appended, mut previous) = (0i64, 0i64, 0i64, i64::MIN);
-            for (advance, lag, read) in steps {
+            let (mut now, mut appended, mut previous) = (0i64, 0i64, i64::MIN);
+            for (advance, lag, read, to_end, empty) in steps {
                 now += advance;
                 appended = appended.max(now - lag);
                 if read {
-                    marks.record(&partition, offset, appended, now);
-                    offset += 1;
-                    // More records are waiting behind it.
-                    marks.end_offset(&partition, offset + 10, now);
+                    marks.record(&partition, appended, now);
                 }
+                marks.report(&partition, report(to_end, empty, now));
                 let mark = marks.watermark(now).expect("owned");
                 prop_assert!(mark >= previous);
                 prop_assert!(mark <= now);
