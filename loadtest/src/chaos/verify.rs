@@ -4,7 +4,11 @@
 //!
 //! Checks (each failure is a [`Violation`] naming the decision):
 //! - exactly one final outcome per published decision (`missing_outcome`, `duplicate_outcome`,
-//!   `conflicting_outcomes`), none for anything else (`unexpected_outcome`);
+//!   `conflicting_outcomes`), none for anything else (`unexpected_outcome`); a decision without
+//!   one is not a violation only when it is set aside by design (the assignment service's last
+//!   event for it is QUEUED `set_aside=true`, its pool holds on an SLA breach, it is at the
+//!   highest tier and every reviewer eligible there has held a lease on it): those are reported
+//!   apart, waiting for an eligible reviewer to join;
 //! - at most one label per human outcome and one per QA sample, a label for every human outcome,
 //!   agreeing with it (`duplicate_label`, `missing_label`, `label_mismatch`, `unexpected_label`);
 //! - no decision actively leased to more reviewers than its quorum (`double_lease`), no lease
@@ -18,12 +22,19 @@
 //!   on a live lease, sent by that reviewer on `hitl.verdicts` before its lease's expiry plus grace
 //!   by the broker's append time, by reviewers holding the roles of the tier the item had reached
 //!   (`human_mismatch`, `verdict_on_closed_lease`, `late_verdict_accepted`, `vote_below_tier`);
+//!   votes of reviewers an escalation discarded (the ESCALATED event's `votes_discarded`) stop
+//!   counting there;
 //!   SLA_FALLBACK with the pool's configured fallback, not before the SLA deadline
 //!   (`fallback_mismatch`, `fallback_before_sla`); SLA_BREACHED not before the deadline
 //!   (`breach_before_sla`);
-//! - no verdict sent in time is rejected because a wall-clock timer overtook it
-//!   (`in_time_verdict_rejected`: sent before its lease's expiry + grace, or before the SLA
-//!   deadline that the fallback decided at);
+//! - no verdict appended in time is rejected because a timer overtook it
+//!   (`in_time_verdict_rejected`: appended before its lease's expiry + grace, or before the SLA
+//!   deadline that the fallback decided at). "Appended" is the verdict record's broker append
+//!   time (`hitl.verdicts` is a `LogAppendTime` topic; records with the writer's timestamp are
+//!   `verdicts_not_log_append_time`), not the reviewer app's send time: a verdict sent during a
+//!   broker pause is appended after it, and rejecting it as `lease_expired` is right. SLA
+//!   deadlines are the ones in force (the QUEUED event's `sla_deadline` when the pool bounded the
+//!   request's);
 //! - the dead-letter topic holds exactly the poison records, once each (`dlq_unexpected`,
 //!   `dlq_missing`, `dlq_duplicate`);
 //! - `hitl-audit verify` is clean (`audit_verify`).
@@ -114,6 +125,10 @@ pub struct Report {
     pub counts: BTreeMap<String, u64>,
     pub violations: Vec<Violation>,
     pub audit_verify: Option<(bool, String)>,
+    /// Decisions without an outcome, set aside by design: quorum items at the highest tier of a
+    /// `hold` pool whose eligible reviewers are all excluded (they voted, deferred, escalated or
+    /// let leases expire); they wait for an eligible reviewer to join the roster.
+    pub set_aside: Vec<String>,
     /// Decision id → its records, printed for the first violations of each class.
     timelines: HashMap<String, String>,
 }
@@ -146,6 +161,13 @@ impl Report {
                     let _ = writeln!(text, "    {line}");
                 }
             }
+        }
+        if !self.set_aside.is_empty() {
+            let _ = writeln!(
+                text,
+                "  set aside, waiting for an eligible reviewer (not a violation: hold pool, every eligible reviewer excluded): {}",
+                self.set_aside.join(" ")
+            );
         }
         let by = self.violations_by_class();
         let _ = writeln!(text, "== violations: {}", self.violations.len());
@@ -313,6 +335,15 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
 
 fn timestamp(message: &BorrowedMessage<'_>) -> i64 {
     message.timestamp().to_millis().unwrap_or(0)
+}
+
+/// The broker's append time of a record on a `LogAppendTime` topic; `None` on a topic that keeps
+/// the writer's clock (`CreateTime`), where the record's timestamp is the client's send time.
+fn append_time(message: &BorrowedMessage<'_>) -> Option<i64> {
+    match message.timestamp() {
+        rdkafka::Timestamp::LogAppendTime(at) => Some(at),
+        _ => None,
+    }
 }
 
 fn key_of(message: &BorrowedMessage<'_>) -> String {
@@ -646,18 +677,25 @@ pub fn verify(expectations: &Expectations) -> anyhow::Result<Report> {
             .labels
             .push((timestamp(message), label));
     })?;
-    // Verdicts are the reviewer apps' own (not transactional) writes: read them all.
+    // Verdicts are the reviewer apps' own (not transactional) writes: read them all. A verdict
+    // is judged at its broker append time (the topic is `LogAppendTime`): one the reviewer sent
+    // during a broker pause is appended after it.
+    let mut create_time_verdicts = 0u64;
     scan(bootstrap, &topics.verdicts, false, |message| {
         let Ok(verdict) = codec.decode::<Verdict>(message.payload().unwrap_or_default()) else {
             *undecodable.entry("verdicts").or_default() += 1;
             return;
         };
+        let ts = append_time(message).unwrap_or_else(|| {
+            create_time_verdicts += 1;
+            timestamp(message)
+        });
         decisions
             .entry(verdict.decision_id.clone())
             .or_default()
             .verdicts
             .push(SentVerdict {
-                ts: timestamp(message),
+                ts,
                 assignment: verdict.assignment_id,
                 reviewer: verdict.reviewer_id,
                 kind: verdict.verdict,
@@ -695,9 +733,22 @@ pub fn verify(expectations: &Expectations) -> anyhow::Result<Report> {
     for (topic, n) in &undecodable {
         count(&mut report, &format!("undecodable records on {topic}"), *n);
     }
+    let mut violations: Vec<Violation> = Vec::new();
+    if create_time_verdicts > 0 {
+        // Verdicts are judged at their append time; on a CreateTime topic the service and this
+        // verifier would judge by the reviewer app's clock.
+        violations.push(Violation {
+            class: "verdicts_not_log_append_time",
+            decision_id: "-".into(),
+            detail: format!(
+                "{create_time_verdicts} records on {} carry the writer's timestamp (CreateTime), not the broker's append time",
+                topics.verdicts
+            ),
+            at_ms: None,
+        });
+    }
 
     let started = expectations.started_ms;
-    let mut violations: Vec<Violation> = Vec::new();
     let mut ids: Vec<&String> = decisions.keys().collect();
     ids.sort();
     count(
@@ -721,6 +772,7 @@ pub fn verify(expectations: &Expectations) -> anyhow::Result<Report> {
             valid,
             &mut violations,
             &mut report.counts,
+            &mut report.set_aside,
         );
         if violations.len() > before {
             report
@@ -838,6 +890,7 @@ fn check_decision(
     valid: bool,
     violations: &mut Vec<Violation>,
     counts: &mut BTreeMap<String, u64>,
+    set_aside: &mut Vec<String>,
 ) {
     let mut count = |name: &str| *counts.entry(name.to_owned()).or_default() += 1;
     let mut violation = |class: &'static str, detail: String, at_ms: Option<i64>| {
@@ -863,7 +916,14 @@ fn check_decision(
         .unwrap_or(&expectations.default_pool);
     let grace = rules.verdict_grace_ms;
     let quorum = review.map_or(1, |r| r.quorum.max(1)) as usize;
-    let sla_deadline = review.or(qa).map(|r| r.sla_deadline);
+    // The SLA deadline in force: the request's, unless the pool bounded it (min_sla, max_sla):
+    // then the QUEUED event records the one it used.
+    let sla_deadline = decision
+        .events
+        .iter()
+        .find(|e| e.kind == LifecycleKind::Queued)
+        .and_then(|e| e.attribute_i64("sla_deadline"))
+        .or(review.or(qa).map(|r| r.sla_deadline));
     let action = decision.routed().and_then(|e| e.action.clone());
 
     // Walk the decision's lifecycle in log order.
@@ -946,6 +1006,11 @@ fn check_decision(
                     .is_some_and(|r| r.starts_with("quorum_disagreement"))
                 {
                     votes.clear();
+                }
+                // Votes of reviewers who lack the new tier's roles stop counting.
+                if let Some(discarded) = event.attribute("votes_discarded") {
+                    let discarded: BTreeSet<&str> = discarded.split(',').map(str::trim).collect();
+                    votes.retain(|vote| !discarded.contains(vote.0.as_str()));
                 }
             }
             LifecycleKind::SlaBreached => {
@@ -1176,10 +1241,42 @@ fn check_decision(
         return;
     }
     let Some((outcome_ts, outcome)) = outcomes.first() else {
+        // Set aside by design: the assignment service's last word is "set aside" (QUEUED,
+        // set_aside=true), the pool holds on an SLA breach (no fallback), the item has reached
+        // the highest tier, and every reviewer on the roster eligible there has held a lease on
+        // it (voted, deferred, escalated or let it expire). Anything else missing is a violation.
+        let last = decision
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.service == "assignment");
+        let aside = last.is_some_and(|e| {
+            e.kind == LifecycleKind::Queued && e.attribute("set_aside") == Some("true")
+        });
+        let required: Vec<&String> = review
+            .map(|r| r.required_roles.iter())
+            .into_iter()
+            .flatten()
+            .chain(rules.tiers.iter().take(level).flatten())
+            .collect();
+        let never_leased: Vec<&String> = expectations
+            .roster
+            .iter()
+            .filter(|(_, roles)| required.iter().all(|role| roles.contains(role)))
+            .map(|(reviewer, _)| reviewer)
+            .filter(|reviewer| !leases.values().any(|l| l.reviewer == **reviewer))
+            .collect();
+        let hold = rules.fallback.is_none();
+        let top = level >= rules.tiers.len();
+        if aside && hold && top && never_leased.is_empty() && review.is_some() {
+            count("set aside (waiting for an eligible reviewer)");
+            set_aside.push(id.to_owned());
+            return;
+        }
         violation(
             "missing_outcome",
             format!(
-                "no outcome; routed: {}, review request: {}, QA: {}",
+                "no outcome; routed: {}, review request: {}, QA: {}; last assignment event set aside: {aside} (pool holds: {hold}, at the highest tier: {top}, eligible reviewers never leased it: {never_leased:?})",
                 decision.routed().is_some(),
                 review.is_some(),
                 qa.is_some()
