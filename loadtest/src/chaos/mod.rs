@@ -630,6 +630,7 @@ struct Published {
     valid: BTreeSet<String>,
     poison: BTreeMap<String, String>,
     duplicates: u64,
+    republished: BTreeSet<String>,
 }
 
 fn percentile(values: &[Duration], p: f64) -> Option<Duration> {
@@ -1223,6 +1224,7 @@ fn run_with(
             feedback: topics.feedback.clone(),
         },
         decisions: published.valid.clone(),
+        republished: published.republished.clone(),
         poison: published.poison.clone(),
         pools: POOLS
             .iter()
@@ -1471,7 +1473,9 @@ fn publish(
             if rng.below(1000) < options.duplicate_per_mille && !recent.is_empty() {
                 let (key, payload) = &recent[rng.below(recent.len() as u64) as usize];
                 send(key, payload, signed(key, payload));
-                published.lock().expect("published").duplicates += 1;
+                let mut published = published.lock().expect("published");
+                published.duplicates += 1;
+                published.republished.insert(key.clone());
             }
             if rng.below(1000) < options.poison_per_mille {
                 let (key, kind, payload, headers) =

@@ -96,6 +96,9 @@ pub struct Expectations {
     pub topics: TopicNames,
     /// Every valid decision published (at least once).
     pub decisions: BTreeSet<String>,
+    /// The decisions the publisher sent a second time (a producer's retry).
+    #[serde(default)]
+    pub republished: BTreeSet<String>,
     /// Key → kind of every poison record published to the decisions topic.
     pub poison: BTreeMap<String, String>,
     pub pools: BTreeMap<String, PoolRules>,
@@ -1181,6 +1184,18 @@ fn check_decision(
         }
     }
 
+    // Leases handed out already over: the ASSIGNED record was written after the lease's expiry
+    // plus grace (its expiry counted from a time far behind the clock), so no verdict on it can
+    // be in time. Not a broken promise by itself; counted, since it costs reviewers' work.
+    for record in &decision.assignments {
+        if record.kind == AssignmentKind::Assigned
+            && record.reason.is_none()
+            && record.ts > record.lease_expires_at.saturating_add(grace)
+        {
+            count("leases written after their expiry + grace (dead on arrival)");
+        }
+    }
+
     // Assignments topic against the lifecycle: the same leases, each ASSIGNED once.
     let mut assigned_on_topic: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     for record in &decision.assignments {
@@ -1300,6 +1315,10 @@ fn check_decision(
                     &outcome.reviewer_ids,
                 )
         });
+        let republished = expectations.republished.contains(id);
+        if republished {
+            count("outcomes: more than one for a re-published decision");
+        }
         violation(
             if same {
                 "duplicate_outcome"
@@ -1307,8 +1326,13 @@ fn check_decision(
                 "conflicting_outcomes"
             },
             format!(
-                "{} outcomes: {}",
+                "{} outcomes{}: {}",
                 outcomes.len(),
+                if republished {
+                    " (the publisher sent this decision twice)"
+                } else {
+                    " (published once)"
+                },
                 outcomes
                     .iter()
                     .map(|(_, o)| format!(
