@@ -1153,7 +1153,7 @@ fn run_with(
             .collect();
         let aside = undecided
             .iter()
-            .filter(|id| lifecycle_watch.set_aside.get(id.as_str()) == Some(&true))
+            .filter(|id| lifecycle_watch.set_aside(id))
             .count();
         if undecided.len() == aside {
             if aside > 0 {
@@ -1325,13 +1325,22 @@ fn pool_holds(pool: &str) -> bool {
         .is_none()
 }
 
+/// Where the assignment service left a decision: set aside (in a pool that holds) and not handed
+/// out since, and its open leases.
+#[derive(Default)]
+struct AsideState {
+    aside: bool,
+    open: BTreeSet<String>,
+}
+
 /// A live reader of the lifecycle (read_committed, from the start): its record count, and per
-/// decision whether the assignment service's last event set it aside in a pool that holds.
+/// decision whether it is set aside (as the verifier judges it: a QUEUED set_aside=true with no
+/// ASSIGNED or set_aside=false after it, in a pool that holds, and no lease open).
 struct LifecycleWatch {
     consumer: BaseConsumer,
     codec: Codec,
     records: u64,
-    set_aside: std::collections::HashMap<String, bool>,
+    decisions: std::collections::HashMap<String, AsideState>,
 }
 
 impl LifecycleWatch {
@@ -1340,8 +1349,14 @@ impl LifecycleWatch {
             consumer: OutcomeWatch::new(kafka, topic)?.consumer,
             codec: Codec::single_object(),
             records: 0,
-            set_aside: std::collections::HashMap::new(),
+            decisions: std::collections::HashMap::new(),
         })
+    }
+
+    fn set_aside(&self, decision: &str) -> bool {
+        self.decisions
+            .get(decision)
+            .is_some_and(|d| d.aside && d.open.is_empty())
     }
 
     fn poll(&mut self, within: Duration) {
@@ -1360,13 +1375,28 @@ impl LifecycleWatch {
             if event.service != "assignment" {
                 continue;
             }
-            let aside = event.kind == hitl_schema::LifecycleKind::Queued
-                && event.attributes.get("set_aside").map(String::as_str) == Some("true")
-                && event
-                    .attributes
-                    .get("pool")
-                    .is_some_and(|pool| pool_holds(pool));
-            self.set_aside.insert(event.decision_id, aside);
+            use hitl_schema::LifecycleKind as K;
+            let state = self.decisions.entry(event.decision_id).or_default();
+            let attribute = |name: &str| event.attributes.get(name).map(String::as_str);
+            let lease = event.assignment_id.clone().unwrap_or_default();
+            match event.kind {
+                K::Queued => match attribute("set_aside") {
+                    Some("true") => state.aside = attribute("pool").is_some_and(pool_holds),
+                    Some("false") => state.aside = false,
+                    _ => {}
+                },
+                K::Assigned => {
+                    state.aside = false;
+                    state.open.insert(lease);
+                }
+                K::Revoked => {
+                    state.open.remove(&lease);
+                }
+                K::Verdict if attribute("verdict") != Some("RENEW") => {
+                    state.open.remove(&lease);
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -5,10 +5,10 @@
 //! Checks (each failure is a [`Violation`] naming the decision):
 //! - exactly one final outcome per published decision (`missing_outcome`, `duplicate_outcome`,
 //!   `conflicting_outcomes`), none for anything else (`unexpected_outcome`); a decision without
-//!   one is not a violation only when it is set aside by design (the assignment service's last
-//!   event for it is QUEUED `set_aside=true`, its pool holds on an SLA breach, it is at the
-//!   highest tier and every reviewer eligible there has held a lease on it): those are reported
-//!   apart, waiting for an eligible reviewer to join;
+//!   one is not a violation only when it is set aside by design (a QUEUED `set_aside=true` with
+//!   no ASSIGNED or `set_aside=false` after it and no lease open, its pool holds on an SLA
+//!   breach, it is at the highest tier and every reviewer eligible there has held a lease on
+//!   it): those are reported apart, waiting for an eligible reviewer to join;
 //! - at most one label per human outcome and one per QA sample, a label for every human outcome,
 //!   agreeing with it (`duplicate_label`, `missing_label`, `label_mismatch`, `unexpected_label`);
 //! - no decision actively leased to more reviewers than its quorum (`double_lease`), no lease
@@ -1256,18 +1256,24 @@ fn check_decision(
         return;
     }
     let Some((outcome_ts, outcome)) = outcomes.first() else {
-        // Set aside by design: the assignment service's last word is "set aside" (QUEUED,
-        // set_aside=true), the pool holds on an SLA breach (no fallback), the item has reached
-        // the highest tier, and every reviewer on the roster eligible there has held a lease on
-        // it (voted, deferred, escalated or let it expire). Anything else missing is a violation.
-        let last = decision
-            .events
-            .iter()
-            .rev()
-            .find(|e| e.service == "assignment");
-        let aside = last.is_some_and(|e| {
-            e.kind == LifecycleKind::Queued && e.attribute("set_aside") == Some("true")
-        });
+        // Set aside by design: the assignment service set it aside (QUEUED, set_aside=true) and
+        // nothing brought it back (QUEUED set_aside=false) or handed it out (ASSIGNED) since —
+        // the verdict on a lease granted just before the set-aside may still follow — and no
+        // lease is open; the pool holds on an SLA breach (no fallback); the item has reached the
+        // highest tier; and every reviewer on the roster eligible there has held a lease on it
+        // (voted, deferred, escalated or let it expire). Anything else missing is a violation.
+        let mut aside = false;
+        for event in decision.events.iter().filter(|e| e.service == "assignment") {
+            match (event.kind, event.attribute("set_aside")) {
+                (LifecycleKind::Queued, Some("true")) => aside = true,
+                (LifecycleKind::Queued, Some("false")) | (LifecycleKind::Assigned, _) => {
+                    aside = false
+                }
+                _ => {}
+            }
+        }
+        let open_leases = leases.values().filter(|l| l.open).count();
+        let aside = aside && open_leases == 0;
         let required: Vec<&String> = review
             .map(|r| r.required_roles.iter())
             .into_iter()
@@ -1291,7 +1297,7 @@ fn check_decision(
         violation(
             "missing_outcome",
             format!(
-                "no outcome; routed: {}, review request: {}, QA: {}; last assignment event set aside: {aside} (pool holds: {hold}, at the highest tier: {top}, eligible reviewers never leased it: {never_leased:?})",
+                "no outcome; routed: {}, review request: {}, QA: {}; set aside: {aside} (open leases: {open_leases}, pool holds: {hold}, at the highest tier: {top}, eligible reviewers never leased it: {never_leased:?})",
                 decision.routed().is_some(),
                 review.is_some(),
                 qa.is_some()
@@ -1563,5 +1569,290 @@ fn check_decision(
     }
     if qa_labeled {
         count("QA samples labeled");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(offset: i64, kind: LifecycleKind, attributes: &[(&str, &str)]) -> Event {
+        let attributes: BTreeMap<String, String> = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Event {
+            ts: 1_000 + offset,
+            partition: 0,
+            offset,
+            kind,
+            service: if kind == LifecycleKind::Routed {
+                "router".into()
+            } else {
+                "assignment".into()
+            },
+            event_time: 1_000 + offset,
+            reviewer: attributes.get("reviewer").cloned(),
+            assignment: attributes.get("lease").cloned(),
+            reason: attributes.get("reason").cloned(),
+            attributes,
+            outcome: None,
+            action: Some("block".into()),
+        }
+    }
+
+    fn expectations(fallback: bool) -> Expectations {
+        let rules = PoolRules {
+            verdict_grace_ms: 1_000,
+            tiers: vec![vec!["head".into()]],
+            fallback: fallback.then_some((OutcomeStatus::Rejected, None)),
+        };
+        Expectations {
+            bootstrap: String::new(),
+            topics: TopicNames {
+                decisions_dlq: String::new(),
+                review_requests: String::new(),
+                assignments: String::new(),
+                verdicts: String::new(),
+                outcomes: String::new(),
+                lifecycle: String::new(),
+                feedback: String::new(),
+            },
+            decisions: ["d1".to_owned()].into(),
+            republished: BTreeSet::new(),
+            poison: BTreeMap::new(),
+            pools: [("big".to_owned(), rules.clone())].into(),
+            default_pool: rules,
+            roster: [
+                ("a", vec!["senior", "head"]),
+                ("b", vec!["senior", "head"]),
+                ("c", vec!["senior", "head"]),
+                ("d", vec!["senior"]),
+            ]
+            .into_iter()
+            .map(|(id, roles)| (id.to_owned(), roles.into_iter().map(Into::into).collect()))
+            .collect(),
+            faults: Vec::new(),
+            started_ms: 0,
+            audit_verify: None,
+        }
+    }
+
+    fn lease(id: &str, reviewer: &str) -> [(&'static str, String); 3] {
+        [
+            ("lease", id.to_owned()),
+            ("reviewer", reviewer.to_owned()),
+            ("lease_expires_at", "999999".to_owned()),
+        ]
+    }
+
+    /// A quorum item at its top tier: a and b disagree, c is handed the last lease just before
+    /// the item is set aside, and c's vote follows (no quorum: nobody eligible is left).
+    fn decision(every_eligible_leased: bool) -> Decision {
+        let mut events = vec![
+            event(0, LifecycleKind::Routed, &[("route", "human")]),
+            event(1, LifecycleKind::Queued, &[("pool", "big")]),
+            event(
+                2,
+                LifecycleKind::Escalated,
+                &[("level", "1"), ("reason", "sla_risk")],
+            ),
+        ];
+        let mut offset = 3;
+        let mut push = |kind, attributes: Vec<(&str, String)>| {
+            let borrowed: Vec<(&str, &str)> =
+                attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            events.push(event(offset, kind, &borrowed));
+            offset += 1;
+        };
+        let voters: &[(&str, &str, &str)] = if every_eligible_leased {
+            &[("a", "#1", "APPROVE"), ("b", "#2", "REJECT")]
+        } else {
+            &[("a", "#1", "APPROVE")]
+        };
+        for (reviewer, id, verdict) in voters {
+            push(LifecycleKind::Assigned, lease(id, reviewer).to_vec());
+            let mut attributes = lease(id, reviewer).to_vec();
+            attributes.push(("verdict", (*verdict).to_owned()));
+            push(LifecycleKind::Verdict, attributes);
+        }
+        push(
+            LifecycleKind::Escalated,
+            vec![
+                ("level", "1".into()),
+                (
+                    "reason",
+                    "quorum_disagreement: already at the highest tier".into(),
+                ),
+            ],
+        );
+        push(LifecycleKind::Assigned, lease("#3", "c").to_vec());
+        push(LifecycleKind::Queued, vec![("set_aside", "true".into())]);
+        let mut attributes = lease("#3", "c").to_vec();
+        attributes.push(("verdict", "APPROVE".into()));
+        push(LifecycleKind::Verdict, attributes);
+        let mut sent: Vec<(&str, &str, &str)> = voters.to_vec();
+        sent.push(("c", "#3", "APPROVE"));
+        let verdicts = sent
+            .into_iter()
+            .map(|(reviewer, id, verdict)| SentVerdict {
+                ts: 1_000,
+                assignment: id.into(),
+                reviewer: reviewer.into(),
+                kind: match verdict {
+                    "APPROVE" => VerdictKind::Approve,
+                    _ => VerdictKind::Reject,
+                },
+                amended_action: None,
+            })
+            .collect();
+        Decision {
+            events,
+            verdicts,
+            requests: vec![Request {
+                kind: ReviewKind::Review,
+                pool: "big".into(),
+                quorum: 2,
+                sla_deadline: 0,
+                required_roles: vec!["senior".into()],
+            }],
+            ..Decision::default()
+        }
+    }
+
+    fn check(expectations: &Expectations, decision: &Decision) -> (Vec<Violation>, Vec<String>) {
+        let (mut violations, mut counts, mut aside) = (Vec::new(), BTreeMap::new(), Vec::new());
+        check_decision(
+            expectations,
+            "d1",
+            decision,
+            true,
+            &mut violations,
+            &mut counts,
+            &mut aside,
+        );
+        violations.retain(|v| v.class != "assignment_mismatch");
+        (violations, aside)
+    }
+
+    #[test]
+    fn a_top_tier_item_of_a_hold_pool_nobody_eligible_can_take_is_set_aside_not_missing() {
+        let (violations, aside) = check(&expectations(false), &decision(true));
+        assert!(violations.is_empty(), "{violations:?}");
+        assert_eq!(aside, vec!["d1".to_owned()]);
+    }
+
+    #[test]
+    fn set_aside_while_an_eligible_reviewer_never_had_it_is_missing() {
+        let (violations, aside) = check(&expectations(false), &decision(false));
+        assert!(aside.is_empty());
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].class, "missing_outcome");
+        assert!(
+            violations[0].detail.contains("\"b\""),
+            "{}",
+            violations[0].detail
+        );
+    }
+
+    #[test]
+    fn set_aside_in_a_pool_with_a_fallback_is_missing() {
+        let (violations, aside) = check(&expectations(true), &decision(true));
+        assert!(aside.is_empty());
+        assert_eq!(violations[0].class, "missing_outcome");
+    }
+
+    #[test]
+    fn votes_an_escalation_discarded_do_not_count() {
+        let attributes = |reviewer: &str, id: &str, verdict: Option<&str>| {
+            let mut all = lease(id, reviewer).to_vec();
+            if let Some(verdict) = verdict {
+                all.push(("verdict", verdict.to_owned()));
+            }
+            all
+        };
+        let mut events = vec![
+            event(0, LifecycleKind::Routed, &[("route", "human")]),
+            event(1, LifecycleKind::Queued, &[("pool", "big")]),
+        ];
+        let steps: Vec<(LifecycleKind, Vec<(&str, String)>)> = vec![
+            (LifecycleKind::Assigned, attributes("d", "#1", None)),
+            (
+                LifecycleKind::Verdict,
+                attributes("d", "#1", Some("APPROVE")),
+            ),
+            (
+                LifecycleKind::Escalated,
+                vec![
+                    ("level", "1".into()),
+                    ("reason", "sla_risk".into()),
+                    ("votes_discarded", "d".into()),
+                ],
+            ),
+            (LifecycleKind::Assigned, attributes("a", "#2", None)),
+            (LifecycleKind::Assigned, attributes("b", "#3", None)),
+            (
+                LifecycleKind::Verdict,
+                attributes("a", "#2", Some("APPROVE")),
+            ),
+            (
+                LifecycleKind::Verdict,
+                attributes("b", "#3", Some("APPROVE")),
+            ),
+            (LifecycleKind::Outcome, vec![]),
+        ];
+        for (offset, (kind, attributes)) in steps.into_iter().enumerate() {
+            let borrowed: Vec<(&str, &str)> =
+                attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            events.push(event(offset as i64 + 2, kind, &borrowed));
+        }
+        let verdicts = [("d", "#1"), ("a", "#2"), ("b", "#3")]
+            .into_iter()
+            .map(|(reviewer, id)| SentVerdict {
+                ts: 1_000,
+                assignment: id.into(),
+                reviewer: reviewer.into(),
+                kind: VerdictKind::Approve,
+                amended_action: None,
+            })
+            .collect();
+        let outcome = Outcome {
+            decision_id: "d1".into(),
+            status: OutcomeStatus::Approved,
+            final_action: "block".into(),
+            decided_by: DecidedBy::Quorum,
+            reviewer_ids: vec!["a".into(), "b".into()],
+            policy_rule: "big".into(),
+            policy_version: "1".into(),
+            decided_at: 2_000,
+            time_to_decision_ms: 1_000,
+            workflow: String::new(),
+            rationale: None,
+        };
+        let decision = Decision {
+            events,
+            verdicts,
+            outcomes: vec![(2_000, outcome)],
+            requests: decision(true).requests,
+            ..Decision::default()
+        };
+        let (violations, _) = check(&expectations(false), &decision);
+        let wrong: Vec<&Violation> = violations
+            .iter()
+            .filter(|v| matches!(v.class, "human_mismatch" | "vote_below_tier"))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
+
+    #[test]
+    fn handed_out_again_after_the_set_aside_is_not_set_aside() {
+        let mut decision = decision(true);
+        let mut again = event(100, LifecycleKind::Assigned, &[]);
+        again.reviewer = Some("d".into());
+        again.assignment = Some("#4".into());
+        decision.events.push(again);
+        let (violations, aside) = check(&expectations(false), &decision);
+        assert!(aside.is_empty());
+        assert!(violations.iter().any(|v| v.class == "missing_outcome"));
     }
 }
