@@ -7,17 +7,18 @@
 //! reviewers ([`reviewers`]) and a publisher of signed decisions from three workflows at a steady
 //! rate, with about 1 % poison records (undecodable, unsigned, forged, oversize, invalid, bad
 //! JSON, a producer the key may not name) and a few re-published decisions. Pools have leases of
-//! seconds and SLAs of tens of seconds, so expiries, renewals, escalations, breaches and fallbacks
-//! all happen. Meanwhile it runs the fault schedule: every instance SIGKILLed `kills` times at
+//! seconds and SLAs of tens of seconds (`min_sla` lowered to allow them), so expiries, renewals,
+//! escalations, breaches and fallbacks all happen. Meanwhile it runs the fault schedule: every instance SIGKILLed `kills` times at
 //! random moments and restarted after a random 0.3–8 s (longer than the 6 s session timeout
 //! sometimes, so partitions move), `bounces` SIGTERM restarts per instance, and one SIGSTOP of the
 //! broker for `pause` then SIGCONT. For each kill it records the time from the restart to
 //! `/readyz` and to the first input processed (`hitl_loop_records_in_total`).
 //!
 //! When the load and the faults are over, the reviewers answer everything promptly, the driver
-//! waits until every valid decision has an outcome (or `drain_timeout`), stops the router and the
-//! assignment service, waits for a clean `hitl-audit verify`, stops the audit, and runs the
-//! verifier over the raw topics.
+//! waits until every valid decision has an outcome, or is set aside (a quorum item of a `hold`
+//! pool at its top tier whose eligible reviewers are all excluded waits, by design, for one to
+//! join), or `drain_timeout` passes; it stops the router and the assignment service, waits for the
+//! audit to catch up, stops the audit, and runs the verifier over the raw topics.
 
 pub mod reviewers;
 pub mod verify;
@@ -85,7 +86,7 @@ impl Options {
     pub fn ci(bin_dir: PathBuf, repository: PathBuf) -> Self {
         Self {
             decisions: 5_000,
-            rate: 50,
+            rate: 80,
             kills: 3,
             bounces: 1,
             pause: Duration::from_secs(15),
@@ -96,7 +97,7 @@ impl Options {
             repository,
             dir: None,
             keep: false,
-            drain_timeout: Duration::from_secs(180),
+            drain_timeout: Duration::from_secs(120),
             examples: 3,
         }
     }
@@ -124,6 +125,8 @@ pub struct ChaosRun {
     /// The printed summary (also written to `<dir>/report.txt`).
     pub text: String,
     pub elapsed: Duration,
+    /// Instances that exited or hung by themselves, or ignored a SIGTERM.
+    pub findings: usize,
 }
 
 // ------------------------------------------------------------------------------ pools, policy
@@ -139,6 +142,10 @@ struct PoolDef {
 }
 
 const GRACE_MS: u64 = 1000;
+
+/// Every pool's `min_sla`: the policy's SLAs (15–40 s) are meant as they are, so that breaches
+/// and fallbacks happen within the run (the default bound, 1 min, would lift them all).
+const MIN_SLA: &str = "5s";
 
 /// The pools of the chaos run: leases of seconds (shorter than any pause), SLAs of tens of
 /// seconds; `hold` for general and large payments, `fallback` for content and deploys.
@@ -245,7 +252,7 @@ fn pool_toml(pool: &PoolDef) -> String {
     format!(
         "{header}\nlease = \"{}ms\"\nverdict_grace = \"{}ms\"\nescalate_after_expiries = {}\n\
          escalate_at_sla = [{}]\ntiers = [{tiers}]\non_sla_breach = {breach}\npii_roles = [\"pii\"]\n\
-         max_assignments_per_minute = 0\n",
+         max_assignments_per_minute = 0\nmin_sla = \"{MIN_SLA}\"\n",
         pool.lease_ms,
         pool.grace_ms,
         pool.escalate_after_expiries,
@@ -277,13 +284,28 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A GET that gives up after 2 s in all (an instance whose runtime is stuck may accept the
+/// connection and never answer, or answer a byte at a time; the driver's loop must not stall on
+/// it: kills, restarts and the pause are due on time).
 fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
     let mut stream =
         TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            Err(_) => return None,
+        }
+    }
+    let response = String::from_utf8_lossy(&bytes).into_owned();
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
@@ -312,6 +334,8 @@ struct Instance {
     child: Option<Child>,
     http: String,
     started: Instant,
+    /// Sent SIGTERM at this moment and not yet gone (the driver restarts it once it exits).
+    terminating: Option<Instant>,
 }
 
 impl Instance {
@@ -337,6 +361,7 @@ impl Instance {
             .spawn()?;
         self.child = Some(child);
         self.started = Instant::now();
+        self.terminating = None;
         Ok(())
     }
 
@@ -421,6 +446,10 @@ impl Supervisor {
         since: Instant,
     ) -> anyhow::Result<()> {
         for (index, instance) in instances.iter_mut().enumerate() {
+            if instance.terminating.is_some() {
+                // The driver's own SIGTERM: the driver restarts it.
+                continue;
+            }
             let what = if let Some(status) = instance.exited() {
                 instance.child = None;
                 format!("{} exited by itself ({status})", instance.name)
@@ -434,7 +463,10 @@ impl Supervisor {
         }
         self.last_check = Instant::now();
         for (index, instance) in instances.iter_mut().enumerate() {
-            if instance.child.is_none() || instance.started.elapsed() < Duration::from_secs(60) {
+            if instance.child.is_none()
+                || instance.terminating.is_some()
+                || instance.started.elapsed() < Duration::from_secs(60)
+            {
                 self.unhealthy_since.remove(&index);
                 continue;
             }
@@ -574,6 +606,14 @@ fn hex_secret() -> anyhow::Result<String> {
     Ok(hex::encode(random_secret()?))
 }
 
+/// How long an instance may take to exit after SIGTERM before it is SIGKILLed (a Kubernetes pod's
+/// default grace period).
+const TERM_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long after the load and the last fault restarted instances are still watched for their
+/// first input processed.
+const RECOVERY_WATCH: Duration = Duration::from_secs(20);
+
 /// Fault actions, in time order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Action {
@@ -590,6 +630,7 @@ struct Published {
     valid: BTreeSet<String>,
     poison: BTreeMap<String, String>,
     duplicates: u64,
+    republished: BTreeSet<String>,
 }
 
 fn percentile(values: &[Duration], p: f64) -> Option<Duration> {
@@ -621,8 +662,15 @@ pub fn run(options: &Options) -> anyhow::Result<ChaosRun> {
     say(format!("broker pid {} on {}", broker.pid, broker.bootstrap));
     let result = run_with(options, &dir, &broker, started, started_ms);
     drop(broker);
-    if result.is_ok() && options.dir.is_none() && !options.keep {
+    // Kept (logs, broker data, expectations.json for chaos-verify) when there is anything to look
+    // at: a violation, or an instance that exited, hung or ignored SIGTERM.
+    let clean = result
+        .as_ref()
+        .is_ok_and(|run| run.report.violations.is_empty() && run.findings == 0);
+    if clean && options.dir.is_none() && !options.keep {
         let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        say(format!("run folder kept: {}", dir.display()));
     }
     result
 }
@@ -780,6 +828,7 @@ fn run_with(
                 child: None,
                 http: String::new(),
                 started: Instant::now(),
+                terminating: None,
             });
         }
     }
@@ -858,9 +907,10 @@ fn run_with(
     let load = Duration::from_secs_f64(options.decisions as f64 / options.rate.max(1) as f64);
     let mut rng = Rng::new(options.seed);
     let pause_at = load.mul_f64(0.45);
+    // No kill just before, during or just after the pause (the pause is its own fault).
     let pause_window = (
-        pause_at.saturating_sub(Duration::from_secs(10)),
-        pause_at + options.pause + Duration::from_secs(5),
+        pause_at.saturating_sub(Duration::from_secs(3)),
+        pause_at + options.pause + Duration::from_secs(3),
     );
     let mut schedule: BinaryHeap<std::cmp::Reverse<(Duration, Action)>> = BinaryHeap::new();
     let random_moment = |rng: &mut Rng| loop {
@@ -900,6 +950,12 @@ fn run_with(
     let mut paused = false;
     let mut supervisor = Supervisor::new();
     let mut outcome_watch = OutcomeWatch::new(&kafka, &topics.outcomes)?;
+    // When the last fault was done and the publisher finished: instances restarted since are
+    // watched for at most `RECOVERY_WATCH` more (a router restarted after the last decision was
+    // published has no input to show it processing).
+    let mut faults_over: Option<Instant> = None;
+    // Instances sent SIGTERM, not gone yet: index → the restart delay once they are.
+    let mut restart_after_exit: BTreeMap<usize, Duration> = BTreeMap::new();
     loop {
         let now = load_started.elapsed();
         while let Some(std::cmp::Reverse((at, action))) = schedule.peek().copied() {
@@ -911,19 +967,21 @@ fn run_with(
             match action {
                 Action::Kill(index) | Action::Bounce(index) => {
                     let instance = &mut instances[index];
-                    if instance.child.is_none() || paused {
+                    if instance.child.is_none() || instance.terminating.is_some() || paused {
                         // Down already (or the broker is paused): a little later.
                         schedule.push(std::cmp::Reverse((now + Duration::from_secs(3), action)));
                         continue;
                     }
                     let bounce = matches!(action, Action::Bounce(_));
                     let what = if bounce {
-                        let clean = instance.terminate(Duration::from_secs(30));
-                        format!(
-                            "SIGTERM {}{}",
-                            instance.name,
-                            if clean { "" } else { " (needed SIGKILL)" }
-                        )
+                        // Not waited for here (the loop goes on with the other faults): once
+                        // it has exited it is restarted after the delay; if it has not within
+                        // TERM_PATIENCE it is SIGKILLed, and that is a finding.
+                        if let Some(child) = &instance.child {
+                            signal(child.id(), "TERM");
+                        }
+                        instance.terminating = Some(Instant::now());
+                        format!("SIGTERM {}", instance.name)
                     } else {
                         instance.kill9();
                         format!("SIGKILL {}", instance.name)
@@ -948,10 +1006,14 @@ fn run_with(
                         processing: None,
                     });
                     down_since.insert(index, Instant::now());
-                    schedule.push(std::cmp::Reverse((
-                        now + delay,
-                        Action::Restart(index, bounce),
-                    )));
+                    if bounce {
+                        restart_after_exit.insert(index, delay);
+                    } else {
+                        schedule.push(std::cmp::Reverse((
+                            now + delay,
+                            Action::Restart(index, bounce),
+                        )));
+                    }
                 }
                 Action::Restart(index, _) => {
                     let instance = &mut instances[index];
@@ -990,6 +1052,40 @@ fn run_with(
                 }
             }
         }
+        // Instances told to stop (SIGTERM): restarted once gone, SIGKILLed if they take too long.
+        let mut gone = Vec::new();
+        for (&index, &delay) in &restart_after_exit {
+            let instance = &mut instances[index];
+            let since = instance.terminating.unwrap_or_else(Instant::now);
+            if instance.exited().is_some() {
+                instance.child = None;
+                gone.push((index, delay));
+            } else if since.elapsed() >= TERM_PATIENCE {
+                instance.kill9();
+                let what = format!(
+                    "{} still running {}s after SIGTERM: SIGKILLed",
+                    instance.name,
+                    TERM_PATIENCE.as_secs()
+                );
+                say(format!(
+                    "+{:.1}s {what}",
+                    load_started.elapsed().as_secs_f64()
+                ));
+                faults.push(Fault {
+                    at_ms: hitl_runtime::now_millis(),
+                    what: what.clone(),
+                });
+                supervisor.restarts.push(what);
+                gone.push((index, delay));
+            }
+        }
+        for (index, delay) in gone {
+            restart_after_exit.remove(&index);
+            schedule.push(std::cmp::Reverse((
+                load_started.elapsed() + delay,
+                Action::Restart(index, true),
+            )));
+        }
         // Recovery of restarted instances: ready, then processing.
         watching.retain(|&(recovery, index)| {
             let instance = &instances[index];
@@ -1021,8 +1117,14 @@ fn run_with(
                 outcome_watch.decided.len()
             ));
         }
-        if publishing_done.load(Ordering::Relaxed) && schedule.is_empty() && watching.is_empty() {
-            break;
+        if publishing_done.load(Ordering::Relaxed)
+            && schedule.is_empty()
+            && restart_after_exit.is_empty()
+        {
+            let since = *faults_over.get_or_insert_with(Instant::now);
+            if watching.is_empty() || since.elapsed() >= RECOVERY_WATCH {
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1035,30 +1137,45 @@ fn run_with(
         load_elapsed.as_secs_f64()
     ));
 
-    // Drain: reviewers answer everything; wait for every valid decision's outcome.
+    // Drain: reviewers answer everything; wait for every valid decision's outcome, or until the
+    // only undecided ones are set aside (nobody eligible is left for them in a pool that holds:
+    // they wait for a reviewer to join, which no one here will).
     control.drain.store(true, Ordering::Relaxed);
     let published = std::mem::take(&mut *published.lock().expect("published"));
     let drain_started = Instant::now();
     let mut last_print = Instant::now();
+    let mut lifecycle_watch = LifecycleWatch::new(&kafka, &topics.lifecycle)?;
     while drain_started.elapsed() < options.drain_timeout {
-        outcome_watch.poll(Duration::from_millis(200));
-        let missing = published
+        outcome_watch.poll(Duration::from_millis(100));
+        lifecycle_watch.poll(Duration::from_millis(100));
+        let undecided: Vec<&String> = published
             .valid
             .iter()
             .filter(|id| !outcome_watch.decided.contains(*id))
+            .collect();
+        let aside = undecided
+            .iter()
+            .filter(|id| lifecycle_watch.set_aside(id))
             .count();
-        if missing == 0 {
+        if undecided.len() == aside {
+            if aside > 0 {
+                say(format!(
+                    "drained: {aside} decisions set aside (no eligible reviewer left), the rest decided"
+                ));
+            }
             break;
         }
         if last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
-            say(format!("draining: {missing} decisions without an outcome"));
+            say(format!(
+                "draining: {} decisions without an outcome ({aside} of them set aside)",
+                undecided.len()
+            ));
         }
         supervisor.check(&mut instances, &mut faults, load_started)?;
     }
     let drained_in = drain_started.elapsed();
     // QA samples and held items may still be moving: wait until the lifecycle is quiet.
-    let mut lifecycle_watch = OutcomeWatch::new(&kafka, &topics.lifecycle)?;
     let quiet_started = Instant::now();
     let mut last_seen = (0u64, Instant::now());
     while quiet_started.elapsed() < Duration::from_secs(60) {
@@ -1109,6 +1226,7 @@ fn run_with(
             feedback: topics.feedback.clone(),
         },
         decisions: published.valid.clone(),
+        republished: published.republished.clone(),
         poison: published.poison.clone(),
         pools: POOLS
             .iter()
@@ -1140,7 +1258,7 @@ fn run_with(
         options.pause
     ));
     text.push_str(&format!(
-        "   load+faults {:.1}s, drain {:.1}s, total {:.1}s; restarted by the supervisor (exited or hung by themselves): {}\n",
+        "   load+faults {:.1}s, drain {:.1}s, total {:.1}s; exited, hung or ignored SIGTERM (restarted by the supervisor or the driver): {}\n",
         load_elapsed.as_secs_f64(),
         drained_in.as_secs_f64(),
         started.elapsed().as_secs_f64(),
@@ -1195,15 +1313,101 @@ fn run_with(
         recoveries,
         text,
         elapsed: started.elapsed(),
+        findings: supervisor.restarts.len(),
     })
 }
 
-/// A live reader of one topic (read_committed, every partition from the start) collecting the
-/// record keys: decided decision ids on the outcomes topic, a record count on any topic.
+/// Whether the pool named `pool` holds items on an SLA breach (no fallback).
+fn pool_holds(pool: &str) -> bool {
+    POOLS
+        .iter()
+        .find(|p| p.name == Some(pool))
+        .unwrap_or(&POOLS[0])
+        .fallback
+        .is_none()
+}
+
+/// Where the assignment service left a decision: set aside (in a pool that holds) and not handed
+/// out since, and its open leases.
+#[derive(Default)]
+struct AsideState {
+    aside: bool,
+    open: BTreeSet<String>,
+}
+
+/// A live reader of the lifecycle (read_committed, from the start): its record count, and per
+/// decision whether it is set aside (as the verifier judges it: a QUEUED set_aside=true with no
+/// ASSIGNED or set_aside=false after it, in a pool that holds, and no lease open).
+struct LifecycleWatch {
+    consumer: BaseConsumer,
+    codec: Codec,
+    records: u64,
+    decisions: std::collections::HashMap<String, AsideState>,
+}
+
+impl LifecycleWatch {
+    fn new(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            consumer: OutcomeWatch::new(kafka, topic)?.consumer,
+            codec: Codec::single_object(),
+            records: 0,
+            decisions: std::collections::HashMap::new(),
+        })
+    }
+
+    fn set_aside(&self, decision: &str) -> bool {
+        self.decisions
+            .get(decision)
+            .is_some_and(|d| d.aside && d.open.is_empty())
+    }
+
+    fn poll(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            self.records += 1;
+            let Ok(event) = self
+                .codec
+                .decode::<hitl_schema::LifecycleEvent>(message.payload().unwrap_or_default())
+            else {
+                continue;
+            };
+            if event.service != "assignment" {
+                continue;
+            }
+            use hitl_schema::LifecycleKind as K;
+            let state = self.decisions.entry(event.decision_id).or_default();
+            let attribute = |name: &str| event.attributes.get(name).map(String::as_str);
+            let lease = event.assignment_id.clone().unwrap_or_default();
+            match event.kind {
+                K::Queued => match attribute("set_aside") {
+                    Some("true") => state.aside = attribute("pool").is_some_and(pool_holds),
+                    Some("false") => state.aside = false,
+                    _ => {}
+                },
+                K::Assigned => {
+                    state.aside = false;
+                    state.open.insert(lease);
+                }
+                K::Revoked => {
+                    state.open.remove(&lease);
+                }
+                K::Verdict if attribute("verdict") != Some("RENEW") => {
+                    state.open.remove(&lease);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A live reader of the outcomes topic (read_committed, every partition from the start)
+/// collecting the decided decision ids (the record keys).
 struct OutcomeWatch {
     consumer: BaseConsumer,
     decided: BTreeSet<String>,
-    records: u64,
 }
 
 impl OutcomeWatch {
@@ -1218,22 +1422,17 @@ impl OutcomeWatch {
         Ok(Self {
             consumer,
             decided: BTreeSet::new(),
-            records: 0,
         })
     }
 
     fn poll(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            match self.consumer.poll(Duration::from_millis(20)) {
-                Some(Ok(message)) => {
-                    self.records += 1;
-                    if let Some(key) = message.key() {
-                        self.decided
-                            .insert(String::from_utf8_lossy(key).into_owned());
-                    }
+            if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(20)) {
+                if let Some(key) = message.key() {
+                    self.decided
+                        .insert(String::from_utf8_lossy(key).into_owned());
                 }
-                Some(Err(_)) | None => {}
             }
         }
     }
@@ -1306,7 +1505,9 @@ fn publish(
             if rng.below(1000) < options.duplicate_per_mille && !recent.is_empty() {
                 let (key, payload) = &recent[rng.below(recent.len() as u64) as usize];
                 send(key, payload, signed(key, payload));
-                published.lock().expect("published").duplicates += 1;
+                let mut published = published.lock().expect("published");
+                published.duplicates += 1;
+                published.republished.insert(key.clone());
             }
             if rng.below(1000) < options.poison_per_mille {
                 let (key, kind, payload, headers) =

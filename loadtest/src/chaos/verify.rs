@@ -4,7 +4,11 @@
 //!
 //! Checks (each failure is a [`Violation`] naming the decision):
 //! - exactly one final outcome per published decision (`missing_outcome`, `duplicate_outcome`,
-//!   `conflicting_outcomes`), none for anything else (`unexpected_outcome`);
+//!   `conflicting_outcomes`), none for anything else (`unexpected_outcome`); a decision without
+//!   one is not a violation only when it is set aside by design (a QUEUED `set_aside=true` with
+//!   no ASSIGNED or `set_aside=false` after it and no lease open, its pool holds on an SLA
+//!   breach, it is at the highest tier and every reviewer eligible there has held a lease on
+//!   it): those are reported apart, waiting for an eligible reviewer to join;
 //! - at most one label per human outcome and one per QA sample, a label for every human outcome,
 //!   agreeing with it (`duplicate_label`, `missing_label`, `label_mismatch`, `unexpected_label`);
 //! - no decision actively leased to more reviewers than its quorum (`double_lease`), no lease
@@ -18,12 +22,19 @@
 //!   on a live lease, sent by that reviewer on `hitl.verdicts` before its lease's expiry plus grace
 //!   by the broker's append time, by reviewers holding the roles of the tier the item had reached
 //!   (`human_mismatch`, `verdict_on_closed_lease`, `late_verdict_accepted`, `vote_below_tier`);
+//!   votes of reviewers an escalation discarded (the ESCALATED event's `votes_discarded`) stop
+//!   counting there;
 //!   SLA_FALLBACK with the pool's configured fallback, not before the SLA deadline
 //!   (`fallback_mismatch`, `fallback_before_sla`); SLA_BREACHED not before the deadline
 //!   (`breach_before_sla`);
-//! - no verdict sent in time is rejected because a wall-clock timer overtook it
-//!   (`in_time_verdict_rejected`: sent before its lease's expiry + grace, or before the SLA
-//!   deadline that the fallback decided at);
+//! - no verdict appended in time is rejected because a timer overtook it
+//!   (`in_time_verdict_rejected`: appended before its lease's expiry + grace, or before the SLA
+//!   deadline that the fallback decided at). "Appended" is the verdict record's broker append
+//!   time (`hitl.verdicts` is a `LogAppendTime` topic; records with the writer's timestamp are
+//!   `verdicts_not_log_append_time`), not the reviewer app's send time: a verdict sent during a
+//!   broker pause is appended after it, and rejecting it as `lease_expired` is right. SLA
+//!   deadlines are the ones in force (the QUEUED event's `sla_deadline` when the pool bounded the
+//!   request's);
 //! - the dead-letter topic holds exactly the poison records, once each (`dlq_unexpected`,
 //!   `dlq_missing`, `dlq_duplicate`);
 //! - `hitl-audit verify` is clean (`audit_verify`).
@@ -85,6 +96,9 @@ pub struct Expectations {
     pub topics: TopicNames,
     /// Every valid decision published (at least once).
     pub decisions: BTreeSet<String>,
+    /// The decisions the publisher sent a second time (a producer's retry).
+    #[serde(default)]
+    pub republished: BTreeSet<String>,
     /// Key → kind of every poison record published to the decisions topic.
     pub poison: BTreeMap<String, String>,
     pub pools: BTreeMap<String, PoolRules>,
@@ -114,6 +128,10 @@ pub struct Report {
     pub counts: BTreeMap<String, u64>,
     pub violations: Vec<Violation>,
     pub audit_verify: Option<(bool, String)>,
+    /// Decisions without an outcome, set aside by design: quorum items at the highest tier of a
+    /// `hold` pool whose eligible reviewers are all excluded (they voted, deferred, escalated or
+    /// let leases expire); they wait for an eligible reviewer to join the roster.
+    pub set_aside: Vec<String>,
     /// Decision id → its records, printed for the first violations of each class.
     timelines: HashMap<String, String>,
 }
@@ -146,6 +164,13 @@ impl Report {
                     let _ = writeln!(text, "    {line}");
                 }
             }
+        }
+        if !self.set_aside.is_empty() {
+            let _ = writeln!(
+                text,
+                "  set aside, waiting for an eligible reviewer (not a violation: hold pool, every eligible reviewer excluded): {}",
+                self.set_aside.join(" ")
+            );
         }
         let by = self.violations_by_class();
         let _ = writeln!(text, "== violations: {}", self.violations.len());
@@ -313,6 +338,15 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
 
 fn timestamp(message: &BorrowedMessage<'_>) -> i64 {
     message.timestamp().to_millis().unwrap_or(0)
+}
+
+/// The broker's append time of a record on a `LogAppendTime` topic; `None` on a topic that keeps
+/// the writer's clock (`CreateTime`), where the record's timestamp is the client's send time.
+fn append_time(message: &BorrowedMessage<'_>) -> Option<i64> {
+    match message.timestamp() {
+        rdkafka::Timestamp::LogAppendTime(at) => Some(at),
+        _ => None,
+    }
 }
 
 fn key_of(message: &BorrowedMessage<'_>) -> String {
@@ -646,18 +680,25 @@ pub fn verify(expectations: &Expectations) -> anyhow::Result<Report> {
             .labels
             .push((timestamp(message), label));
     })?;
-    // Verdicts are the reviewer apps' own (not transactional) writes: read them all.
+    // Verdicts are the reviewer apps' own (not transactional) writes: read them all. A verdict
+    // is judged at its broker append time (the topic is `LogAppendTime`): one the reviewer sent
+    // during a broker pause is appended after it.
+    let mut create_time_verdicts = 0u64;
     scan(bootstrap, &topics.verdicts, false, |message| {
         let Ok(verdict) = codec.decode::<Verdict>(message.payload().unwrap_or_default()) else {
             *undecodable.entry("verdicts").or_default() += 1;
             return;
         };
+        let ts = append_time(message).unwrap_or_else(|| {
+            create_time_verdicts += 1;
+            timestamp(message)
+        });
         decisions
             .entry(verdict.decision_id.clone())
             .or_default()
             .verdicts
             .push(SentVerdict {
-                ts: timestamp(message),
+                ts,
                 assignment: verdict.assignment_id,
                 reviewer: verdict.reviewer_id,
                 kind: verdict.verdict,
@@ -695,9 +736,22 @@ pub fn verify(expectations: &Expectations) -> anyhow::Result<Report> {
     for (topic, n) in &undecodable {
         count(&mut report, &format!("undecodable records on {topic}"), *n);
     }
+    let mut violations: Vec<Violation> = Vec::new();
+    if create_time_verdicts > 0 {
+        // Verdicts are judged at their append time; on a CreateTime topic the service and this
+        // verifier would judge by the reviewer app's clock.
+        violations.push(Violation {
+            class: "verdicts_not_log_append_time",
+            decision_id: "-".into(),
+            detail: format!(
+                "{create_time_verdicts} records on {} carry the writer's timestamp (CreateTime), not the broker's append time",
+                topics.verdicts
+            ),
+            at_ms: None,
+        });
+    }
 
     let started = expectations.started_ms;
-    let mut violations: Vec<Violation> = Vec::new();
     let mut ids: Vec<&String> = decisions.keys().collect();
     ids.sort();
     count(
@@ -721,6 +775,7 @@ pub fn verify(expectations: &Expectations) -> anyhow::Result<Report> {
             valid,
             &mut violations,
             &mut report.counts,
+            &mut report.set_aside,
         );
         if violations.len() > before {
             report
@@ -838,6 +893,7 @@ fn check_decision(
     valid: bool,
     violations: &mut Vec<Violation>,
     counts: &mut BTreeMap<String, u64>,
+    set_aside: &mut Vec<String>,
 ) {
     let mut count = |name: &str| *counts.entry(name.to_owned()).or_default() += 1;
     let mut violation = |class: &'static str, detail: String, at_ms: Option<i64>| {
@@ -863,7 +919,14 @@ fn check_decision(
         .unwrap_or(&expectations.default_pool);
     let grace = rules.verdict_grace_ms;
     let quorum = review.map_or(1, |r| r.quorum.max(1)) as usize;
-    let sla_deadline = review.or(qa).map(|r| r.sla_deadline);
+    // The SLA deadline in force: the request's, unless the pool bounded it (min_sla, max_sla):
+    // then the QUEUED event records the one it used.
+    let sla_deadline = decision
+        .events
+        .iter()
+        .find(|e| e.kind == LifecycleKind::Queued)
+        .and_then(|e| e.attribute_i64("sla_deadline"))
+        .or(review.or(qa).map(|r| r.sla_deadline));
     let action = decision.routed().and_then(|e| e.action.clone());
 
     // Walk the decision's lifecycle in log order.
@@ -946,6 +1009,11 @@ fn check_decision(
                     .is_some_and(|r| r.starts_with("quorum_disagreement"))
                 {
                     votes.clear();
+                }
+                // Votes of reviewers who lack the new tier's roles stop counting.
+                if let Some(discarded) = event.attribute("votes_discarded") {
+                    let discarded: BTreeSet<&str> = discarded.split(',').map(str::trim).collect();
+                    votes.retain(|vote| !discarded.contains(vote.0.as_str()));
                 }
             }
             LifecycleKind::SlaBreached => {
@@ -1116,6 +1184,18 @@ fn check_decision(
         }
     }
 
+    // Leases handed out already over: the ASSIGNED record was written after the lease's expiry
+    // plus grace (its expiry counted from a time far behind the clock), so no verdict on it can
+    // be in time. Not a broken promise by itself; counted, since it costs reviewers' work.
+    for record in &decision.assignments {
+        if record.kind == AssignmentKind::Assigned
+            && record.reason.is_none()
+            && record.ts > record.lease_expires_at.saturating_add(grace)
+        {
+            count("leases written after their expiry + grace (dead on arrival)");
+        }
+    }
+
     // Assignments topic against the lifecycle: the same leases, each ASSIGNED once.
     let mut assigned_on_topic: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     for record in &decision.assignments {
@@ -1176,10 +1256,48 @@ fn check_decision(
         return;
     }
     let Some((outcome_ts, outcome)) = outcomes.first() else {
+        // Set aside by design: the assignment service set it aside (QUEUED, set_aside=true) and
+        // nothing brought it back (QUEUED set_aside=false) or handed it out (ASSIGNED) since —
+        // the verdict on a lease granted just before the set-aside may still follow — and no
+        // lease is open; the pool holds on an SLA breach (no fallback); the item has reached the
+        // highest tier; and every reviewer on the roster eligible there has held a lease on it
+        // (voted, deferred, escalated or let it expire). Anything else missing is a violation.
+        let mut aside = false;
+        for event in decision.events.iter().filter(|e| e.service == "assignment") {
+            match (event.kind, event.attribute("set_aside")) {
+                (LifecycleKind::Queued, Some("true")) => aside = true,
+                (LifecycleKind::Queued, Some("false")) | (LifecycleKind::Assigned, _) => {
+                    aside = false
+                }
+                _ => {}
+            }
+        }
+        let open_leases = leases.values().filter(|l| l.open).count();
+        let aside = aside && open_leases == 0;
+        let required: Vec<&String> = review
+            .map(|r| r.required_roles.iter())
+            .into_iter()
+            .flatten()
+            .chain(rules.tiers.iter().take(level).flatten())
+            .collect();
+        let never_leased: Vec<&String> = expectations
+            .roster
+            .iter()
+            .filter(|(_, roles)| required.iter().all(|role| roles.contains(role)))
+            .map(|(reviewer, _)| reviewer)
+            .filter(|reviewer| !leases.values().any(|l| l.reviewer == **reviewer))
+            .collect();
+        let hold = rules.fallback.is_none();
+        let top = level >= rules.tiers.len();
+        if aside && hold && top && never_leased.is_empty() && review.is_some() {
+            count("set aside (waiting for an eligible reviewer)");
+            set_aside.push(id.to_owned());
+            return;
+        }
         violation(
             "missing_outcome",
             format!(
-                "no outcome; routed: {}, review request: {}, QA: {}",
+                "no outcome; routed: {}, review request: {}, QA: {}; set aside: {aside} (open leases: {open_leases}, pool holds: {hold}, at the highest tier: {top}, eligible reviewers never leased it: {never_leased:?})",
                 decision.routed().is_some(),
                 review.is_some(),
                 qa.is_some()
@@ -1203,6 +1321,10 @@ fn check_decision(
                     &outcome.reviewer_ids,
                 )
         });
+        let republished = expectations.republished.contains(id);
+        if republished {
+            count("outcomes: more than one for a re-published decision");
+        }
         violation(
             if same {
                 "duplicate_outcome"
@@ -1210,8 +1332,13 @@ fn check_decision(
                 "conflicting_outcomes"
             },
             format!(
-                "{} outcomes: {}",
+                "{} outcomes{}: {}",
                 outcomes.len(),
+                if republished {
+                    " (the publisher sent this decision twice)"
+                } else {
+                    " (published once)"
+                },
                 outcomes
                     .iter()
                     .map(|(_, o)| format!(
@@ -1442,5 +1569,290 @@ fn check_decision(
     }
     if qa_labeled {
         count("QA samples labeled");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(offset: i64, kind: LifecycleKind, attributes: &[(&str, &str)]) -> Event {
+        let attributes: BTreeMap<String, String> = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Event {
+            ts: 1_000 + offset,
+            partition: 0,
+            offset,
+            kind,
+            service: if kind == LifecycleKind::Routed {
+                "router".into()
+            } else {
+                "assignment".into()
+            },
+            event_time: 1_000 + offset,
+            reviewer: attributes.get("reviewer").cloned(),
+            assignment: attributes.get("lease").cloned(),
+            reason: attributes.get("reason").cloned(),
+            attributes,
+            outcome: None,
+            action: Some("block".into()),
+        }
+    }
+
+    fn expectations(fallback: bool) -> Expectations {
+        let rules = PoolRules {
+            verdict_grace_ms: 1_000,
+            tiers: vec![vec!["head".into()]],
+            fallback: fallback.then_some((OutcomeStatus::Rejected, None)),
+        };
+        Expectations {
+            bootstrap: String::new(),
+            topics: TopicNames {
+                decisions_dlq: String::new(),
+                review_requests: String::new(),
+                assignments: String::new(),
+                verdicts: String::new(),
+                outcomes: String::new(),
+                lifecycle: String::new(),
+                feedback: String::new(),
+            },
+            decisions: ["d1".to_owned()].into(),
+            republished: BTreeSet::new(),
+            poison: BTreeMap::new(),
+            pools: [("big".to_owned(), rules.clone())].into(),
+            default_pool: rules,
+            roster: [
+                ("a", vec!["senior", "head"]),
+                ("b", vec!["senior", "head"]),
+                ("c", vec!["senior", "head"]),
+                ("d", vec!["senior"]),
+            ]
+            .into_iter()
+            .map(|(id, roles)| (id.to_owned(), roles.into_iter().map(Into::into).collect()))
+            .collect(),
+            faults: Vec::new(),
+            started_ms: 0,
+            audit_verify: None,
+        }
+    }
+
+    fn lease(id: &str, reviewer: &str) -> [(&'static str, String); 3] {
+        [
+            ("lease", id.to_owned()),
+            ("reviewer", reviewer.to_owned()),
+            ("lease_expires_at", "999999".to_owned()),
+        ]
+    }
+
+    /// A quorum item at its top tier: a and b disagree, c is handed the last lease just before
+    /// the item is set aside, and c's vote follows (no quorum: nobody eligible is left).
+    fn decision(every_eligible_leased: bool) -> Decision {
+        let mut events = vec![
+            event(0, LifecycleKind::Routed, &[("route", "human")]),
+            event(1, LifecycleKind::Queued, &[("pool", "big")]),
+            event(
+                2,
+                LifecycleKind::Escalated,
+                &[("level", "1"), ("reason", "sla_risk")],
+            ),
+        ];
+        let mut offset = 3;
+        let mut push = |kind, attributes: Vec<(&str, String)>| {
+            let borrowed: Vec<(&str, &str)> =
+                attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            events.push(event(offset, kind, &borrowed));
+            offset += 1;
+        };
+        let voters: &[(&str, &str, &str)] = if every_eligible_leased {
+            &[("a", "#1", "APPROVE"), ("b", "#2", "REJECT")]
+        } else {
+            &[("a", "#1", "APPROVE")]
+        };
+        for (reviewer, id, verdict) in voters {
+            push(LifecycleKind::Assigned, lease(id, reviewer).to_vec());
+            let mut attributes = lease(id, reviewer).to_vec();
+            attributes.push(("verdict", (*verdict).to_owned()));
+            push(LifecycleKind::Verdict, attributes);
+        }
+        push(
+            LifecycleKind::Escalated,
+            vec![
+                ("level", "1".into()),
+                (
+                    "reason",
+                    "quorum_disagreement: already at the highest tier".into(),
+                ),
+            ],
+        );
+        push(LifecycleKind::Assigned, lease("#3", "c").to_vec());
+        push(LifecycleKind::Queued, vec![("set_aside", "true".into())]);
+        let mut attributes = lease("#3", "c").to_vec();
+        attributes.push(("verdict", "APPROVE".into()));
+        push(LifecycleKind::Verdict, attributes);
+        let mut sent: Vec<(&str, &str, &str)> = voters.to_vec();
+        sent.push(("c", "#3", "APPROVE"));
+        let verdicts = sent
+            .into_iter()
+            .map(|(reviewer, id, verdict)| SentVerdict {
+                ts: 1_000,
+                assignment: id.into(),
+                reviewer: reviewer.into(),
+                kind: match verdict {
+                    "APPROVE" => VerdictKind::Approve,
+                    _ => VerdictKind::Reject,
+                },
+                amended_action: None,
+            })
+            .collect();
+        Decision {
+            events,
+            verdicts,
+            requests: vec![Request {
+                kind: ReviewKind::Review,
+                pool: "big".into(),
+                quorum: 2,
+                sla_deadline: 0,
+                required_roles: vec!["senior".into()],
+            }],
+            ..Decision::default()
+        }
+    }
+
+    fn check(expectations: &Expectations, decision: &Decision) -> (Vec<Violation>, Vec<String>) {
+        let (mut violations, mut counts, mut aside) = (Vec::new(), BTreeMap::new(), Vec::new());
+        check_decision(
+            expectations,
+            "d1",
+            decision,
+            true,
+            &mut violations,
+            &mut counts,
+            &mut aside,
+        );
+        violations.retain(|v| v.class != "assignment_mismatch");
+        (violations, aside)
+    }
+
+    #[test]
+    fn a_top_tier_item_of_a_hold_pool_nobody_eligible_can_take_is_set_aside_not_missing() {
+        let (violations, aside) = check(&expectations(false), &decision(true));
+        assert!(violations.is_empty(), "{violations:?}");
+        assert_eq!(aside, vec!["d1".to_owned()]);
+    }
+
+    #[test]
+    fn set_aside_while_an_eligible_reviewer_never_had_it_is_missing() {
+        let (violations, aside) = check(&expectations(false), &decision(false));
+        assert!(aside.is_empty());
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].class, "missing_outcome");
+        assert!(
+            violations[0].detail.contains("\"b\""),
+            "{}",
+            violations[0].detail
+        );
+    }
+
+    #[test]
+    fn set_aside_in_a_pool_with_a_fallback_is_missing() {
+        let (violations, aside) = check(&expectations(true), &decision(true));
+        assert!(aside.is_empty());
+        assert_eq!(violations[0].class, "missing_outcome");
+    }
+
+    #[test]
+    fn votes_an_escalation_discarded_do_not_count() {
+        let attributes = |reviewer: &str, id: &str, verdict: Option<&str>| {
+            let mut all = lease(id, reviewer).to_vec();
+            if let Some(verdict) = verdict {
+                all.push(("verdict", verdict.to_owned()));
+            }
+            all
+        };
+        let mut events = vec![
+            event(0, LifecycleKind::Routed, &[("route", "human")]),
+            event(1, LifecycleKind::Queued, &[("pool", "big")]),
+        ];
+        let steps: Vec<(LifecycleKind, Vec<(&str, String)>)> = vec![
+            (LifecycleKind::Assigned, attributes("d", "#1", None)),
+            (
+                LifecycleKind::Verdict,
+                attributes("d", "#1", Some("APPROVE")),
+            ),
+            (
+                LifecycleKind::Escalated,
+                vec![
+                    ("level", "1".into()),
+                    ("reason", "sla_risk".into()),
+                    ("votes_discarded", "d".into()),
+                ],
+            ),
+            (LifecycleKind::Assigned, attributes("a", "#2", None)),
+            (LifecycleKind::Assigned, attributes("b", "#3", None)),
+            (
+                LifecycleKind::Verdict,
+                attributes("a", "#2", Some("APPROVE")),
+            ),
+            (
+                LifecycleKind::Verdict,
+                attributes("b", "#3", Some("APPROVE")),
+            ),
+            (LifecycleKind::Outcome, vec![]),
+        ];
+        for (offset, (kind, attributes)) in steps.into_iter().enumerate() {
+            let borrowed: Vec<(&str, &str)> =
+                attributes.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            events.push(event(offset as i64 + 2, kind, &borrowed));
+        }
+        let verdicts = [("d", "#1"), ("a", "#2"), ("b", "#3")]
+            .into_iter()
+            .map(|(reviewer, id)| SentVerdict {
+                ts: 1_000,
+                assignment: id.into(),
+                reviewer: reviewer.into(),
+                kind: VerdictKind::Approve,
+                amended_action: None,
+            })
+            .collect();
+        let outcome = Outcome {
+            decision_id: "d1".into(),
+            status: OutcomeStatus::Approved,
+            final_action: "block".into(),
+            decided_by: DecidedBy::Quorum,
+            reviewer_ids: vec!["a".into(), "b".into()],
+            policy_rule: "big".into(),
+            policy_version: "1".into(),
+            decided_at: 2_000,
+            time_to_decision_ms: 1_000,
+            workflow: String::new(),
+            rationale: None,
+        };
+        let decision = Decision {
+            events,
+            verdicts,
+            outcomes: vec![(2_000, outcome)],
+            requests: decision(true).requests,
+            ..Decision::default()
+        };
+        let (violations, _) = check(&expectations(false), &decision);
+        let wrong: Vec<&Violation> = violations
+            .iter()
+            .filter(|v| matches!(v.class, "human_mismatch" | "vote_below_tier"))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
+
+    #[test]
+    fn handed_out_again_after_the_set_aside_is_not_set_aside() {
+        let mut decision = decision(true);
+        let mut again = event(100, LifecycleKind::Assigned, &[]);
+        again.reviewer = Some("d".into());
+        again.assignment = Some("#4".into());
+        decision.events.push(again);
+        let (violations, aside) = check(&expectations(false), &decision);
+        assert!(aside.is_empty());
+        assert!(violations.iter().any(|v| v.class == "missing_outcome"));
     }
 }
