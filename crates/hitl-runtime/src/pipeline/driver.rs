@@ -190,6 +190,8 @@ fn is_retriable(error: &KafkaError) -> bool {
 }
 
 const MAX_RETRIES: u32 = 8;
+/// How long one `abort_transaction` call may block before delivery reports are served again.
+const ABORT_SLICE: Duration = Duration::from_millis(500);
 
 impl Shared {
     fn lock_state(&self) -> MutexGuard<'_, LoopState> {
@@ -386,18 +388,26 @@ impl Shared {
     /// Aborts the producer's open transaction (idempotent delivery: nothing to abort there).
     fn abort_producer(&self) -> Result<(), KafkaError> {
         self.metrics.aborted();
-        if self.delivery == Delivery::Transactional {
-            self.retrying("abort_transaction", || {
-                // The abort purges what is in flight, and completes only once the delivery reports
-                // of those records are served: serve them (a timed-out abort retried without this
-                // would time out again, for ever, after the broker was unreachable for a while).
-                self.producer.poll(Duration::ZERO);
-                let result = self.producer.abort_transaction(self.request_timeout);
-                self.producer.poll(Duration::ZERO);
-                result
-            })?;
+        if self.delivery != Delivery::Transactional {
+            return Ok(());
         }
-        Ok(())
+        // The abort purges what is in flight and completes only once the delivery reports of
+        // those records are served, by this thread: so it is called in short slices with the
+        // reports served in between (one long call waited its whole timeout for reports nobody
+        // served — 30 s per attempt after a broker pause — with the loop deaf meanwhile). The
+        // slices add up to at most `request_timeout` times the retries of other calls.
+        let deadline = Instant::now() + self.request_timeout * MAX_RETRIES;
+        loop {
+            self.producer.poll(Duration::ZERO);
+            match self.producer.abort_transaction(ABORT_SLICE) {
+                Ok(()) => return Ok(()),
+                Err(error) if is_retriable(&error) && Instant::now() < deadline => {
+                    tracing::debug!(%error, "abort_transaction not done yet; serving delivery reports");
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Produces one record in the open transaction; waits (never drops) while the queue is full.

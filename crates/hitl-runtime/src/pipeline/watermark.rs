@@ -75,7 +75,8 @@ impl Watermarks {
     /// The partitions owned now: new ones start at `now` with nothing read; gone ones are
     /// forgotten (one given back later starts again).
     pub fn reconcile(&mut self, owned: &[PartitionKey], now: i64) {
-        self.partitions.retain(|partition, _| owned.contains(partition));
+        self.partitions
+            .retain(|partition, _| owned.contains(partition));
         for partition in owned {
             self.partitions
                 .entry(partition.clone())
