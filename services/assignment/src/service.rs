@@ -737,7 +737,14 @@ impl AssignmentProcessor {
         Ok(payload)
     }
 
-    fn request(&mut self, input: &InputRecord<'_>, now: i64, output: &mut Vec<OutputRecord>) {
+    /// A review request appended at `at`, read at `now`.
+    fn request(
+        &mut self,
+        input: &InputRecord<'_>,
+        at: i64,
+        now: i64,
+        output: &mut Vec<OutputRecord>,
+    ) {
         let decoded = self.payload(input).and_then(|payload| {
             self.codec
                 .decode::<ReviewRequest>(payload)
@@ -797,10 +804,17 @@ impl AssignmentProcessor {
         }
         let trace = input.header("traceparent").and_then(TraceContext::parse);
         self.core
-            .request_traced(&request, trace, now, &mut self.effects);
+            .request_traced_at(&request, trace, at, now, &mut self.effects);
     }
 
-    fn verdict(&mut self, input: &InputRecord<'_>, now: i64, output: &mut Vec<OutputRecord>) {
+    /// A verdict appended at `at`, read at `now`.
+    fn verdict(
+        &mut self,
+        input: &InputRecord<'_>,
+        at: i64,
+        now: i64,
+        output: &mut Vec<OutputRecord>,
+    ) {
         let size = input.payload().map_or(0, <[u8]>::len);
         if size > self.settings.max_verdict_bytes {
             let message = format!(
@@ -854,9 +868,9 @@ impl AssignmentProcessor {
                     Some((reason, why)) => {
                         tracing::warn!(decision_id = %hitl_assignment_truncate(&verdict.decision_id), reason = reason.as_str(), %why, "verdict refused");
                         self.core
-                            .refuse_verdict(&verdict, reason, now, &mut self.effects);
+                            .refuse_verdict(&verdict, reason, at, &mut self.effects);
                     }
-                    None => self.core.verdict(&verdict, now, &mut self.effects),
+                    None => self.core.verdict_at(&verdict, at, now, &mut self.effects),
                 }
                 if self.tracer.is_enabled() {
                     self.verdict_span(input, &verdict, from, started);
@@ -962,12 +976,12 @@ impl Processor for AssignmentProcessor {
         // a verdict sent in time is judged in time, however late it is read. On a `CreateTime`
         // topic the writer chose the timestamp, so it is read time instead.
         let wall = hitl_runtime::now_millis();
-        let now = input.append_time_millis().map_or(wall, |at| at.min(wall));
-        self.drain_roster(now);
+        let at = input.append_time_millis().map_or(wall, |at| at.min(wall));
+        self.drain_roster(wall);
         if input.topic() == self.topics.review_requests {
-            self.request(input, now, output);
+            self.request(input, at, wall, output);
         } else if input.topic() == self.topics.verdicts {
-            self.verdict(input, now, output);
+            self.verdict(input, at, wall, output);
         }
         self.emit(output)
     }

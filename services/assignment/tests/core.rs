@@ -1623,3 +1623,41 @@ proptest! {
         prop_assert_eq!(served, expected);
     }
 }
+
+#[test]
+fn a_verdict_read_late_is_judged_and_decided_at_its_append_time_and_the_next_lease_starts_now() {
+    let mut core = core_with(&[reviewer("ann", &[], 1, Presence::Online)]);
+    let mut out = Vec::new();
+    core.request(
+        &request("d1", "general", "model", 60 * MINUTE, T0),
+        T0,
+        &mut out,
+    );
+    core.request(
+        &request("d2", "general", "model", 60 * MINUTE, T0),
+        T0,
+        &mut out,
+    );
+    let lease = assignments(&out, AssignmentKind::Assigned).remove(0);
+    // Appended in time (T0 + 30 s, lease 60 s), read five minutes later.
+    let (at, now) = (T0 + 30 * SECOND, T0 + 5 * MINUTE);
+    out.clear();
+    core.verdict_at(
+        &verdict(&lease, VerdictKind::Approve, at),
+        at,
+        now,
+        &mut out,
+    );
+    let decided = outcomes(&out);
+    assert_eq!(decided.len(), 1, "in time: {:?}", rejections(&out));
+    assert_eq!(
+        decided[0].decided_at, at,
+        "decided when it was appended: the same on a replay"
+    );
+    let next = assignments(&out, AssignmentKind::Assigned).remove(0);
+    assert_eq!(
+        next.lease_expires_at,
+        now + MINUTE,
+        "the lease it made room for lasts its whole length from now"
+    );
+}

@@ -18,6 +18,20 @@ impl Core {
         now: i64,
         out: &mut Vec<Effect>,
     ) {
+        self.request_traced_at(request, trace, now, now, out);
+    }
+
+    /// `request_traced` for a request appended at `at` and read at `now`: queued at `at` (the
+    /// same on every replay); assigned at `now`, so a lease lasts its whole length however late
+    /// the request was read.
+    pub fn request_traced_at(
+        &mut self,
+        request: &ReviewRequest,
+        trace: Option<TraceContext>,
+        at: i64,
+        now: i64,
+        out: &mut Vec<Effect>,
+    ) {
         let decision = &request.decision;
         let id = decision.decision_id.as_str();
         if self.slot_of(id).is_some() || self.done.contains_key(id) {
@@ -26,7 +40,7 @@ impl Core {
         }
         let pool = self.symbols.intern(&request.pool);
         self.ensure_pool(pool);
-        let enqueued_at = request.routed_at.min(now);
+        let enqueued_at = request.routed_at.min(at);
         let window = SlaWindow::bound(self.policy(pool), request, enqueued_at);
         let (sla_deadline, created_at) = (window.deadline, window.created_at);
         let tier = tier_number(&request.priority_tier);
@@ -92,7 +106,7 @@ impl Core {
             .expect("pool exists")
             .queue
             .insert(key, slot);
-        let mut event = self.event(slot, LifecycleKind::Queued, now);
+        let mut event = self.event(slot, LifecycleKind::Queued, at);
         event
             .attributes
             .insert("sla_deadline".into(), sla_deadline.to_string());
@@ -118,8 +132,8 @@ impl Core {
         self.touched.push(slot);
         // A request whose deadlines already passed (a late replay) is handled at once — its own
         // timer only: other items' timers wait for the watermark.
-        if self.next_due(self.item_ref(slot)) <= now {
-            self.on_timer(slot, now, out);
+        if self.next_due(self.item_ref(slot)) <= at {
+            self.on_timer(slot, at, out);
             if !self.live(slot) {
                 self.flush(out);
                 return;
@@ -181,9 +195,15 @@ impl Core {
     /// A reviewer's verdict: applied only from the current lease holder, before expiry plus grace,
     /// with the required roles; anything else is rejected with a reason and recorded.
     pub fn verdict(&mut self, verdict: &Verdict, now: i64, out: &mut Vec<Effect>) {
-        match self.check(verdict, now) {
-            Err(reason) => self.reject(verdict, reason, now, out),
-            Ok((slot, lease_index)) => self.apply(verdict, slot, lease_index, now, out),
+        self.verdict_at(verdict, now, now, out);
+    }
+
+    /// `verdict` for a verdict appended at `at` and read at `now`: judged (lease, grace) and
+    /// applied at `at`; the assignments it makes room for are made at `now`.
+    pub fn verdict_at(&mut self, verdict: &Verdict, at: i64, now: i64, out: &mut Vec<Effect>) {
+        match self.check(verdict, at) {
+            Err(reason) => self.reject(verdict, reason, at, out),
+            Ok((slot, lease_index)) => self.apply(verdict, slot, lease_index, at, now, out),
         }
         self.flush(out);
     }

@@ -114,18 +114,22 @@ impl Core {
         out.push(Effect::Observed(Observation::VerdictRejected { reason }));
     }
 
+    /// Applies a verdict judged valid at `at` (its broker append time): its effects happen then
+    /// (the same on every replay); the assignments it makes room for happen at `now`, so their
+    /// leases last their whole length however late the verdict was read.
     pub(super) fn apply(
         &mut self,
         verdict: &Verdict,
         slot: u32,
         lease_index: usize,
+        at: i64,
         now: i64,
         out: &mut Vec<Effect>,
     ) {
         let item = self.item_ref(slot);
         let (pool, qa_sample) = (item.pool, item.qa_sample());
         let assigned_at = item.progress().leases[lease_index].assigned_at;
-        let mut event = self.event(slot, LifecycleKind::Verdict, now);
+        let mut event = self.event(slot, LifecycleKind::Verdict, at);
         event.reviewer_id = Some(verdict.reviewer_id.clone());
         event.assignment_id = Some(verdict.assignment_id.clone());
         let attributes = &mut event.attributes;
@@ -142,7 +146,7 @@ impl Core {
         out.push(Effect::Observed(Observation::VerdictApplied {
             pool: self.pool_name(pool),
             verdict: verdict.verdict,
-            latency_ms: now - assigned_at,
+            latency_ms: at - assigned_at,
         }));
         self.touched.push(slot);
 
@@ -153,7 +157,7 @@ impl Core {
             let lease = &mut self.item_mut(slot).progress_mut().leases[lease_index];
             // Never past the lease's maximum lifetime, never shorter than it was.
             let cap = lease.assigned_at.saturating_add(max_ms);
-            lease.expires_at = now.saturating_add(lease_ms).min(cap).max(lease.expires_at);
+            lease.expires_at = at.saturating_add(lease_ms).min(cap).max(lease.expires_at);
             let lease = lease.clone();
             event
                 .attributes
@@ -161,7 +165,7 @@ impl Core {
             out.push(Effect::Lifecycle(event));
             let partition = self.roster.get(&lease.reviewer).and_then(|r| r.partition);
             let renewed =
-                self.assignment_event(slot, &lease, AssignmentKind::Assigned, Some("renewed"), now);
+                self.assignment_event(slot, &lease, AssignmentKind::Assigned, Some("renewed"), at);
             if let Some(clear) = self.clear_copy(slot, &renewed) {
                 out.push(Effect::Assignment {
                     partition,
@@ -202,9 +206,9 @@ impl Core {
                 pool: self.pool_name(pool),
                 reason: "deferred",
             })),
-            VerdictKind::Escalate => self.escalate(slot, "reviewer_escalated", now, out),
+            VerdictKind::Escalate => self.escalate(slot, "reviewer_escalated", at, out),
             VerdictKind::Approve | VerdictKind::Reject | VerdictKind::Amend => {
-                if self.vote(slot, verdict, &lease, now, out) {
+                if self.vote(slot, verdict, &lease, at, out) {
                     self.assign_pool(pool, now, out);
                     return;
                 }
