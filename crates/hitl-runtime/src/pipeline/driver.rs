@@ -128,6 +128,22 @@ impl ConsumerContext for LoopContext {
                 (state.owned(), false)
             }
         };
+        // Lost (the session expired, or the rebalance failed): another member may own them
+        // already, and this instance's generation is gone, so a commit now would not be fenced.
+        // Commit nothing; abort what is open.
+        let lost = !matches!(rebalance, Rebalance::Revoke(_)) || consumer.assignment_lost();
+        if lost {
+            tracing::warn!(
+                partitions = revoked.len(),
+                "partitions lost: aborting the open transaction, committing nothing"
+            );
+            state.handle_lost(&revoked);
+            if let Err(error) = self.shared.abort_and_rewind(consumer, &mut state) {
+                state.fail();
+                *self.shared.callback_fatal.lock().expect("fatal lock") = Some(error);
+            }
+            return;
+        }
         tracing::info!(
             partitions = revoked.len(),
             incremental,

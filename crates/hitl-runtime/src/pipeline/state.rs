@@ -241,6 +241,21 @@ impl LoopState {
         self.poll_commit()
     }
 
+    /// Partitions were lost: the group gave them to another member while this one was away (its
+    /// session expired: a paused process, a broker out of reach). They may be read and written by
+    /// their new owner already, so nothing may be committed for them — nor anything this
+    /// instance produced meanwhile (a tick's outputs for pools it no longer owns): the driver
+    /// aborts the open transaction next (`handle_abort`). The processor hears of the smaller
+    /// set first, then of the abort.
+    pub fn handle_lost(&mut self, partitions: &[PartitionKey]) {
+        for partition in partitions {
+            self.owned.remove(partition);
+            self.committed.remove(partition);
+            self.known_committed.remove(partition);
+        }
+        self.events.push_back(Event::Assignment(self.owned()));
+    }
+
     /// A record of `partition` at `offset` was read. Opens a transaction if none is open.
     pub fn handle_read(&mut self, partition: &PartitionKey, offset: i64, now: Instant) -> Read {
         if !self.owned.contains(partition) {
@@ -733,6 +748,25 @@ mod tests {
             state.poll_event(),
             Some(Event::Assignment(vec![partition(1), partition(2)]))
         );
+    }
+
+    #[test]
+    fn lost_partitions_commit_nothing_and_the_open_transaction_is_aborted() {
+        let now = Instant::now();
+        let mut state = state(false, now);
+        state.poll_event();
+        process(&mut state, &partition(0), 7, now);
+        state.handle_lost(&[partition(0), partition(1)]);
+        let rewind = state.handle_abort();
+        assert!(rewind.was_open);
+        assert_eq!(
+            rewind.positions,
+            vec![],
+            "nothing to rewind: nothing is owned"
+        );
+        assert_eq!(state.poll_commit(), None, "nothing to commit");
+        assert_eq!(state.poll_event(), Some(Event::Assignment(vec![])));
+        assert_eq!(state.poll_event(), Some(Event::Aborted));
     }
 
     #[test]
