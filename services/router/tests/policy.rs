@@ -393,13 +393,14 @@ proptest! {
         prop_assert!(sampled(&id, 1.0, seed));
     }
 
-    /// Over 20,000 ids the sampled fraction is within 4 standard deviations of the rate.
+    /// Over 20,000 ids the sampled fraction is within 5 standard deviations of the rate (4 failed
+    /// once in CI at 4.02: 256 cases a run make a 4σ bound fail about one run in sixty).
     #[test]
     fn sampling_rate_is_within_tolerance(rate in 0.01f64..0.99, seed in any::<u64>()) {
         let n = 20_000;
         let hits = (0..n).filter(|i| sampled(&format!("decision-{i}"), rate, seed)).count() as f64;
         let sigma = (n as f64 * rate * (1.0 - rate)).sqrt();
-        prop_assert!((hits - n as f64 * rate).abs() <= 4.0 * sigma, "hits {} rate {}", hits, rate);
+        prop_assert!((hits - n as f64 * rate).abs() <= 5.0 * sigma, "hits {} rate {}", hits, rate);
     }
 }
 
