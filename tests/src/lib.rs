@@ -191,26 +191,7 @@ pub fn create_topics(topics: &Topics) {
 
 /// Renders `topics` as a TOML `[topics]` table.
 pub fn topics_toml(topics: &Topics) -> String {
-    format!(
-        "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
-         assignments_pii = \"{}\"\nverdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
-         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\nrouter_seen = \"{}\"\npartitions = {}\n",
-        topics.decisions,
-        topics.decisions_dlq,
-        topics.review_requests,
-        topics.assignments,
-        topics.assignments_pii,
-        topics.verdicts,
-        topics.reviewers,
-        topics.outcomes,
-        topics.lifecycle,
-        topics.audit,
-        topics.audit_checkpoints,
-        topics.feedback,
-        topics.assignment_state,
-        topics.router_seen,
-        topics.partitions,
-    )
+    topics.toml_table()
 }
 
 /// A built binary of the workspace, next to the test executable's directory.

@@ -416,6 +416,31 @@ impl Default for Topics {
 pub const DEFAULT_ROUTER_SEEN_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Topics {
+    /// The names and partition count as a TOML `[topics]` table (for generated service configs:
+    /// tests, the chaos driver).
+    pub fn toml_table(&self) -> String {
+        format!(
+            "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
+             assignments_pii = \"{}\"\nverdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
+             audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\nrouter_seen = \"{}\"\npartitions = {}\n",
+            self.decisions,
+            self.decisions_dlq,
+            self.review_requests,
+            self.assignments,
+            self.assignments_pii,
+            self.verdicts,
+            self.reviewers,
+            self.outcomes,
+            self.lifecycle,
+            self.audit,
+            self.audit_checkpoints,
+            self.feedback,
+            self.assignment_state,
+            self.router_seen,
+            self.partitions,
+        )
+    }
+
     /// Every topic with the configs it is created with.
     pub fn specs(&self) -> Vec<TopicSpec> {
         let spec = |name: &str, policy: &str, retention: &str| TopicSpec {

@@ -753,26 +753,7 @@ fn run_with(
 
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, POLICY)?;
-    let topics_toml = format!(
-        "[topics]\ndecisions = \"{}\"\ndecisions_dlq = \"{}\"\nreview_requests = \"{}\"\nassignments = \"{}\"\n\
-         assignments_pii = \"{}\"\nverdicts = \"{}\"\nreviewers = \"{}\"\noutcomes = \"{}\"\nlifecycle = \"{}\"\naudit = \"{}\"\n\
-         audit_checkpoints = \"{}\"\nfeedback = \"{}\"\nassignment_state = \"{}\"\nrouter_seen = \"{}\"\npartitions = {}\n",
-        topics.decisions,
-        topics.decisions_dlq,
-        topics.review_requests,
-        topics.assignments,
-        topics.assignments_pii,
-        topics.verdicts,
-        topics.reviewers,
-        topics.outcomes,
-        topics.lifecycle,
-        topics.audit,
-        topics.audit_checkpoints,
-        topics.feedback,
-        topics.assignment_state,
-        topics.router_seen,
-        topics.partitions,
-    );
+    let topics_toml = topics.toml_table();
     let shared = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\nsession_timeout = \"6s\"\ncommit_interval = \"100ms\"\n\n{topics_toml}\n\
          [telemetry]\nlog_level = \"info\"\n\n",
